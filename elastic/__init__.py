@@ -1,0 +1,3 @@
+"""elastic: Slurm power-saving programs that boot and delete OpenStack servers."""
+
+__version__ = "0.1.0"
