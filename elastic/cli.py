@@ -1,0 +1,158 @@
+"""Command line: the three Slurm programs and the admin's `elastic` command.
+
+Entry points stay thin: parse, load config, build collaborators (runtime.py), call one flow or
+command, map the result to an exit code: 0 all served, 1 some node failed (each has its Slurm
+reason), 2 usage or config error (no cloud call, no Slurm change).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Callable, Sequence
+
+from elastic import process
+from elastic.errors import ConfigError, ElasticError, SlurmError, UsageError
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+
+
+# ---- the three programs slurmctld runs ------------------------------------------------------
+
+
+def resume_main(argv: Sequence[str] | None = None) -> int:
+    return _power_main("resume", argv)
+
+
+def suspend_main(argv: Sequence[str] | None = None) -> int:
+    return _power_main("suspend", argv)
+
+
+def resume_fail_main(argv: Sequence[str] | None = None) -> int:
+    return _power_main("resume-fail", argv)
+
+
+def _power_main(command: str, argv: Sequence[str] | None) -> int:
+    process.repair_process()
+    # SLURM_RESUME_FILE is a /proc/<pid>/fd/N of slurmctld's: valid only while it keeps it open.
+    resume_file_text, resume_file_error = _read_resume_file_now() if command == "resume" else (None, None)
+    parser = argparse.ArgumentParser(prog=f"elastic-{command}", description=_POWER_HELP[command])
+    parser.add_argument("hostlist", help="Slurm hostlist, e.g. cpu-[001-004],gpu7")
+    parser.add_argument("--config", help="pool YAML (default: $ELASTIC_CONFIG, elastic.yaml beside $SLURM_CONF, "
+                                         "/etc/slurm/elastic.yaml)")
+    args = parser.parse_args(argv)
+    return run_power(command, args.hostlist, args.config, resume_file_text, resume_file_error)
+
+
+_POWER_HELP = {
+    "resume": "Boot OpenStack servers for Slurm nodes (slurm.conf ResumeProgram).",
+    "suspend": "Delete the OpenStack servers of Slurm nodes (slurm.conf SuspendProgram).",
+    "resume-fail": "Clean up nodes that failed to resume (slurm.conf ResumeFailProgram).",
+}
+
+
+def _read_resume_file_now() -> tuple[str | None, str | None]:
+    path = os.environ.get("SLURM_RESUME_FILE")
+    if not path:
+        return None, None
+    try:
+        with open(path) as handle:
+            return handle.read(), None
+    except OSError as exc:
+        return None, f"cannot read SLURM_RESUME_FILE {path}: {exc.strerror or exc}"
+
+
+def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_text: str | None = None,
+              resume_file_error: str | None = None) -> int:
+    from elastic import hostlists, logs
+    from elastic.config import config_from_env
+
+    interactive = not process.started_detached() and sys.stderr.isatty()
+    try:
+        config = config_from_env(config_arg)
+    except ConfigError as error:
+        return _fatal(error)
+    process.send_output_to(config.log_file)
+    log = logs.configure_logging(log_file=config.log_file, run_id=logs.new_run_id(), command=command,
+                                 interactive=interactive, level=config.log_level)
+    try:
+        nodes = hostlists.expand(hostlist)
+        jobs = _jobs_of(resume_file_text, resume_file_error, log)
+        from elastic.runtime import make_services
+
+        services = make_services(config, log)
+    except (UsageError, ConfigError, SlurmError) as error:
+        log.error(f"{command}.refused", error=str(error))
+        return _fatal(error)
+    log.info(f"{command}.start", nodes=nodes, count=len(nodes), jobs=jobs)
+    from elastic import power
+
+    flow: Callable = {"resume": power.resume, "suspend": power.suspend, "resume-fail": power.resume_fail}[command]
+    outcome = flow(nodes, services)
+    log.info(f"{command}.done", served=len(outcome.served), failed=outcome.failures_by_kind(),
+             cancelled=sorted(outcome.cancelled), exit=outcome.exit_code)
+    if interactive or not process.started_detached():
+        _print_outcome(outcome)
+    return outcome.exit_code
+
+
+def _jobs_of(text: str | None, error: str | None, log) -> list[dict]:
+    if error:
+        # The node list in argv is authoritative; the jobs are only logged.
+        log.warning("resume.resume_file_unreadable", error=error)
+        return []
+    if text is None:
+        return []
+    from elastic.resume_request import parse_resume_file
+
+    try:
+        request = parse_resume_file(text)
+    except UsageError as exc:
+        log.warning("resume.resume_file_invalid", error=str(exc))
+        return []
+    return [{"job_id": job.job_id, "nodes": list(job.nodes), "partition": job.partition} for job in request.jobs]
+
+
+def _print_outcome(outcome) -> None:
+    for node, address in sorted(outcome.served.items()):
+        print(f"{node}: ok{' ' + address if address else ''}", file=sys.stderr)
+    for node in sorted(outcome.cancelled):
+        print(f"{node}: cancelled (deleted while booting)", file=sys.stderr)
+    for node, failure in sorted(outcome.failed.items()):
+        print(f"{node}: failed: {failure.reason}", file=sys.stderr)
+
+
+def _fatal(error: ElasticError) -> int:
+    print(f"elastic: error: {error}", file=sys.stderr)
+    return EXIT_USAGE
+
+
+# ---- the admin's command --------------------------------------------------------------------
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="elastic", description="Slurm power saving on OpenStack clouds.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in ("resume", "suspend", "resume-fail"):
+        power_parser = sub.add_parser(name, help=_POWER_HELP[name])
+        power_parser.add_argument("hostlist")
+        power_parser.add_argument("--config")
+    lab = sub.add_parser("lab", help="the local world for tests and demos")
+    lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="PART")
+    lab_sub.add_parser("cloud", help="serve the OpenStack emulator", add_help=False)
+    args, rest = parser.parse_known_args(argv)
+    if args.command in ("resume", "suspend", "resume-fail"):
+        if rest:
+            parser.error(f"unrecognized arguments: {' '.join(rest)}")
+        return _power_main(args.command, [args.hostlist] + (["--config", args.config] if args.config else []))
+    if args.command == "lab" and args.lab_command == "cloud":
+        from elastic.lab.cloud.cli import main as lab_cloud_main
+
+        return lab_cloud_main(rest)
+    parser.error(f"unknown command {args.command}")
+    return EXIT_USAGE
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,440 @@
+"""The only module that talks to OpenStack (through openstacksdk's proxy layer).
+
+One `OpenStackCloud` per configured cloud. It returns our own small value types (`Server`,
+`Flavor`, `Limits`) and turns every SDK or keystoneauth exception into a `CloudError` with a
+kind, once, here. It makes no decisions and no retries: the power flows decide what a kind means.
+openstacksdk is imported lazily: it costs ~0.4 s and ~900 modules, which `--help`, config checks
+and hostlist work should not pay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import threading
+import time
+from collections.abc import Callable, Collection, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from elastic.config import META_CLUSTER, META_NODE, META_POOL, CloudConfig
+from elastic.errors import CloudError, CloudErrorKind
+
+BUILDING = "BUILD"
+ACTIVE = "ACTIVE"
+ERROR = "ERROR"
+
+# Above this many names, listing all servers and filtering here is cheaper than a huge regex.
+_NAME_FILTER_MAX = 40
+
+
+@dataclass(frozen=True)
+class Server:
+    id: str
+    name: str
+    status: str
+    cloud: str
+    metadata: Mapping[str, str] = field(default_factory=dict)
+    addresses: Mapping[str, list[dict]] = field(default_factory=dict)
+    task_state: str | None = None
+    created: float | None = None  # epoch seconds
+    fault: str | None = None
+    fault_kind: CloudErrorKind | None = None  # set when status is ERROR
+
+    @property
+    def node(self) -> str | None:
+        return self.metadata.get(META_NODE)
+
+    @property
+    def pool(self) -> str | None:
+        return self.metadata.get(META_POOL)
+
+    @property
+    def deleting(self) -> bool:
+        return self.task_state == "deleting" or self.status in ("DELETED", "SOFT_DELETED")
+
+    def fixed_address(self, network: str | None = None) -> str | None:
+        return self._address("fixed", network)
+
+    def floating_address(self) -> str | None:
+        return self._address("floating", None)
+
+    def _address(self, kind: str, network: str | None) -> str | None:
+        for net, entries in self.addresses.items():
+            if network is not None and net != network:
+                continue
+            for entry in entries:
+                # Old clouds omit the type; an untyped address counts as fixed.
+                if entry.get("OS-EXT-IPS:type", "fixed") == kind and entry.get("version", 4) == 4:
+                    return entry.get("addr")
+        return None
+
+
+@dataclass(frozen=True)
+class Flavor:
+    id: str
+    name: str
+    vcpus: int
+    ram: int  # MB
+    disk: int
+
+
+@dataclass(frozen=True)
+class Limits:
+    instances: int
+    instances_used: int
+    cores: int
+    cores_used: int
+    ram: int
+    ram_used: int
+
+
+@dataclass(frozen=True)
+class BootRequest:
+    """Everything one create call needs, names already resolved to ids by `resolve_boot`."""
+
+    name: str
+    flavor_id: str
+    image_id: str
+    network_id: str
+    metadata: Mapping[str, str]
+    key_name: str | None = None
+    security_groups: tuple[str, ...] = ()
+    user_data: str | None = None  # base64
+    availability_zone: str | None = None
+    boot_volume_size: int | None = None
+
+
+@dataclass(frozen=True)
+class BootTarget:
+    flavor_id: str
+    image_id: str
+    network_id: str
+
+
+class Cloud(Protocol):
+    """What the flows need from one cloud; `OpenStackCloud` and `elastic.testing.MemoryCloud`."""
+
+    name: str
+
+    def list_servers(self, cluster: str, names: Collection[str] | None = None) -> list[Server]: ...
+    def create_server(self, request: BootRequest) -> Server: ...
+    def delete_server(self, server_id: str) -> None: ...
+    def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget: ...
+    def attach_floating_ip(self, server: Server, external_network: str) -> str: ...
+    def release_floating_ips(self, server_id: str) -> None: ...
+    def flavor(self, name: str) -> Flavor: ...
+    def limits(self) -> Limits: ...
+
+
+def is_ours(server_metadata: Mapping[str, str], cluster: str) -> bool:
+    return server_metadata.get(META_CLUSTER) == cluster
+
+
+class OpenStackCloud:
+    """One configured cloud. Thread-safe after `connect()` (see openstack-notes: touch proxies first)."""
+
+    def __init__(self, name: str, config: CloudConfig, *, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
+        self.name = name
+        self._config = config
+        self._conn: Any = None
+        self._connect_lock = threading.Lock()
+        self._limiter = _RateLimiter(config.rate, monotonic, sleep)
+        self._cache: dict[tuple[str, str], Any] = {}
+
+    # ---- connection --------------------------------------------------------------------------
+
+    def connect(self) -> None:
+        with self._connect_lock:
+            if self._conn is not None:
+                return
+            with self._translated("connect"):
+                self._conn = self._build_connection()
+                # Authenticate and build the proxies once, before any worker thread uses them.
+                self._conn.authorize()
+                for proxy in (self._conn.compute, self._conn.network, self._conn.image):
+                    proxy.get_endpoint()
+
+    def _build_connection(self) -> Any:
+        import openstack
+        from openstack.config import loader
+
+        if not self._config.clouds_yaml.is_file():
+            raise CloudError(CloudErrorKind.CONFIG, f"clouds.yaml {self._config.clouds_yaml} is not a readable file",
+                             cloud=self.name)
+        # Under slurmctld there is no HOME and the cwd is arbitrary: name the files, ignore OS_* vars.
+        config = loader.OpenStackConfig(
+            config_files=[str(self._config.clouds_yaml)],
+            secure_files=[str(self._config.secure_yaml)] if self._config.secure_yaml else [],
+            vendor_files=[],
+            load_envvars=False,
+        )
+        kwargs: dict[str, Any] = {"api_timeout": self._config.api_timeout}
+        if self._config.region:
+            kwargs["region_name"] = self._config.region
+        region = config.get_one(cloud=self._config.cloud or self.name, **kwargs)
+        return openstack.connection.Connection(config=region)
+
+    @property
+    def _c(self) -> Any:
+        if self._conn is None:
+            self.connect()
+        return self._conn
+
+    # ---- servers -----------------------------------------------------------------------------
+
+    def list_servers(self, cluster: str, names: Collection[str] | None = None) -> list[Server]:
+        """Our cluster's servers, optionally only those named in `names` (exact match)."""
+        query: dict[str, Any] = {}
+        if names is not None and len(names) <= _NAME_FILTER_MAX:
+            if not names:
+                return []
+            # Nova's name filter is a regex search: anchor it, and still compare exactly below.
+            query["name"] = "^(" + "|".join(_regex_escape(n) for n in sorted(names)) + ")$"
+        with self._translated("list servers"):
+            raw = list(self._paged(lambda: self._c.compute.servers(details=True, **query)))
+        wanted = set(names) if names is not None else None
+        servers = []
+        for item in raw:
+            metadata = dict(item.metadata or {})
+            # Old clouds drop unknown filters silently: ownership is always confirmed here.
+            if not is_ours(metadata, cluster):
+                continue
+            if wanted is not None and item.name not in wanted:
+                continue
+            servers.append(self._server(item, metadata))
+        return servers
+
+    def create_server(self, request: BootRequest) -> Server:
+        attrs: dict[str, Any] = {
+            "name": request.name,
+            "flavor_id": request.flavor_id,
+            "networks": [{"uuid": request.network_id}],
+            "metadata": dict(request.metadata),
+        }
+        if request.boot_volume_size:
+            attrs["block_device_mapping"] = [{
+                "boot_index": 0, "uuid": request.image_id, "source_type": "image",
+                "destination_type": "volume", "volume_size": request.boot_volume_size,
+                "delete_on_termination": True,
+            }]
+            attrs["image_id"] = ""
+        else:
+            attrs["image_id"] = request.image_id
+        for key in ("key_name", "user_data", "availability_zone"):
+            value = getattr(request, key)
+            if value:
+                attrs[key] = value
+        if request.security_groups:
+            attrs["security_groups"] = [{"name": g} for g in request.security_groups]
+        with self._translated(f"create server {request.name}"):
+            self._limiter.wait()
+            created = self._c.compute.create_server(**attrs)
+        # The create reply holds only id, links and adminPass: describe it from what we sent.
+        return Server(id=created.id, name=request.name, status=BUILDING, cloud=self.name,
+                      metadata=dict(request.metadata), created=time.time())
+
+    def delete_server(self, server_id: str) -> None:
+        with self._translated(f"delete server {server_id}"):
+            self._limiter.wait()
+            self._c.compute.delete_server(server_id, ignore_missing=True)
+
+    # ---- names to ids ------------------------------------------------------------------------
+
+    def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget:
+        return BootTarget(
+            flavor_id=self._find("flavor", flavor, lambda: self._c.compute.find_flavor(flavor, ignore_missing=True)).id,
+            image_id=self._find("image", image, lambda: self._c.image.find_image(image, ignore_missing=True)).id,
+            network_id=self._find("network", network, lambda: self._c.network.find_network(network, ignore_missing=True)).id,
+        )
+
+    def flavor(self, name: str) -> Flavor:
+        item = self._find("flavor", name, lambda: self._c.compute.find_flavor(name, ignore_missing=True, get_extra_specs=False))
+        return Flavor(id=item.id, name=item.name, vcpus=int(item.vcpus or 0), ram=int(item.ram or 0), disk=int(item.disk or 0))
+
+    def find_keypair(self, name: str) -> None:
+        self._find("key pair", name, lambda: self._c.compute.find_keypair(name, ignore_missing=True))
+
+    def _find(self, what: str, name: str, lookup: Callable[[], Any]) -> Any:
+        key = (what, name)
+        if key not in self._cache:
+            with self._translated(f"find {what} {name}"):
+                self._limiter.wait()
+                found = lookup()
+            if found is None:
+                raise CloudError(CloudErrorKind.NOT_FOUND, f"{what} {name!r} not found", cloud=self.name)
+            self._cache[key] = found
+        return self._cache[key]
+
+    # ---- floating IPs ------------------------------------------------------------------------
+
+    def attach_floating_ip(self, server: Server, external_network: str) -> str:
+        network = self._find("network", external_network,
+                             lambda: self._c.network.find_network(external_network, ignore_missing=True))
+        with self._translated(f"floating IP for {server.name}"):
+            ports = list(self._c.network.ports(device_id=server.id))
+            if not ports:
+                raise CloudError(CloudErrorKind.BOOT, f"server {server.name} has no port", cloud=self.name)
+            for existing in self._c.network.ips(port_id=ports[0].id):
+                return existing.floating_ip_address
+            self._limiter.wait()
+            ip = self._c.network.create_ip(floating_network_id=network.id, port_id=ports[0].id)
+        return ip.floating_ip_address
+
+    def release_floating_ips(self, server_id: str) -> None:
+        # Nova deletes the port with the server, but a floating IP stays allocated to the
+        # project (and counts against quota) until it is deleted explicitly.
+        with self._translated(f"release floating IPs of {server_id}"):
+            for port in self._c.network.ports(device_id=server_id):
+                for ip in self._c.network.ips(port_id=port.id):
+                    self._limiter.wait()
+                    self._c.network.delete_ip(ip, ignore_missing=True)
+
+    # ---- quota -------------------------------------------------------------------------------
+
+    def limits(self) -> Limits:
+        with self._translated("limits"):
+            absolute = self._c.compute.get_limits().absolute
+        return Limits(
+            instances=int(absolute.instances), instances_used=int(absolute.instances_used or 0),
+            cores=int(absolute.total_cores), cores_used=int(absolute.total_cores_used or 0),
+            ram=int(absolute.total_ram), ram_used=int(absolute.total_ram_used or 0),
+        )
+
+    # ---- helpers -----------------------------------------------------------------------------
+
+    def _paged(self, make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
+        self._limiter.wait()
+        yield from make()
+
+    def _server(self, item: Any, metadata: dict[str, str]) -> Server:
+        fault = (item.fault or {}).get("message") if isinstance(item.fault, dict) else None
+        status = (item.status or "").upper()
+        return Server(
+            id=item.id, name=item.name, status=status, cloud=self.name, metadata=metadata,
+            addresses=dict(item.addresses or {}), task_state=item.task_state,
+            created=_epoch(item.created_at), fault=fault,
+            fault_kind=classify_fault(fault) if status == ERROR else None,
+        )
+
+    @contextmanager
+    def _translated(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except CloudError:
+            raise
+        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes one of our kinds
+            raise classify_exception(exc, cloud=self.name, action=action) from exc
+
+
+def classify_fault(message: str | None) -> CloudErrorKind:
+    """An ERROR server's fault: 'No valid host' means the cloud is full, anything else a bad boot."""
+    if message and "no valid host" in message.lower():
+        return CloudErrorKind.CAPACITY
+    return CloudErrorKind.BOOT
+
+
+def classify_exception(exc: BaseException, *, cloud: str = "", action: str = "") -> CloudError:
+    """Map an openstacksdk/keystoneauth/requests exception to a CloudError kind, once."""
+    from keystoneauth1 import exceptions as ksa
+    from openstack import exceptions as sdk
+
+    prefix = f"{action}: " if action else ""
+    if isinstance(exc, ksa.Unauthorized):
+        return CloudError(CloudErrorKind.AUTH, f"{prefix}authentication failed", cloud=cloud, status=401)
+    if isinstance(exc, ksa.ConnectTimeout | ksa.ConnectFailure | ksa.ConnectionError):
+        return CloudError(CloudErrorKind.TRANSIENT, f"{prefix}cannot reach the cloud ({type(exc).__name__})", cloud=cloud)
+    if isinstance(exc, ksa.DiscoveryFailure | ksa.EndpointNotFound | sdk.EndpointNotFound | sdk.ConfigException):
+        return CloudError(CloudErrorKind.CONFIG, f"{prefix}{_first_line(exc)}", cloud=cloud)
+    if isinstance(exc, ksa.HttpError) and not isinstance(exc, sdk.HttpException):
+        return _classify_status(exc.http_status, _first_line(exc), prefix, cloud, exc.response)
+    if isinstance(exc, sdk.HttpException):
+        detail = _first_line(exc.details or exc.message or exc)
+        return _classify_status(exc.status_code, detail, prefix, cloud, exc.response)
+    import requests
+
+    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
+        return CloudError(CloudErrorKind.TRANSIENT, f"{prefix}cannot reach the cloud ({type(exc).__name__})", cloud=cloud)
+    return CloudError(CloudErrorKind.TRANSIENT, f"{prefix}{type(exc).__name__}: {_first_line(exc)}", cloud=cloud)
+
+
+def _classify_status(status: int | None, detail: str, prefix: str, cloud: str, response: Any) -> CloudError:
+    retry_after = _retry_after(response)
+    quota_words = "quota" in detail.lower() or "overquota" in detail.lower()
+    if status == 401:
+        kind = CloudErrorKind.AUTH
+    elif status == 403:
+        # Nova answers 403 both for quota and for policy; only the message tells them apart.
+        kind = CloudErrorKind.QUOTA if quota_words else CloudErrorKind.AUTH
+    elif status == 413:
+        # Pre-Juno Nova used 413 for quota; 413 overLimit with Retry-After is a rate limit.
+        kind = CloudErrorKind.QUOTA if quota_words and retry_after is None else CloudErrorKind.RATE_LIMITED
+    elif status == 429:
+        kind = CloudErrorKind.RATE_LIMITED
+    elif status == 404:
+        kind = CloudErrorKind.NOT_FOUND
+    elif status == 409:
+        # Neutron reports an exhausted floating IP quota as 409 OverQuota.
+        kind = CloudErrorKind.QUOTA if quota_words else CloudErrorKind.CONFLICT
+    elif status == 400:
+        kind = CloudErrorKind.CONFIG
+    elif status is not None and status >= 500:
+        kind = CloudErrorKind.TRANSIENT
+    else:
+        kind = CloudErrorKind.TRANSIENT
+    return CloudError(kind, f"{prefix}{detail}", cloud=cloud, status=status, retry_after=retry_after)
+
+
+def _retry_after(response: Any) -> float | None:
+    if response is None:
+        return None
+    value = response.headers.get("Retry-After")
+    try:
+        return float(value) if value is not None else None
+    except ValueError:
+        return None
+
+
+def _first_line(value: object) -> str:
+    text = str(value).strip()
+    return text.splitlines()[0] if text else type(value).__name__
+
+
+def _regex_escape(name: str) -> str:
+    # Nova evaluates the filter with Python's (or the DB's) regex engine; node names are simple,
+    # but '.' is legal in them and must not match any character.
+    return "".join("\\" + ch if ch in ".^$*+?{}[]\\|()" else ch for ch in name)
+
+
+def _epoch(stamp: str | None) -> float | None:
+    if not stamp:
+        return None
+    try:
+        return dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
+
+
+class _RateLimiter:
+    """At most `rate` calls a second across this cloud's threads (0 = no cap).
+
+    openstacksdk's own rate_limit option raises at connect since 4.7, so we pace ourselves.
+    """
+
+    def __init__(self, rate: float, monotonic: Callable[[], float], sleep: Callable[[float], None]):
+        self._interval = 1.0 / rate if rate > 0 else 0.0
+        self._monotonic = monotonic
+        self._sleep = sleep
+        self._next = 0.0
+        self._lock = threading.Lock()
+
+    def wait(self) -> None:
+        if not self._interval:
+            return
+        with self._lock:
+            now = self._monotonic()
+            start = max(now, self._next)
+            self._next = start + self._interval
+        if start > now:
+            self._sleep(start - now)

@@ -1,0 +1,334 @@
+"""The resume flow: give every requested node exactly one ACTIVE server and tell Slurm its address.
+
+Rounds: under the nodes' locks, look at every cloud for servers already named for the nodes
+(adopt, replace, ignore), then create the rest on the pool's clouds in order, falling back on
+quota or capacity; release the locks and wait, polling one list per cloud. A server that ends in
+ERROR is deleted and its node tries the pool's next cloud in the next round. Every node not served
+in the end is put in a Slurm state whose reason says why.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+from elastic import userdata
+from elastic.cloud import ACTIVE, ERROR, BootRequest, Cloud, Server
+from elastic.config import META_CLUSTER, META_NODE, META_POOL, Pool, PoolCloud
+from elastic.errors import FALLBACK_KINDS, CloudError, CloudErrorKind, ConfigError, SlurmError
+from elastic.power import placement
+from elastic.power.outcome import Failure, Outcome, failure_from, report_failures
+from elastic.power.release import delete_servers
+from elastic.power.retry import with_retries
+from elastic.power.services import Services
+
+
+@dataclass
+class _Booting:
+    server: Server
+    pool: str
+    entry: PoolCloud | None
+
+
+@dataclass
+class _Round:
+    """State carried across rounds of one resume run."""
+
+    tried: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # node -> clouds
+    last_failure: dict[str, Failure] = field(default_factory=dict)
+
+
+def resume(nodes: Sequence[str], svc: Services) -> Outcome:
+    outcome = Outcome()
+    config = svc.config
+    by_pool, unknown = config.split_by_pool(nodes)
+    if unknown:
+        outcome.fail(unknown, Failure("no-pool", f"not in any pool of {config.source or 'the config'}", permanent=True))
+    pending = {node: pool for pool, members in by_pool.items() for node in members}
+    deadline = svc.clock() + config.timeouts.boot
+    state = _Round()
+    try:
+        while pending:
+            booting = _place_round(pending, state, outcome, svc)
+            pending = _wait(booting, state, outcome, svc, deadline)
+            for node in list(pending):
+                if svc.clock() >= deadline:
+                    outcome.fail([node], state.last_failure.get(node) or Failure("timeout", "no server became ACTIVE in time"))
+                    pending.pop(node)
+    except Exception as exc:  # fail closed: no node may sit in POWERING_UP until ResumeTimeout
+        svc.log.exception("resume.internal_error", error=str(exc))
+        unserved = [n for n in nodes if n not in outcome.served and n not in outcome.failed]
+        outcome.fail(unserved, Failure("internal", f"{type(exc).__name__}: {exc}"))
+    _report_to_slurm(outcome, svc)
+    return outcome
+
+
+# ---- placing: look, adopt, create ----------------------------------------------------------
+
+
+def _place_round(pending: dict[str, str], state: _Round, outcome: Outcome, svc: Services) -> dict[str, _Booting]:
+    booting: dict[str, _Booting] = {}
+    with svc.locks(sorted(pending)):
+        existing = _existing_servers(sorted(pending), svc)
+        to_create: dict[str, list[str]] = defaultdict(list)
+        for node, pool_name in pending.items():
+            keep, stale = placement.choose_server(existing.get(node, []))
+            _delete_quietly(stale, svc, why="replaced" if keep is None else "duplicate")
+            if keep is not None:
+                svc.log.info("resume.adopt", node=node, cloud=keep.cloud, server=keep.id, status=keep.status)
+                entry = _entry_for(svc.config.pools[pool_name], keep.cloud)
+                booting[node] = _Booting(keep, pool_name, entry)
+            else:
+                to_create[pool_name].append(node)
+        for pool_name, members in to_create.items():
+            booting.update(_create_in_pool(pool_name, members, existing, state, outcome, svc))
+    return booting
+
+
+def _existing_servers(nodes: list[str], svc: Services) -> dict[str, list[Server]]:
+    found: dict[str, list[Server]] = defaultdict(list)
+    for name, cloud in svc.clouds.items():
+        try:
+            servers = with_retries(lambda c=cloud: c.list_servers(svc.config.cluster, nodes), sleep=svc.sleep)
+        except CloudError as error:
+            # Not seeing a cloud risks a duplicate there, which suspend and reconcile clean up;
+            # refusing to boot anywhere would fail the user's job for sure.
+            svc.log.warning("resume.list_failed", cloud=name, kind=error.kind.value, error=str(error))
+            continue
+        for server in servers:
+            found[server.name].append(server)
+    return found
+
+
+def _create_in_pool(pool_name: str, nodes: list[str], existing: dict[str, list[Server]], state: _Round,
+                    outcome: Outcome, svc: Services) -> dict[str, _Booting]:
+    pool = svc.config.pools[pool_name]
+    now = svc.clock()
+    cooling = [e.cloud for e in pool.clouds
+               if svc.history.cooling_down(e.cloud, pool_name, now, svc.config.clouds[e.cloud].cooldown)]
+    booting: dict[str, _Booting] = {}
+    left = list(nodes)
+    for entry in placement.cloud_order(pool_name, pool, cooling):
+        candidates = [n for n in left if entry.cloud not in state.tried[n]]
+        if not candidates:
+            continue
+        live_here = sum(1 for servers in existing.values() for s in servers
+                        if s.cloud == entry.cloud and s.pool == pool_name and not s.deleting and s.status != ERROR)
+        go, over = placement.split(candidates, placement.room_on(entry, live_here + _count_on(booting, entry.cloud)))
+        for node in over:
+            state.last_failure[node] = Failure("limit", f"pool {pool_name} reached max_nodes on {entry.cloud}")
+        started, failed = _create_on_cloud(pool_name, pool, entry, go, svc)
+        booting.update(started)
+        for node in go:
+            state.tried[node].add(entry.cloud)
+        for node, failure in failed.items():
+            state.last_failure[node] = failure
+            if failure.permanent:
+                outcome.fail([node], failure)
+        left = [n for n in left if n not in booting and n not in outcome.failed]
+        if not left:
+            break
+    for node in left:
+        outcome.fail([node], state.last_failure.get(node) or Failure("capacity", "no configured cloud could take it"))
+    return booting
+
+
+def _count_on(booting: dict[str, _Booting], cloud: str) -> int:
+    return sum(1 for b in booting.values() if b.server.cloud == cloud)
+
+
+def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[str],
+                     svc: Services) -> tuple[dict[str, _Booting], dict[str, Failure]]:
+    if not nodes:
+        return {}, {}
+    cloud = svc.clouds[entry.cloud]
+    try:
+        target = with_retries(lambda: cloud.resolve_boot(pool.flavor_on(entry), pool.image_on(entry), entry.network),
+                              sleep=svc.sleep)
+    except CloudError as error:
+        svc.log.error("resume.resolve_failed", cloud=entry.cloud, pool=pool_name, kind=error.kind.value, error=str(error))
+        return {}, {node: failure_from(error.kind, str(error)) for node in nodes}
+    try:
+        requests = {node: _boot_request(node, pool_name, pool, entry, target, svc) for node in nodes}
+    except ConfigError as error:
+        return {}, {node: Failure("config", str(error), permanent=True) for node in nodes}
+
+    def create(node: str) -> tuple[str, Server | CloudError]:
+        started = time.monotonic()
+        try:
+            server = with_retries(
+                lambda: cloud.create_server(requests[node]), sleep=svc.sleep,
+                # A lost reply may hide a create that worked: look before sending it again.
+                before_retry=lambda: _find_live(cloud, node, svc),
+                on_retry=lambda err, delay: svc.log.warning("cloud.retry", cloud=entry.cloud, node=node,
+                                                            kind=err.kind.value, delay=delay),
+            )
+        except CloudError as error:
+            svc.log.warning("cloud.create", cloud=entry.cloud, node=node, ok=False, kind=error.kind.value,
+                            error=str(error), seconds=round(time.monotonic() - started, 3))
+            return node, error
+        svc.log.info("cloud.create", cloud=entry.cloud, node=node, ok=True, server=server.id,
+                     seconds=round(time.monotonic() - started, 3))
+        return node, server
+
+    workers = min(svc.config.clouds[entry.cloud].max_parallel, len(nodes))
+    with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"create-{entry.cloud}") as pool_exec:
+        results = list(pool_exec.map(create, nodes))
+    started: dict[str, _Booting] = {}
+    failed: dict[str, Failure] = {}
+    for node, result in results:
+        if isinstance(result, Server):
+            started[node] = _Booting(result, pool_name, entry)
+        else:
+            failed[node] = failure_from(result.kind, str(result))
+            if result.kind in FALLBACK_KINDS:
+                svc.history.record_cloud_failure(entry.cloud, pool_name, result.kind.value, svc.clock())
+    return started, failed
+
+
+def _find_live(cloud: Cloud, node: str, svc: Services) -> Server | None:
+    try:
+        servers = cloud.list_servers(svc.config.cluster, [node])
+    except CloudError:
+        return None
+    keep, _ = placement.choose_server(servers)
+    return keep
+
+
+def _boot_request(node: str, pool_name: str, pool: Pool, entry: PoolCloud, target, svc: Services) -> BootRequest:
+    config = svc.config
+    metadata = {**pool.boot.metadata, META_CLUSTER: config.cluster, META_NODE: node, META_POOL: pool_name}
+    encoded = None
+    if pool.boot.user_data is not None:
+        context = {
+            **pool.boot.user_data_vars,
+            "node": node, "pool": pool_name, "cluster": config.cluster, "cloud": entry.cloud,
+            "controller": config.controller,
+        }
+        encoded = userdata.encode_user_data(userdata.render_user_data(pool.boot.user_data, context))
+    return BootRequest(
+        name=node, flavor_id=target.flavor_id, image_id=target.image_id, network_id=target.network_id,
+        metadata=metadata, key_name=pool.boot.key_name, security_groups=pool.boot.security_groups,
+        user_data=encoded, availability_zone=entry.availability_zone or pool.boot.availability_zone,
+        boot_volume_size=pool.boot.boot_volume_size,
+    )
+
+
+def _entry_for(pool: Pool, cloud: str) -> PoolCloud | None:
+    return next((entry for entry in pool.clouds if entry.cloud == cloud), None)
+
+
+# ---- waiting: one list per cloud per poll ---------------------------------------------------
+
+
+def _wait(booting: dict[str, _Booting], state: _Round, outcome: Outcome, svc: Services,
+          deadline: float) -> dict[str, str]:
+    """Poll until every booting node is served, cancelled or failed; return nodes to place again."""
+    again: dict[str, str] = {}
+    waiting = dict(booting)
+    while waiting:
+        by_cloud: dict[str, list[str]] = defaultdict(list)
+        for node, item in waiting.items():
+            by_cloud[item.server.cloud].append(node)
+        for cloud_name, members in by_cloud.items():
+            try:
+                current = {s.id: s for s in svc.clouds[cloud_name].list_servers(svc.config.cluster, members)}
+            except CloudError as error:
+                if not error.retryable:
+                    raise
+                svc.log.warning("resume.poll_failed", cloud=cloud_name, error=str(error))
+                continue
+            for node in members:
+                verdict = _judge(node, waiting[node], current.get(waiting[node].server.id), svc)
+                if isinstance(verdict, _Pending):
+                    continue
+                item = waiting.pop(node)
+                if isinstance(verdict, _Served):
+                    outcome.served[node] = verdict.address
+                elif isinstance(verdict, _Cancelled):
+                    outcome.cancelled.add(node)
+                else:
+                    state.last_failure[node] = verdict
+                    again[node] = item.pool
+        if waiting and svc.clock() >= deadline:
+            for node, item in waiting.items():
+                _delete_quietly([item.server], svc, why="boot timeout")
+                outcome.fail([node], Failure("timeout", f"server on {item.server.cloud} not ACTIVE within "
+                                                        f"{svc.config.timeouts.boot:.0f}s"))
+            break
+        if waiting:
+            svc.sleep(svc.config.timeouts.poll)
+    return again
+
+
+@dataclass(frozen=True)
+class _Pending:
+    pass
+
+
+@dataclass(frozen=True)
+class _Served:
+    address: str | None
+
+
+@dataclass(frozen=True)
+class _Cancelled:
+    pass
+
+
+def _judge(node: str, item: _Booting, server: Server | None, svc: Services) -> _Pending | _Served | _Cancelled | Failure:
+    """What one poll says about a booting node; a Failure sends it to the pool's next cloud."""
+    if server is None or server.deleting:
+        # Someone (a suspend for this node, an admin) deleted it while we waited.
+        svc.log.info("resume.cancelled", node=node, cloud=item.server.cloud, server=item.server.id)
+        return _Cancelled()
+    if server.status == ERROR:
+        kind = server.fault_kind or CloudErrorKind.BOOT
+        svc.log.warning("resume.server_error", node=node, cloud=server.cloud, server=server.id, fault=server.fault)
+        if kind in FALLBACK_KINDS:
+            svc.history.record_cloud_failure(server.cloud, item.pool, kind.value, svc.clock())
+        _delete_quietly([server], svc, why="ERROR")
+        return Failure(kind.value, f"server went ERROR on {server.cloud}: {server.fault or 'no fault given'}")
+    if server.status != ACTIVE:
+        return _Pending()
+    address = _address_for(server, item, svc)
+    if isinstance(address, Failure):
+        return address
+    if address is None and svc.config.slurm.addresses == "scontrol":
+        return _Pending()  # some clouds list the port a moment after ACTIVE
+    svc.history.clear_cloud_failure(server.cloud, item.pool)
+    svc.log.info("resume.active", node=node, cloud=server.cloud, server=server.id, address=address)
+    return _Served(address)
+
+
+def _address_for(server: Server, item: _Booting, svc: Services) -> str | Failure | None:
+    entry = item.entry
+    if entry is not None and entry.floating_ip and server.floating_address() is None:
+        try:
+            return svc.clouds[server.cloud].attach_floating_ip(server, entry.floating_ip)
+        except CloudError as error:
+            _delete_quietly([server], svc, why="floating IP failed")
+            return failure_from(error.kind, str(error))
+    return placement.server_address(server, entry)
+
+
+# ---- cleanup and reporting ------------------------------------------------------------------
+
+
+def _delete_quietly(servers: list[Server], svc: Services, *, why: str) -> None:
+    # A failed delete is logged by delete_servers and left for suspend, resume-fail or
+    # reconcile: all of them find the server again by name and metadata.
+    delete_servers(servers, svc, why=why)
+
+
+def _report_to_slurm(outcome: Outcome, svc: Services) -> None:
+    addresses = {n: a for n, a in outcome.served.items() if a}
+    if addresses and svc.config.slurm.addresses == "scontrol":
+        try:
+            svc.slurm.update_addresses(addresses)
+        except SlurmError as error:
+            svc.log.error("slurm.update_addresses", ok=False, error=str(error), nodes=sorted(addresses))
+    report_failures(outcome.failed, svc, transient_state="power_down_force")

@@ -1,0 +1,77 @@
+"""What a flow did for each node, and how an unserved node is shown in Slurm."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+from elastic.errors import CloudErrorKind, PERMANENT_KINDS
+
+# Slurm keeps the reason as typed; long reasons make `sinfo -R` unreadable.
+_REASON_MAX = 200
+
+
+@dataclass(frozen=True)
+class Failure:
+    kind: str  # a CloudErrorKind value, or one of ours: "timeout", "config", "internal", "no-pool", "limit"
+    message: str
+    permanent: bool = False  # the admin must act: the node goes DOWN instead of back to idle~
+
+    @property
+    def reason(self) -> str:
+        text = f"elastic: {self.kind}: {self.message}"
+        return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
+
+
+def failure_from(kind: CloudErrorKind, message: str) -> Failure:
+    return Failure(kind.value, message, permanent=kind in PERMANENT_KINDS)
+
+
+@dataclass
+class Outcome:
+    """Per node: served with an address (or None when Slurm learns it itself), or failed."""
+
+    served: dict[str, str | None] = field(default_factory=dict)
+    failed: dict[str, Failure] = field(default_factory=dict)
+    cancelled: set[str] = field(default_factory=set)  # deleted by a suspend while we booted it
+
+    def fail(self, nodes, failure: Failure) -> None:
+        for node in nodes:
+            self.served.pop(node, None)
+            self.failed[node] = failure
+
+    @property
+    def exit_code(self) -> int:
+        return 1 if self.failed else 0
+
+    def failures_by_kind(self) -> dict[str, list[str]]:
+        grouped: dict[str, list[str]] = defaultdict(list)
+        for node, failure in sorted(self.failed.items()):
+            grouped[failure.kind].append(node)
+        return dict(grouped)
+
+
+def slurm_updates(failed: dict[str, Failure], *, transient_state: str) -> list[tuple[str, str, list[str]]]:
+    """Group failed nodes into as few scontrol calls as possible: (state, reason, nodes).
+
+    Permanent failures go DOWN (a broken image or credential must not burn quota on every job);
+    others get `transient_state`: for resume that is power_down_force, which requeues the job now
+    instead of at ResumeTimeout and returns the node to idle~.
+    """
+    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    for node, failure in sorted(failed.items()):
+        state = "down" if failure.permanent else transient_state
+        groups[(state, failure.reason)].append(node)
+    return [(state, reason, nodes) for (state, reason), nodes in groups.items()]
+
+
+def report_failures(failed: dict[str, Failure], svc, *, transient_state: str) -> None:
+    """Put every failed node in its Slurm state with its reason; a failing scontrol is logged."""
+    from elastic.errors import SlurmError
+
+    for state, reason, nodes in slurm_updates(failed, transient_state=transient_state):
+        try:
+            svc.slurm.set_state(nodes, state, reason)
+            svc.log.info("slurm.set_state", nodes=nodes, state=state, reason=reason)
+        except SlurmError as error:
+            svc.log.error("slurm.set_state", ok=False, nodes=nodes, state=state, error=str(error))

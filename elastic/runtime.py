@@ -1,0 +1,47 @@
+"""Build the real collaborators from a loaded config: the only place that wires them together."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+from elastic.cloud import OpenStackCloud
+from elastic.config import Config
+from elastic.errors import ConfigError
+from elastic.history import History
+from elastic.locks import node_locks
+from elastic.power.services import Services
+from elastic.slurm import Slurm, find_command, subprocess_runner
+
+
+def make_slurm(config: Config) -> Slurm:
+    scontrol = find_command("scontrol", str(config.slurm.scontrol) if config.slurm.scontrol else None)
+    return Slurm(subprocess_runner(), scontrol=scontrol)
+
+
+def make_clouds(config: Config) -> dict[str, OpenStackCloud]:
+    return {name: OpenStackCloud(name, cloud) for name, cloud in config.clouds.items()}
+
+
+def ensure_state_dir(config: Config) -> Path:
+    try:
+        config.lock_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+    except OSError as exc:
+        raise ConfigError(f"cannot create state_dir: {exc.strerror or exc}", where=str(config.source or ""),
+                          key="state_dir") from None
+    return config.state_dir
+
+
+def make_services(config: Config, log) -> Services:
+    ensure_state_dir(config)
+    return Services(
+        config=config,
+        clouds=make_clouds(config),
+        slurm=make_slurm(config),
+        history=History(config.history_path),
+        log=log,
+        clock=time.time,
+        sleep=time.sleep,
+        locks=functools.partial(node_locks, config.lock_dir, timeout=config.timeouts.lock),
+    )

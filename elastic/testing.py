@@ -1,0 +1,212 @@
+"""In-memory stand-ins for the flows' collaborators, shipped with the package (as structlog ships
+`structlog.testing`) so unit tests exercise decisions without HTTP or scontrol.
+
+`MemoryCloud` implements the same interface as `elastic.cloud.OpenStackCloud`; the HTTP emulator in
+`elastic.lab.cloud` is what integration tests use instead.
+"""
+
+from __future__ import annotations
+
+import itertools
+import threading
+from collections.abc import Callable, Collection, Mapping, Sequence
+from dataclasses import dataclass, field, replace
+
+from elastic.cloud import ACTIVE, BUILDING, ERROR, BootRequest, BootTarget, Flavor, Limits, Server, classify_fault, is_ours
+from elastic.errors import CloudError, CloudErrorKind
+
+
+@dataclass
+class MemoryCloud:
+    """A cloud whose servers live in a dict. Servers become ACTIVE (or ERROR) on the next list
+    after `boot_polls` lists; failures are queued per operation with `fail_next`."""
+
+    name: str
+    boot_polls: int = 1
+    network_prefix: str = "127.10.0."
+    flavors: dict[str, Flavor] = field(default_factory=lambda: {"m1.small": Flavor("f1", "m1.small", 1, 2048, 20)})
+    images: set[str] = field(default_factory=lambda: {"debian-12"})
+    networks: set[str] = field(default_factory=lambda: {"private", "public"})
+    instance_quota: int = 1000
+    servers: dict[str, Server] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+    error_on_boot: dict[str, str] = field(default_factory=dict)  # node name -> fault message
+
+    def __post_init__(self):
+        self._ids = itertools.count(1)
+        self._polls: dict[str, int] = {}
+        self._failures: dict[str, list[CloudError]] = {}
+        self._lock = threading.Lock()
+
+    # ---- test controls -----------------------------------------------------------------------
+
+    def fail_next(self, operation: str, kind: CloudErrorKind, times: int = 1, message: str = "injected") -> None:
+        self._failures.setdefault(operation, []).extend(
+            CloudError(kind, message, cloud=self.name) for _ in range(times))
+
+    def add(self, name: str, *, status: str = ACTIVE, metadata: Mapping[str, str] | None = None,
+            created: float = 0.0, task_state: str | None = None) -> Server:
+        with self._lock:
+            server = Server(id=f"{self.name}-{next(self._ids)}", name=name, status=status, cloud=self.name,
+                            metadata=dict(metadata or {}), created=created, task_state=task_state,
+                            addresses=self._addresses(status), fault_kind=classify_fault(None) if status == ERROR else None)
+            self.servers[server.id] = server
+            return server
+
+    def live(self) -> list[Server]:
+        return [s for s in self.servers.values() if not s.deleting]
+
+    # ---- the Cloud interface -------------------------------------------------------------------
+
+    def list_servers(self, cluster: str, names: Collection[str] | None = None) -> list[Server]:
+        self._record("list", ",".join(sorted(names)) if names is not None else "*")
+        with self._lock:
+            for server_id, server in list(self.servers.items()):
+                if server.deleting:
+                    del self.servers[server_id]  # a delete is visible for one list, then gone
+                elif server.status == BUILDING:
+                    self._polls[server_id] = self._polls.get(server_id, 0) + 1
+                    if self._polls[server_id] >= self.boot_polls:
+                        self.servers[server_id] = self._finish_boot(server)
+            return [s for s in self.servers.values()
+                    if is_ours(s.metadata, cluster) and (names is None or s.name in names)]
+
+    def create_server(self, request: BootRequest) -> Server:
+        self._record("create", request.name)
+        with self._lock:
+            if len([s for s in self.servers.values() if not s.deleting]) >= self.instance_quota:
+                raise CloudError(CloudErrorKind.QUOTA, "Quota exceeded for instances", cloud=self.name, status=403)
+            server = Server(id=f"{self.name}-{next(self._ids)}", name=request.name, status=BUILDING, cloud=self.name,
+                            metadata=dict(request.metadata), created=float(next(self._ids)))
+            self.servers[server.id] = server
+            return server
+
+    def delete_server(self, server_id: str) -> None:
+        self._record("delete", server_id)
+        with self._lock:
+            if server_id in self.servers:
+                self.servers[server_id] = replace(self.servers[server_id], task_state="deleting")
+
+    def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget:
+        self._record("resolve", f"{flavor}/{image}/{network}")
+        for what, name, known in (("flavor", flavor, self.flavors), ("image", image, self.images),
+                                  ("network", network, self.networks)):
+            if name not in known:
+                raise CloudError(CloudErrorKind.NOT_FOUND, f"{what} {name!r} not found", cloud=self.name)
+        return BootTarget(flavor_id=self.flavors[flavor].id, image_id=image, network_id=network)
+
+    def attach_floating_ip(self, server: Server, external_network: str) -> str:
+        self._record("attach_floating_ip", server.name)
+        with self._lock:
+            current = self.servers[server.id]
+            address = f"127.20.0.{len(self.servers) % 250 + 1}"
+            addresses = {**current.addresses, "private": [*current.addresses.get("private", []),
+                                                          {"addr": address, "version": 4, "OS-EXT-IPS:type": "floating"}]}
+            self.servers[server.id] = replace(current, addresses=addresses)
+            return address
+
+    def release_floating_ips(self, server_id: str) -> None:
+        self._record("release_floating_ips", server_id)
+
+    def flavor(self, name: str) -> Flavor:
+        self._record("flavor", name)
+        if name not in self.flavors:
+            raise CloudError(CloudErrorKind.NOT_FOUND, f"flavor {name!r} not found", cloud=self.name)
+        return self.flavors[name]
+
+    def limits(self) -> Limits:
+        self._record("limits", "")
+        used = len(self.live())
+        return Limits(self.instance_quota, used, 10 * self.instance_quota, used, 10**6, used * 2048)
+
+    # ---- internals ---------------------------------------------------------------------------
+
+    def _record(self, operation: str, subject: str) -> None:
+        with self._lock:
+            self.calls.append((operation, subject))
+            queued = self._failures.get(operation)
+            if queued:
+                raise queued.pop(0)
+
+    def _finish_boot(self, server: Server) -> Server:
+        fault = self.error_on_boot.get(server.name)
+        if fault is not None:
+            return replace(server, status=ERROR, fault=fault, fault_kind=classify_fault(fault))
+        return replace(server, status=ACTIVE, addresses=self._addresses(ACTIVE))
+
+    def _addresses(self, status: str) -> dict[str, list[dict]]:
+        if status != ACTIVE:
+            return {}
+        return {"private": [{"addr": f"{self.network_prefix}{len(self.servers) % 250 + 1}", "version": 4,
+                             "OS-EXT-IPS:type": "fixed"}]}
+
+
+@dataclass
+class RecordingSlurm:
+    """Records the scontrol updates a flow asks for; `fail` makes every call raise SlurmError."""
+
+    states: list[tuple[tuple[str, ...], str, str | None]] = field(default_factory=list)
+    addresses: list[dict[str, str]] = field(default_factory=list)
+    fail: bool = False
+
+    def set_state(self, names: Sequence[str], state: str, reason: str | None = None) -> None:
+        self._maybe_fail()
+        self.states.append((tuple(names), state, reason))
+
+    def update_addresses(self, addrs: Mapping[str, str], hostnames: Mapping[str, str] | None = None) -> None:
+        self._maybe_fail()
+        self.addresses.append(dict(addrs))
+
+    def state_of(self, node: str) -> tuple[str, str | None] | None:
+        for names, state, reason in reversed(self.states):
+            if node in names:
+                return state, reason
+        return None
+
+    def _maybe_fail(self) -> None:
+        if self.fail:
+            from elastic.errors import SlurmError
+
+            raise SlurmError("scontrol: injected failure")
+
+
+@dataclass
+class MemoryHistory:
+    """The FailureMemory interface without a file."""
+
+    cloud_failures: dict[tuple[str, str], float] = field(default_factory=dict)
+    node_failure_times: dict[str, list[float]] = field(default_factory=dict)
+
+    def record_cloud_failure(self, cloud: str, pool: str, kind: str, now: float) -> None:
+        self.cloud_failures[(cloud, pool)] = now
+
+    def cooling_down(self, cloud: str, pool: str, now: float, cooldown_seconds: float) -> bool:
+        when = self.cloud_failures.get((cloud, pool))
+        return when is not None and now - when < cooldown_seconds
+
+    def clear_cloud_failure(self, cloud: str, pool: str) -> None:
+        self.cloud_failures.pop((cloud, pool), None)
+
+    def record_node_failure(self, node: str, now: float) -> None:
+        self.node_failure_times.setdefault(node, []).append(now)
+
+    def node_failures(self, node: str, now: float, window_seconds: float) -> int:
+        return sum(1 for t in self.node_failure_times.get(node, []) if now - t < window_seconds)
+
+
+class FakeClock:
+    """time.time and time.sleep in one: sleeping advances the clock instantly."""
+
+    def __init__(self, start: float = 1_000_000.0):
+        self.now = start
+        self.slept: list[float] = []
+
+    def __call__(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.slept.append(seconds)
+        self.now += seconds
+
+
+Sleeper = Callable[[float], None]
