@@ -138,6 +138,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         power_parser = sub.add_parser(name, help=_POWER_HELP[name])
         power_parser.add_argument("hostlist")
         power_parser.add_argument("--config")
+    from elastic.admin.cli import add_admin_commands
+
+    add_admin_commands(sub)
     lab = sub.add_parser("lab", help="the local world for tests and demos")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="PART")
     lab_sub.add_parser("cloud", help="serve the OpenStack emulator", add_help=False)
@@ -150,8 +153,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from elastic.lab.cloud.cli import main as lab_cloud_main
 
         return lab_cloud_main(rest)
-    parser.error(f"unknown command {args.command}")
-    return EXIT_USAGE
+    if rest:
+        parser.error(f"unrecognized arguments: {' '.join(rest)}")
+    # Admin commands registered by add_admin_commands set `handler(args) -> int`.
+    return args.handler(args)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,1 @@
+"""The admin's commands: check, status, reconcile, slurm-conf."""
