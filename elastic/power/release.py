@@ -68,9 +68,9 @@ def _delete_nodes(nodes: Sequence[str], svc: Services, why: str) -> Outcome:
         failures = delete_servers(doomed, svc, why=why)
         for node, failure in failures.items():
             outcome.fail([node], failure)
-        if svc.config.timeouts.delete > 0:
-            for node, failure in _wait_gone(found, svc).items():
-                outcome.fail([node], failure)
+        accepted = {node: servers for node, servers in found.items() if node not in failures}
+        for node, failure in _wait_gone(accepted, svc).items():
+            outcome.fail([node], failure)
     for node in nodes:
         if node not in outcome.failed:
             outcome.served[node] = None

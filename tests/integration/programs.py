@@ -1,0 +1,108 @@
+"""Run our three programs the way slurmctld does, against the lab emulator, with a recording
+stand-in for scontrol. Shared by the integration tests of the programs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+PROGRAMS = {"resume": REPO / "resume.py", "suspend": REPO / "suspend.py", "resume-fail": REPO / "resume_fail.py"}
+
+
+def write_scontrol_recorder(directory: Path) -> tuple[Path, Path]:
+    """An executable that logs its argv as one JSON line per call; answers nothing, exits 0."""
+    record = directory / "scontrol.calls"
+    script = directory / "scontrol"
+    script.write_text(textwrap.dedent(f"""\
+        #!{sys.executable}
+        import json, sys
+        with open({str(record)!r}, "a") as handle:
+            handle.write(json.dumps(sys.argv[1:]) + "\\n")
+        """))
+    script.chmod(0o755)
+    return script, record
+
+
+def scontrol_calls(record: Path) -> list[list[str]]:
+    if not record.exists():
+        return []
+    return [json.loads(line) for line in record.read_text().splitlines()]
+
+
+@dataclass
+class Site:
+    """A site directory: slurm.conf's dir holding elastic.yaml, clouds.yaml, the scontrol recorder."""
+
+    root: Path
+    record: Path
+
+    @property
+    def slurm_conf(self) -> Path:
+        return self.root / "slurm.conf"
+
+    @property
+    def log_file(self) -> Path:
+        return self.root / "elastic.log"
+
+    def write_config(self, text: str) -> Path:
+        path = self.root / "elastic.yaml"
+        path.write_text(text)
+        return path
+
+    def run(self, program: str, hostlist: str, *, resume_file: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+        """Run like slurmctld 22.05: env holds only SLURM_CONF (+ SLURM_RESUME_FILE), fds 0-2 closed, cwd /."""
+        env = {"SLURM_CONF": str(self.slurm_conf)}
+        pass_fds: tuple[int, ...] = ()
+        read_fd = None
+        if resume_file is not None:
+            read_fd, write_fd = os.pipe()
+            os.write(write_fd, resume_file.encode())
+            os.close(write_fd)
+            env["SLURM_RESUME_FILE"] = f"/proc/self/fd/{read_fd}"
+            pass_fds = (read_fd,)
+        try:
+            return subprocess.run(
+                [sys.executable, str(PROGRAMS[program]), hostlist], env=env, cwd="/", timeout=timeout,
+                pass_fds=pass_fds, preexec_fn=_close_standard_fds, capture_output=False,
+            )
+        finally:
+            if read_fd is not None:
+                os.close(read_fd)
+
+    def calls(self) -> list[list[str]]:
+        return scontrol_calls(self.record)
+
+    def log_events(self) -> list[dict]:
+        if not self.log_file.exists():
+            return []
+        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line.startswith("{")]
+
+
+def _close_standard_fds() -> None:
+    for fd in (0, 1, 2):
+        os.close(fd)
+
+
+def make_site(root: Path) -> Site:
+    root.mkdir(parents=True, exist_ok=True)
+    script, record = write_scontrol_recorder(root)
+    (root / "slurm.conf").write_text("# not read by the programs\n")
+    return Site(root=root, record=record)
+
+
+def config_text(site: Site, clouds_yaml: Path, *, clouds: dict[str, dict] | None = None, pools: str, extra: str = "") -> str:
+    clouds = clouds or {"lab": {}}
+    cloud_lines = "\n".join(
+        f"  {name}: {{clouds_yaml: {clouds_yaml}, max_parallel: 8, rate: 0, api_timeout: 10"
+        + "".join(f", {k}: {v}" for k, v in options.items()) + "}"
+        for name, options in clouds.items())
+    return (f"cluster: itest\nclouds:\n{cloud_lines}\npools:\n{textwrap.indent(textwrap.dedent(pools), '  ')}"
+            f"slurm: {{scontrol: {site.root / 'scontrol'}}}\n"
+            f"timeouts: {{boot: 30, delete: 10, poll: 0.2, lock: 20}}\n"
+            f"log_file: {site.log_file}\nstate_dir: {site.root / 'state'}\n{extra}")

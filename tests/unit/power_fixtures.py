@@ -1,0 +1,47 @@
+"""Builders shared by the power-flow unit tests: a config with two pools on two memory clouds."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import structlog
+
+from elastic.config import load_config
+from elastic.power import Services
+from elastic.testing import FakeClock, MemoryCloud, MemoryHistory, RecordingSlurm
+
+CONFIG = """\
+cluster: test
+clouds:
+  alpha: {clouds_yaml: clouds.yaml, cooldown: 300}
+  beta: {clouds_yaml: clouds.yaml}
+pools:
+  cpu:
+    nodes: cpu-[001-004]
+    slurm: {cpus: 1, real_memory: 1000}
+    boot: {flavor: m1.small, image: debian-12}
+    clouds:
+      - {cloud: alpha, network: private}
+      - {cloud: beta, network: private}
+  gpu:
+    nodes: gpu-[1-2]
+    slurm: {cpus: 1, real_memory: 1000}
+    boot: {flavor: m1.small, image: debian-12}
+    clouds:
+      - {cloud: beta, network: private, max_nodes: 1}
+timeouts: {boot: 60, delete: 30, poll: 5}
+resume_fail: {max_failures: 2, window: 600}
+"""
+
+
+def make_services(tmp_path: Path, extra: str = "", config_text: str = CONFIG) -> tuple[Services, dict[str, MemoryCloud], RecordingSlurm, FakeClock]:
+    path = tmp_path / "elastic.yaml"
+    path.write_text(config_text + textwrap.dedent(extra))
+    config = load_config(path)
+    clouds = {name: MemoryCloud(name) for name in config.clouds}
+    slurm = RecordingSlurm()
+    clock = FakeClock()
+    services = Services(config=config, clouds=clouds, slurm=slurm, history=MemoryHistory(),
+                        log=structlog.wrap_logger(structlog.testing.CapturingLogger()), clock=clock, sleep=clock.sleep)
+    return services, clouds, slurm, clock

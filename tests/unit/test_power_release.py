@@ -1,0 +1,104 @@
+"""Suspend and ResumeFail decisions, with memory clouds and a recording Slurm."""
+
+from __future__ import annotations
+
+from elastic.cloud import ACTIVE, BUILDING
+from elastic.config import META_CLUSTER, META_NODE, META_POOL
+from elastic.errors import CloudErrorKind
+from elastic.power import resume_fail, suspend
+
+from power_fixtures import make_services
+
+
+def _meta(node: str, pool: str = "cpu") -> dict[str, str]:
+    return {META_CLUSTER: "test", META_NODE: node, META_POOL: pool}
+
+
+def test_suspend_deletes_servers_on_every_cloud(tmp_path):
+    """Suspend deletes the nodes' servers wherever they are and changes no Slurm state."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    a = clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
+    b = clouds["beta"].add("cpu-002", metadata=_meta("cpu-002"))
+    outcome = suspend(["cpu-001", "cpu-002"], svc)
+    assert outcome.exit_code == 0
+    assert ("delete", a.id) in clouds["alpha"].calls and ("delete", b.id) in clouds["beta"].calls
+    assert clouds["alpha"].live() == [] and clouds["beta"].live() == [] and slurm.states == []
+
+
+def test_suspend_of_node_without_server_is_fine(tmp_path):
+    """A node with no server suspends cleanly: idempotent, exit 0."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    assert suspend(["cpu-003"], svc).exit_code == 0
+    assert not any(op == "delete" for op, _ in clouds["alpha"].calls)
+
+
+def test_suspend_reaches_nodes_whose_pool_was_removed(tmp_path):
+    """A server of ours for a node in no pool (pool removed from the YAML) is still deleted."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    gone = clouds["alpha"].add("old-7", metadata=_meta("old-7", pool="old"))
+    assert suspend(["old-7"], svc).exit_code == 0
+    assert ("delete", gone.id) in clouds["alpha"].calls
+
+
+def test_suspend_never_deletes_a_server_of_another_cluster(tmp_path):
+    """A same-named server without our cluster's metadata survives suspend."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    stranger = clouds["alpha"].add("cpu-001", metadata={META_CLUSTER: "someone-else"})
+    suspend(["cpu-001"], svc)
+    assert ("delete", stranger.id) not in clouds["alpha"].calls
+
+
+def test_suspend_deletes_every_duplicate(tmp_path):
+    """Two servers with the node's name are both deleted."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
+    clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"), status=BUILDING)
+    suspend(["cpu-001"], svc)
+    assert clouds["alpha"].live() == []
+
+
+def test_suspend_failure_sets_node_down_with_reason(tmp_path):
+    """A delete that keeps failing leaves the node DOWN with an elastic: reason and exit 1."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
+    clouds["alpha"].fail_next("delete", CloudErrorKind.TRANSIENT, times=10)
+    outcome = suspend(["cpu-001"], svc)
+    assert outcome.exit_code == 1
+    state, reason = slurm.state_of("cpu-001")
+    assert state == "down" and reason.startswith("elastic: transient:")
+
+
+def test_suspend_with_unreachable_cloud_does_not_claim_success(tmp_path):
+    """If a cloud cannot be listed, its nodes are reported failed, not silently 'gone'."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["beta"].fail_next("list", CloudErrorKind.TRANSIENT, times=10)
+    outcome = suspend(["cpu-001"], svc)
+    assert "cpu-001" in outcome.failed and slurm.state_of("cpu-001")[0] == "down"
+
+
+def test_resume_fail_deletes_and_returns_node_to_service(tmp_path):
+    """ResumeFail deletes the node's server and sets state=resume so the node is idle~ again."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].add("cpu-001", status=ACTIVE, metadata=_meta("cpu-001"))
+    outcome = resume_fail(["cpu-001"], svc)
+    assert outcome.exit_code == 0 and clouds["alpha"].live() == []
+    assert slurm.state_of("cpu-001") == ("resume", None)
+
+
+def test_resume_fail_repeated_failures_leave_node_down(tmp_path):
+    """A node that failed max_failures times within the window stays DOWN with a reason."""
+    svc, _, slurm, clock = make_services(tmp_path)
+    resume_fail(["cpu-001"], svc)
+    clock.now += 60
+    outcome = resume_fail(["cpu-001"], svc)
+    state, reason = slurm.state_of("cpu-001")
+    assert state == "down" and "failed to resume 2 times" in reason and outcome.exit_code == 1
+
+
+def test_resume_fail_window_forgets_old_failures(tmp_path):
+    """Failures older than the window do not count: the node returns to service."""
+    svc, _, slurm, clock = make_services(tmp_path)
+    resume_fail(["cpu-001"], svc)
+    clock.now += 601
+    resume_fail(["cpu-001"], svc)
+    assert slurm.state_of("cpu-001") == ("resume", None)

@@ -1,0 +1,233 @@
+"""The resume flow's decisions, with memory clouds and a recording Slurm."""
+
+from __future__ import annotations
+
+from elastic.cloud import ACTIVE, BUILDING, ERROR
+from elastic.config import META_CLUSTER, META_NODE, META_POOL
+from elastic.errors import CloudErrorKind
+from elastic.power import resume
+
+from power_fixtures import make_services
+
+OURS = {META_CLUSTER: "test", META_POOL: "cpu"}
+
+
+def _meta(node: str) -> dict[str, str]:
+    return {**OURS, META_NODE: node}
+
+
+def test_boots_one_server_per_node_and_sends_addresses_in_one_call(tmp_path):
+    """Each node gets one server on the pool's first cloud; Slurm gets all addresses in one update."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    outcome = resume(["cpu-001", "cpu-002"], svc)
+    assert outcome.exit_code == 0 and not outcome.failed
+    assert sorted(s.name for s in clouds["alpha"].live()) == ["cpu-001", "cpu-002"]
+    assert clouds["beta"].live() == []
+    assert len(slurm.addresses) == 1 and set(slurm.addresses[0]) == {"cpu-001", "cpu-002"}
+    assert all(a.startswith("127.10.0.") for a in slurm.addresses[0].values())
+
+
+def test_server_metadata_names_cluster_node_and_pool(tmp_path):
+    """A created server carries our cluster, node and pool in metadata, and the node as its name."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    resume(["cpu-003"], svc)
+    (server,) = clouds["alpha"].live()
+    assert server.name == "cpu-003"
+    assert server.metadata == {META_CLUSTER: "test", META_NODE: "cpu-003", META_POOL: "cpu"}
+
+
+def test_adopts_active_server_instead_of_creating(tmp_path):
+    """An ACTIVE server of ours for the node is adopted: no create call is made."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["beta"].add("cpu-001", status=ACTIVE, metadata=_meta("cpu-001"))
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.served and not any(op == "create" for op, _ in clouds["alpha"].calls + clouds["beta"].calls)
+    assert list(slurm.addresses[0]) == ["cpu-001"]
+
+
+def test_adopts_building_server_and_waits_for_it(tmp_path):
+    """A BUILD server of ours is adopted and waited for, not duplicated."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    clouds["alpha"].add("cpu-001", status=BUILDING, metadata=_meta("cpu-001"))
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.served.keys() == {"cpu-001"}
+    assert [s.name for s in clouds["alpha"].live()] == ["cpu-001"]
+
+
+def test_replaces_error_server(tmp_path):
+    """An ERROR server of ours is deleted and a new one created."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    old = clouds["alpha"].add("cpu-001", status=ERROR, metadata=_meta("cpu-001"))
+    resume(["cpu-001"], svc)
+    assert ("delete", old.id) in clouds["alpha"].calls
+    (server,) = clouds["alpha"].live()
+    assert server.id != old.id and server.status == ACTIVE
+
+
+def test_ignores_a_server_of_another_cluster_with_the_same_name(tmp_path):
+    """A same-named server without our cluster's metadata is neither adopted nor deleted."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    stranger = clouds["alpha"].add("cpu-001", status=ACTIVE, metadata={META_CLUSTER: "other"})
+    resume(["cpu-001"], svc)
+    assert ("delete", stranger.id) not in clouds["alpha"].calls
+    assert sum(1 for s in clouds["alpha"].live() if s.name == "cpu-001") == 2
+
+
+def test_duplicates_keep_newest_active_and_delete_the_rest(tmp_path):
+    """Two live servers for one node: the newest ACTIVE one is kept, the other deleted."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    older = clouds["alpha"].add("cpu-001", status=ACTIVE, metadata=_meta("cpu-001"), created=1.0)
+    newer = clouds["beta"].add("cpu-001", status=ACTIVE, metadata=_meta("cpu-001"), created=2.0)
+    resume(["cpu-001"], svc)
+    assert ("delete", older.id) in clouds["alpha"].calls
+    assert ("delete", newer.id) not in clouds["beta"].calls
+
+
+def test_quota_on_first_cloud_falls_back_to_second(tmp_path):
+    """A quota failure on the pool's first cloud boots the node on its second cloud."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].instance_quota = 1
+    outcome = resume(["cpu-001", "cpu-002", "cpu-003"], svc)
+    assert outcome.exit_code == 0
+    assert len(clouds["alpha"].live()) == 1 and len(clouds["beta"].live()) == 2
+    assert set(slurm.addresses[0]) == {"cpu-001", "cpu-002", "cpu-003"}
+
+
+def test_cloud_in_cooldown_is_tried_last(tmp_path):
+    """After a quota failure, the next resume starts on the pool's next cloud (cool-down)."""
+    svc, clouds, _, clock = make_services(tmp_path)
+    clouds["alpha"].instance_quota = 0
+    resume(["cpu-001"], svc)
+    clouds["alpha"].instance_quota = 100
+    clouds["alpha"].calls.clear()
+    clock.now += 10
+    resume(["cpu-002"], svc)
+    assert not any(op == "create" for op, _ in clouds["alpha"].calls)
+    assert {s.name for s in clouds["beta"].live()} == {"cpu-001", "cpu-002"}
+
+
+def test_cooldown_expires(tmp_path):
+    """Once the cool-down has passed, the pool's first cloud is tried first again."""
+    svc, clouds, _, clock = make_services(tmp_path)
+    clouds["alpha"].instance_quota = 0
+    resume(["cpu-001"], svc)
+    clouds["alpha"].instance_quota = 100
+    clock.now += 301
+    resume(["cpu-002"], svc)
+    assert [s.name for s in clouds["alpha"].live()] == ["cpu-002"]
+
+
+def test_error_with_no_valid_host_falls_back(tmp_path):
+    """A server that goes ERROR (No valid host) is deleted and the node boots on the next cloud."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    clouds["alpha"].error_on_boot["cpu-001"] = "No valid host was found. There are not enough hosts available."
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.served.keys() == {"cpu-001"}
+    assert clouds["alpha"].live() == [] and [s.name for s in clouds["beta"].live()] == ["cpu-001"]
+
+
+def test_every_cloud_full_fails_node_with_power_down_force(tmp_path):
+    """When every cloud is out of quota, the node gets power_down_force and a quota reason."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].instance_quota = 0
+    clouds["beta"].instance_quota = 0
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.exit_code == 1
+    state, reason = slurm.state_of("cpu-001")
+    assert state == "power_down_force" and reason.startswith("elastic: quota:")
+
+
+def test_missing_image_sets_node_down_without_fallback(tmp_path):
+    """An unknown image is permanent: the node goes DOWN with an elastic: reason, no fallback."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].images.clear()
+    outcome = resume(["cpu-001"], svc)
+    assert slurm.state_of("cpu-001") == ("down", outcome.failed["cpu-001"].reason)
+    assert "image" in outcome.failed["cpu-001"].reason
+    assert not any(op == "create" for op, _ in clouds["beta"].calls)
+
+
+def test_rate_limit_is_retried_after_looking_for_the_server(tmp_path):
+    """A 429 on create is retried after a pause, and before resending the create we list by name."""
+    svc, clouds, _, clock = make_services(tmp_path)
+    clouds["alpha"].fail_next("create", CloudErrorKind.RATE_LIMITED, times=2)
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.served.keys() == {"cpu-001"}
+    ops = [op for op, _ in clouds["alpha"].calls]
+    assert ops.count("create") == 3 and clock.slept[:2] == [1.0, 2.0]
+    first_create = ops.index("create")
+    assert "list" in ops[first_create + 1:first_create + 3]
+
+
+def test_transient_outage_on_first_cloud_falls_back(tmp_path):
+    """When the first cloud stays unreachable through the retries, the node boots on the second."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    clouds["alpha"].fail_next("resolve", CloudErrorKind.TRANSIENT, times=10)
+    outcome = resume(["cpu-001"], svc)
+    assert [s.name for s in clouds["beta"].live()] == ["cpu-001"] and outcome.exit_code == 0
+
+
+def test_max_nodes_caps_a_pool_on_a_cloud(tmp_path):
+    """max_nodes limits how many of a pool's servers run on one cloud; the rest fail with a limit reason."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    outcome = resume(["gpu-1", "gpu-2"], svc)
+    assert len(clouds["beta"].live()) == 1
+    (failed,) = outcome.failed
+    assert slurm.state_of(failed)[0] == "power_down_force" and "max_nodes" in slurm.state_of(failed)[1]
+
+
+def test_node_in_no_pool_is_set_down(tmp_path):
+    """A node of no pool is not booted and goes DOWN with a reason naming the config."""
+    svc, _, slurm, _ = make_services(tmp_path)
+    outcome = resume(["cpu-001", "mystery-7"], svc)
+    assert "cpu-001" in outcome.served
+    state, reason = slurm.state_of("mystery-7")
+    assert state == "down" and "not in any pool" in reason
+
+
+def test_boot_timeout_deletes_server_and_fails_node(tmp_path):
+    """A server still BUILD at the boot deadline is deleted and its node gets a timeout reason."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].boot_polls = 10**6
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.failed["cpu-001"].kind == "timeout"
+    assert clouds["alpha"].live() == []
+    assert slurm.state_of("cpu-001")[0] == "power_down_force"
+
+
+def test_server_deleted_while_booting_counts_as_cancelled(tmp_path):
+    """If a suspend deletes the server while resume waits, the node is cancelled, not failed."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].boot_polls = 3
+    original_sleep = svc.sleep
+
+    def sleep_and_delete(seconds):
+        for server in clouds["alpha"].live():
+            clouds["alpha"].delete_server(server.id)
+        original_sleep(seconds)
+
+    svc.sleep = sleep_and_delete
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.cancelled == {"cpu-001"} and not outcome.failed and slurm.states == []
+
+
+def test_unexpected_exception_fails_closed(tmp_path):
+    """An unexpected exception leaves every unserved node power_down_force with an internal reason."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+
+    def explode(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    clouds["alpha"].resolve_boot = explode
+    outcome = resume(["cpu-001", "cpu-002"], svc)
+    assert set(outcome.failed) == {"cpu-001", "cpu-002"}
+    state, reason = slurm.state_of("cpu-001")
+    assert state == "power_down_force" and reason.startswith("elastic: internal: RuntimeError")
+
+
+def test_failing_scontrol_does_not_raise(tmp_path):
+    """If scontrol fails while reporting, resume still returns its outcome."""
+    svc, _, slurm, _ = make_services(tmp_path)
+    slurm.fail = True
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.served.keys() == {"cpu-001"}
