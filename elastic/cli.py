@@ -65,7 +65,6 @@ def _read_resume_file_now() -> tuple[str | None, str | None]:
 
 def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_text: str | None = None,
               resume_file_error: str | None = None) -> int:
-    from elastic import hostlists, logs
     from elastic.config import config_from_env
 
     interactive = not process.started_detached() and sys.stderr.isatty()
@@ -74,6 +73,8 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
     except ConfigError as error:
         return _fatal(error)
     process.send_output_to(config.log_file)
+    from elastic import hostlists, logs
+
     log = logs.configure_logging(log_file=config.log_file, run_id=logs.new_run_id(), command=command,
                                  interactive=interactive, level=config.log_level)
     try:
