@@ -1,0 +1,96 @@
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from elastic.errors import UsageError
+from elastic.resume_request import ResumeJob, ResumeRequest, parse_resume_file, read_resume_file
+
+SCHEMA_22_05 = '{"jobs":[{"job_id":1,"nodes":"cn[1-2]"}],"all_nodes":"cn[1-2]"}'
+SCHEMA_23_02 = json.dumps({
+    "all_nodes_resume": "cloud[1-3,7-8]",
+    "jobs": [
+        {"extra": "An arbitrary string from --extra", "features": "c1,c2", "job_id": 140814,
+         "nodes_alloc": "cloud[1-4]", "nodes_resume": "cloud[1-3]", "oversubscribe": "OK",
+         "partition": "cloud", "reservation": "resv_1234"},
+        {"extra": None, "features": None, "job_id": 140816, "nodes_alloc": "cloud[7-8]",
+         "nodes_resume": "cloud[7-8]", "oversubscribe": "NO", "partition": "cloud_exclusive",
+         "reservation": None, "exclusive": "user", "priority": 4294901759},  # 26.05 keys
+    ],
+})
+
+
+def test_parse_22_05_schema():
+    """The 22.05 schema ("nodes", "all_nodes") gives expanded node names per job."""
+    assert parse_resume_file(SCHEMA_22_05) == ResumeRequest(
+        all_nodes=("cn1", "cn2"), jobs=(ResumeJob(job_id=1, nodes=("cn1", "cn2"), partition=None),))
+
+
+def test_parse_22_05_manual_power_up():
+    """A manual power_up has no jobs."""
+    assert parse_resume_file('{"jobs":[],"all_nodes":"cn3"}') == ResumeRequest(all_nodes=("cn3",), jobs=())
+
+
+def test_parse_23_02_schema_uses_nodes_resume_and_ignores_unknown_keys():
+    """23.02+: per-job nodes are nodes_resume (not nodes_alloc); 26.05's extra keys are ignored."""
+    request = parse_resume_file(SCHEMA_23_02)
+    assert request.all_nodes == ("cloud1", "cloud2", "cloud3", "cloud7", "cloud8")
+    assert request.jobs == (
+        ResumeJob(140814, ("cloud1", "cloud2", "cloud3"), "cloud", "c1,c2", "resv_1234"),
+        ResumeJob(140816, ("cloud7", "cloud8"), "cloud_exclusive", None, None),
+    )
+
+
+def test_parse_job_with_no_node_left():
+    """A job whose nodes_resume is empty has no nodes rather than failing."""
+    request = parse_resume_file('{"all_nodes_resume":"cn1","jobs":[{"job_id":5,"nodes_resume":""}]}')
+    assert request.jobs == (ResumeJob(5, ()),)
+
+
+@pytest.mark.parametrize(("text", "message"), [
+    ("{not json", "SRC: not JSON: Expecting property name enclosed in double quotes at line 1 column 2"),
+    ("[]", "SRC: expected a JSON object, got list"),
+    ('{"jobs":[]}', "SRC: has neither all_nodes_resume (23.02+) nor all_nodes (22.05)"),
+    ('{"all_nodes":7}', "SRC: all_nodes: expected a hostlist string, got int"),
+    ('{"all_nodes":"cn[1-"}', "SRC: all_nodes: bad hostlist 'cn[1-': unbalanced brackets"),
+    ('{"all_nodes":"cn1","jobs":{}}', "SRC: jobs: expected a list, got dict"),
+    ('{"all_nodes":"cn1","jobs":[3]}', "SRC: jobs[0]: expected an object, got int"),
+    ('{"all_nodes":"cn1","jobs":[{"job_id":"1"}]}', "SRC: jobs[0].job_id: expected an integer, got str"),
+    ('{"all_nodes":"cn1","jobs":[{"job_id":true}]}', "SRC: jobs[0].job_id: expected an integer, got bool"),
+    ('{"all_nodes":"cn1","jobs":[{"job_id":1,"partition":["a"]}]}',
+     "SRC: jobs[0].partition: expected a string or null, got list"),
+])
+def test_parse_rejects_bad_input_with_one_line_naming_source(text, message):
+    """Bad JSON or a wrong shape is a one-line UsageError naming the source and the key."""
+    with pytest.raises(UsageError) as caught:
+        parse_resume_file(text, source="SRC")
+    assert str(caught.value) == message
+
+
+def test_read_resume_file_unset():
+    """No SLURM_RESUME_FILE (admin run, SuspendProgram) means no request."""
+    assert read_resume_file({}) is None
+    assert read_resume_file({"SLURM_RESUME_FILE": ""}) is None
+
+
+def test_read_resume_file_reads_the_named_file(tmp_path):
+    """The file SLURM_RESUME_FILE names is read and parsed."""
+    path = tmp_path / "7"
+    path.write_text(SCHEMA_22_05)
+    assert read_resume_file({"SLURM_RESUME_FILE": str(path)}).all_nodes == ("cn1", "cn2")
+
+
+def test_read_resume_file_gone(tmp_path):
+    """A path that no longer exists (slurmctld closed the fd) is a UsageError naming it."""
+    missing = tmp_path / "fd" / "9"
+    with pytest.raises(UsageError, match=f"cannot read SLURM_RESUME_FILE {missing}: No such file or directory"):
+        read_resume_file({"SLURM_RESUME_FILE": str(missing)})
+
+
+def test_read_resume_file_bad_content_names_path(tmp_path):
+    """Bad content read from the file names the file in the error."""
+    path = tmp_path / "7"
+    path.write_bytes(b"\xff\xfe")
+    with pytest.raises(UsageError, match=f"SLURM_RESUME_FILE {path}: not UTF-8 text at byte 0"):
+        read_resume_file({"SLURM_RESUME_FILE": str(path)})
