@@ -1,0 +1,159 @@
+from __future__ import annotations
+
+import json
+import stat
+import threading
+
+import pytest
+
+from elastic.errors import ConfigError, LockTimeout
+from elastic.history import MAX_NODE_FAILURES, History
+from elastic.locks import exclusive_lock
+
+NOW = 1_000_000.0
+
+
+@pytest.fixture
+def path(tmp_path):
+    return tmp_path / "state" / "history.json"
+
+
+def test_missing_file_is_empty_and_reads_create_nothing(path):
+    """Without a file there is no cool-down and no failure, and asking writes no history file."""
+    history = History(path)
+    assert not history.cooling_down("kaizen", "cpu", NOW, 600)
+    assert history.node_failures("cpu-001", NOW, 3600) == 0
+    history.clear_cloud_failure("kaizen", "cpu")
+    assert not path.exists()
+
+
+def test_cloud_cools_down_for_its_pool_only(path):
+    """A recorded cloud failure cools down that cloud for that pool, strictly less than the cool-down."""
+    history = History(path)
+    history.record_cloud_failure("kaizen", "cpu", "quota", NOW)
+    assert history.cooling_down("kaizen", "cpu", NOW + 599, 600)
+    assert not history.cooling_down("kaizen", "cpu", NOW + 600, 600)
+    assert not history.cooling_down("kaizen", "gpu", NOW + 1, 600)
+    assert not history.cooling_down("engage1", "cpu", NOW + 1, 600)
+
+
+def test_clear_cloud_failure_ends_cool_down(path):
+    """A success clears the cloud's failure for the pool, leaving other pools' failures."""
+    history = History(path)
+    history.record_cloud_failure("kaizen", "cpu", "quota", NOW)
+    history.record_cloud_failure("kaizen", "gpu", "capacity", NOW)
+    history.clear_cloud_failure("kaizen", "cpu")
+    assert not history.cooling_down("kaizen", "cpu", NOW + 1, 600)
+    assert history.cooling_down("kaizen", "gpu", NOW + 1, 600)
+
+
+def test_history_persists_between_runs(path):
+    """What one History wrote, a new History on the same file (the next program run) sees."""
+    History(path).record_cloud_failure("kaizen", "cpu", "capacity", NOW)
+    History(path).record_node_failure("cpu-001", NOW)
+    assert History(path).cooling_down("kaizen", "cpu", NOW + 10, 600)
+    assert History(path).node_failures("cpu-001", NOW + 10, 3600) == 1
+
+
+def test_node_failures_count_within_window_and_prune_older(path):
+    """Only failures inside the window count, and older ones are removed from the file."""
+    history = History(path)
+    for when in (NOW, NOW + 100, NOW + 200):
+        history.record_node_failure("cpu-001", when)
+    history.record_node_failure("cpu-002", NOW)
+    assert history.node_failures("cpu-001", NOW + 250, 200) == 2
+    stored = json.loads(path.read_text())["nodes"]
+    assert stored == {"cpu-001": [NOW + 100, NOW + 200], "cpu-002": [NOW]}
+
+
+def test_clear_node_failures(path):
+    """Clearing a node forgets its failures only."""
+    history = History(path)
+    history.record_node_failure("cpu-001", NOW)
+    history.record_node_failure("cpu-002", NOW)
+    history.clear_node_failures("cpu-001")
+    assert history.node_failures("cpu-001", NOW, 3600) == 0
+    assert history.node_failures("cpu-002", NOW, 3600) == 1
+
+
+def test_node_failure_list_is_bounded(path):
+    """A node's stored failures are capped, keeping the newest."""
+    history = History(path)
+    for index in range(MAX_NODE_FAILURES + 5):
+        history.record_node_failure("cpu-001", NOW + index)
+    stored = json.loads(path.read_text())["nodes"]["cpu-001"]
+    assert len(stored) == MAX_NODE_FAILURES and stored[-1] == NOW + MAX_NODE_FAILURES + 4
+
+
+@pytest.mark.parametrize("content", ["{not json", "[1, 2]", '"text"', "", '{"clouds": 7, "nodes": []}'])
+def test_corrupt_file_is_empty_history(path, content):
+    """A corrupt file reads as empty, and the next change replaces it with a valid one."""
+    path.parent.mkdir(parents=True)
+    path.write_text(content)
+    history = History(path)
+    assert not history.cooling_down("kaizen", "cpu", NOW, 600)
+    history.record_node_failure("cpu-001", NOW)
+    assert json.loads(path.read_text())["nodes"] == {"cpu-001": [NOW]}
+
+
+def test_malformed_entries_are_dropped(path):
+    """Well-formed entries survive next to malformed ones, which are ignored."""
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps({
+        "clouds": {"kaizen": {"cpu": {"kind": "quota", "at": NOW}, "gpu": {"kind": "quota"}}, "bad": 3},
+        "nodes": {"cpu-001": [NOW, "x", True], "cpu-002": "soon"},
+    }))
+    history = History(path)
+    assert history.cooling_down("kaizen", "cpu", NOW + 1, 600)
+    assert not history.cooling_down("kaizen", "gpu", NOW + 1, 600)
+    assert history.node_failures("cpu-001", NOW + 1, 3600) == 1
+    assert history.node_failures("cpu-002", NOW + 1, 3600) == 0
+
+
+def test_write_is_atomic_and_leaves_no_temporary(path):
+    """The file is replaced whole (mode 0644) and no temporary file is left beside it."""
+    History(path).record_cloud_failure("kaizen", "cpu", "quota", NOW)
+    assert sorted(p.name for p in path.parent.iterdir()) == ["history.json", "history.json.lock"]
+    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+
+
+def test_failed_write_keeps_old_file_and_raises(path, mocker):
+    """When the rename fails the old history stays, the temporary is removed, and ConfigError names the file."""
+    history = History(path)
+    history.record_node_failure("cpu-001", NOW)
+    before = path.read_text()
+    mocker.patch("elastic.history.os.replace", side_effect=OSError(28, "No space left on device"))
+    with pytest.raises(ConfigError, match="history.json: cannot write history: No space left on device"):
+        history.record_node_failure("cpu-001", NOW + 1)
+    assert path.read_text() == before
+    assert sorted(p.name for p in path.parent.iterdir()) == ["history.json", "history.json.lock"]
+
+
+def test_held_lock_times_out(path):
+    """A change waits for the file lock and raises LockTimeout when another process keeps it."""
+    history = History(path, lock_timeout=0.1)
+    with exclusive_lock(path.with_name("history.json.lock"), timeout=1):
+        with pytest.raises(LockTimeout, match="history.json.lock"):
+            history.record_node_failure("cpu-001", NOW)
+
+
+def test_concurrent_records_are_not_lost(path):
+    """Two threads (as two programs) recording at once lose no update."""
+    start = threading.Barrier(2)
+
+    def record(node):
+        history = History(path)
+        start.wait()
+        for index in range(40):
+            history.record_node_failure(node, NOW + index)
+            history.record_node_failure("shared", NOW + index)
+
+    threads = [threading.Thread(target=record, args=(node,)) for node in ("cpu-001", "cpu-002")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    history = History(path)
+    assert history.node_failures("cpu-001", NOW + 40, 3600) == 40
+    assert history.node_failures("cpu-002", NOW + 40, 3600) == 40
+    assert history.node_failures("shared", NOW + 40, 3600) == 80
