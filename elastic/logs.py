@@ -77,7 +77,7 @@ def _redact(value: Any) -> Any:
         return {key: REDACTED if isinstance(key, str) and SECRET_KEY.search(key) else _redact(item)
                 for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return type(value)(_redact(item) for item in value)
+        return [_redact(item) for item in value]
     return value
 
 
