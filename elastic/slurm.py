@@ -143,6 +143,19 @@ class Slurm:
         wanted = set(names)
         return {name: node for name, node in nodes.items() if name in wanted}
 
+    def node_fields(self, names: Iterable[str] | None = None) -> dict[str, dict[str, str]]:
+        """Every field `scontrol -o show node` prints, by node name (same visibility as `nodes`)."""
+        output = self._run([self._scontrol, "-a", "-o", "show", "node"])
+        wanted = set(names) if names is not None else None
+        found: dict[str, dict[str, str]] = {}
+        for line in output.splitlines():
+            if not line.strip() or line.strip() == "No nodes in the system":
+                continue
+            fields = parse_node_line(line)
+            if "NodeName" in fields and (wanted is None or fields["NodeName"] in wanted):
+                found[fields["NodeName"]] = fields
+        return found
+
     def update_addresses(self, addrs: Mapping[str, str], hostnames: Mapping[str, str] | None = None) -> None:
         """Tell slurmctld where nodes are, in one call for the whole batch.
 
