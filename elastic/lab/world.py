@@ -1,0 +1,160 @@
+"""The local world: the OpenStack emulator and a real local Slurm, wired so a server that turns
+ACTIVE starts a real slurmd for its node and a deleted server stops it, as a VM's boot and
+deletion would. The demo and the end-to-end tests both run on it.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+import textwrap
+import threading
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from elastic.config import Config, load_config
+from elastic.lab.cloud import LabCloud
+from elastic.lab.slurm import LocalSlurm
+from elastic.slurmconf import node_lines, partition_lines
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+DEFAULT_FLAVORS = [
+    {"name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20},
+    {"name": "m1.medium", "vcpus": 2, "ram": 4096, "disk": 40},
+]
+
+
+def lab_cloud_config(**overrides) -> dict:
+    """One emulated cloud with flavors, an image and networks whose addresses stay on loopback."""
+    cloud = {
+        "boot_seconds": 2.0,
+        "delete_seconds": 0.5,
+        "flavors": DEFAULT_FLAVORS,
+        "images": [{"name": "debian-12"}],
+        "networks": [{"name": "private", "cidr": "127.10.0.0/16"},
+                     {"name": "public", "cidr": "127.20.0.0/16", "external": True}],
+        "keypairs": ["hpc"],
+        "quotas": {"instances": 50, "cores": 200, "ram": 512000, "floating_ips": 20},
+    }
+    cloud.update(overrides)
+    return cloud
+
+
+def installed_programs() -> dict[str, Path]:
+    """The three programs for slurm.conf: the console scripts beside this Python when installed
+    (their shebang names this interpreter: slurmctld gives programs no PATH), else the repo's."""
+    bindir = Path(sys.executable).parent
+    scripts = {"resume": "elastic-resume", "suspend": "elastic-suspend", "resume_fail": "elastic-resume-fail"}
+    if all((bindir / name).is_file() for name in scripts.values()):
+        return {key: bindir / name for key, name in scripts.items()}
+    return {"resume": REPO_ROOT / "resume.py", "suspend": REPO_ROOT / "suspend.py",
+            "resume_fail": REPO_ROOT / "resume_fail.py"}
+
+
+@dataclass
+class LabWorld:
+    workdir: Path
+    pools_yaml: str  # the `pools:` mapping's body, as in elastic.yaml
+    clouds: dict[str, dict] = field(default_factory=lambda: {"lab": lab_cloud_config()})
+    power_save: dict[str, int | str] = field(default_factory=dict)
+    extra_config: str = ""  # more top-level elastic.yaml keys
+    silent_nodes: set[str] = field(default_factory=set)  # their servers boot, but no slurmd starts
+
+    cloud: LabCloud | None = None
+    slurm: LocalSlurm | None = None
+    config: Config | None = None
+
+    def __post_init__(self):
+        self._hook_lock = threading.Lock()
+
+    @property
+    def etc(self) -> Path:
+        return self.workdir / "etc"
+
+    @property
+    def elastic_yaml(self) -> Path:
+        return self.etc / "elastic.yaml"
+
+    @property
+    def log_file(self) -> Path:
+        return self.workdir / "log" / "elastic.log"
+
+    def start(self) -> LabWorld:
+        self.etc.mkdir(parents=True, exist_ok=True)
+        self.cloud = LabCloud({"clouds": self.clouds}, on_active=self._on_active, on_deleted=self._on_deleted)
+        self.cloud.start()
+        try:
+            clouds_yaml = self.cloud.write_clouds_yaml(self.etc / "clouds.yaml")
+            text = self.render_config(clouds_yaml)
+            self.elastic_yaml.write_text(text)
+            self.config = load_config(self.elastic_yaml)
+            programs = installed_programs()
+            self.slurm = LocalSlurm(
+                self.workdir,
+                node_lines=node_lines(self.config),
+                partition_lines=partition_lines(self.config, default=self._default_partition()),
+                resume_program=str(programs["resume"]),
+                suspend_program=str(programs["suspend"]),
+                resume_fail_program=str(programs["resume_fail"]),
+                power_save={"SuspendTime": 20, "SuspendTimeout": 30, "ResumeTimeout": 60, **self.power_save},
+                elastic_yaml=text,
+            )
+            self.slurm.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def render_config(self, clouds_yaml: Path) -> str:
+        scontrol = shutil.which("scontrol") or "/usr/bin/scontrol"
+        cloud_lines = "\n".join(f"  {name}: {{clouds_yaml: {clouds_yaml}, rate: 0, api_timeout: 10}}" for name in self.clouds)
+        return (
+            f"cluster: lab\n"
+            f"clouds:\n{cloud_lines}\n"
+            f"pools:\n{textwrap.indent(textwrap.dedent(self.pools_yaml), '  ')}"
+            f"slurm: {{scontrol: {scontrol}}}\n"
+            f"timeouts: {{boot: 40, delete: 20, poll: 0.5, lock: 30}}\n"
+            f"log_file: {self.log_file}\n"
+            f"state_dir: {self.workdir / 'state'}\n"
+            f"{self.extra_config}"
+        )
+
+    def rewrite_config(self, pools_yaml: str) -> Config:
+        """An admin edit: new pools YAML, regenerated node lines, `scontrol reconfigure`."""
+        assert self.cloud is not None and self.slurm is not None
+        self.pools_yaml = pools_yaml
+        text = self.render_config(self.etc / "clouds.yaml")
+        self.elastic_yaml.write_text(text)
+        self.config = load_config(self.elastic_yaml)
+        self.slurm.reconfigure(node_lines=node_lines(self.config),
+                               partition_lines=partition_lines(self.config, default=self._default_partition()))
+        return self.config
+
+    def _default_partition(self) -> str | None:
+        assert self.config is not None
+        return next((pool.partition for pool in self.config.pools.values() if pool.partition), None)
+
+    def _on_active(self, cloud: str, name: str, server_id: str, address: str) -> None:
+        if self.slurm is None or name in self.silent_nodes:
+            return
+        with self._hook_lock:
+            self.slurm.start_slurmd(name)
+
+    def _on_deleted(self, cloud: str, name: str, server_id: str, address: str) -> None:
+        if self.slurm is None:
+            return
+        with self._hook_lock:
+            self.slurm.stop_slurmd(name)
+
+    def stop(self) -> None:
+        if self.slurm is not None:
+            self.slurm.stop()
+        if self.cloud is not None:
+            self.cloud.stop()
+
+    def __enter__(self) -> LabWorld:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

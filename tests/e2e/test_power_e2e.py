@@ -1,0 +1,196 @@
+"""End to end: a real slurmctld calls our programs; the emulator's boot hook starts a real slurmd
+per node. Assertions use Slurm's own view (scontrol/squeue/sacct-free job states) and the
+emulator's server list."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from elastic.lab.world import LabWorld, lab_cloud_config
+
+pytestmark = pytest.mark.e2e
+
+CPU_POOL = """\
+cpu:
+  nodes: cpu-[1-3]
+  partition: cloud
+  slurm: {cpus: 1, real_memory: 1000}
+  boot: {flavor: m1.small, image: debian-12}
+  clouds:
+    - {cloud: lab, network: private}
+"""
+
+
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+
+
+def live_servers(world: LabWorld, cloud: str = "lab") -> list[dict]:
+    return [s for s in world.cloud.servers(cloud) if s["task_state"] != "deleting"]
+
+
+def submit(world: LabWorld, *args: str) -> int:
+    out = world.slurm.run("sbatch", "--parsable", f"--output={world.workdir}/job-%j.out", *args)
+    return int(out.strip().split(";")[0])
+
+
+def job_state(world: LabWorld, job_id: int) -> str:
+    out = world.slurm.run("scontrol", "-o", "show", "job", str(job_id))
+    return next(f.split("=", 1)[1] for f in out.split() if f.startswith("JobState="))
+
+
+def job_node(world: LabWorld, job_id: int) -> str:
+    out = world.slurm.run("scontrol", "-o", "show", "job", str(job_id))
+    return next(f.split("=", 1)[1] for f in out.split() if f.startswith("NodeList="))
+
+
+def node_field(world: LabWorld, node: str, key: str) -> str:
+    out = world.slurm.run("scontrol", "-o", "show", "node", node)
+    for field in out.split(" "):
+        if field.startswith(key + "="):
+            return field.split("=", 1)[1]
+    return ""
+
+
+def powered_down(world: LabWorld, node: str) -> bool:
+    state = world.slurm.node_state(node)
+    return "POWERED_DOWN" in state and "POWERING" not in state
+
+
+@pytest.fixture
+def world(tmp_path):
+    worlds = []
+
+    def make(**kwargs) -> LabWorld:
+        w = LabWorld(tmp_path / f"world{len(worlds)}", **kwargs)
+        worlds.append(w)
+        return w.start()
+
+    yield make
+    for w in worlds:
+        w.stop()
+
+
+def test_queued_jobs_boot_nodes_that_suspend_afterwards(world):
+    """Three queued jobs boot three nodes and run; after SuspendTime the servers are gone and nodes idle~."""
+    w = world(pools_yaml=CPU_POOL, power_save={"SuspendTime": 10})
+    jobs = [submit(w, "-p", "cloud", "--wrap", "hostname") for _ in range(3)]
+    for job in jobs:
+        wait_for(lambda j=job: job_state(w, j) == "COMPLETED", 90, f"job {job} to complete")
+    assert sorted(s["name"] for s in w.cloud.servers("lab")) == ["cpu-1", "cpu-2", "cpu-3"]
+    assert {node_field(w, n, "NodeAddr") for n in ("cpu-1", "cpu-2", "cpu-3")} <= {
+        s["addresses"]["private"][0]["addr"] for s in w.cloud.servers("lab")}
+    wait_for(lambda: all(powered_down(w, n) for n in ("cpu-1", "cpu-2", "cpu-3")), 90, "nodes to power down")
+    wait_for(lambda: live_servers(w) == [], 30, "servers to be deleted")
+    assert all("IDLE" in w.slurm.node_state(n) for n in ("cpu-1", "cpu-2", "cpu-3"))
+
+
+def test_power_up_and_power_down_by_hand(world):
+    """scontrol power_up boots a node without a job; power_down deletes its server."""
+    w = world(pools_yaml=CPU_POOL, power_save={"SuspendTime": 300})
+    w.slurm.run("scontrol", "update", "nodename=cpu-2", "state=power_up")
+    wait_for(lambda: "POWER" not in w.slurm.node_state("cpu-2") and "IDLE" in w.slurm.node_state("cpu-2"),
+             60, "cpu-2 to come up idle")
+    assert [s["name"] for s in live_servers(w)] == ["cpu-2"]
+    w.slurm.run("scontrol", "update", "nodename=cpu-2", "state=power_down")
+    wait_for(lambda: live_servers(w) == [], 60, "cpu-2's server to be deleted")
+    wait_for(lambda: powered_down(w, "cpu-2"), 60, "cpu-2 to be powered down")
+
+
+TWO_CLOUDS_POOL = """\
+cpu:
+  nodes: cpu-[1-2]
+  partition: cloud
+  slurm: {cpus: 1, real_memory: 1000}
+  boot: {flavor: m1.small, image: debian-12}
+  clouds:
+    - {cloud: east, network: private}
+    - {cloud: west, network: private}
+"""
+
+
+def test_error_on_first_cloud_runs_job_on_second(world):
+    """A boot that ends in ERROR on the pool's first cloud is retried on its second, and the job runs."""
+    w = world(pools_yaml=TWO_CLOUDS_POOL, clouds={
+        "east": lab_cloud_config(faults={"no_valid_host_fraction": 1.0}), "west": lab_cloud_config()})
+    job = submit(w, "-p", "cloud", "--wrap", "hostname")
+    wait_for(lambda: job_state(w, job) == "COMPLETED", 90, "the job to complete")
+    assert live_servers(w, "east") == []
+    assert [s["name"] for s in live_servers(w, "west")] == [job_node(w, job)]
+
+
+BROKEN_AND_GOOD_POOLS = """\
+broken:
+  nodes: bad-1
+  partition: cloud
+  slurm: {cpus: 1, real_memory: 1000, weight: 1}
+  boot: {flavor: m1.small, image: no-such-image}
+  clouds:
+    - {cloud: lab, network: private}
+good:
+  nodes: good-1
+  partition: cloud
+  slurm: {cpus: 1, real_memory: 1000, weight: 10}
+  boot: {flavor: m1.small, image: debian-12}
+  clouds:
+    - {cloud: lab, network: private}
+"""
+
+
+def test_permanent_failure_sets_node_down_and_job_runs_elsewhere(world):
+    """A missing image leaves the node DOWN with an elastic: reason; the job is requeued onto another pool's node."""
+    w = world(pools_yaml=BROKEN_AND_GOOD_POOLS)
+    job = submit(w, "-p", "cloud", "--wrap", "hostname")
+    wait_for(lambda: "DOWN" in w.slurm.node_state("bad-1"), 60, "bad-1 to go DOWN")
+    assert node_field(w, "bad-1", "Reason").startswith("elastic:")
+    wait_for(lambda: job_state(w, job) == "COMPLETED", 240, "the requeued job to complete")
+    assert job_node(w, job) == "good-1"
+    assert [s["name"] for s in live_servers(w)] == ["good-1"]
+
+
+def test_silent_node_hits_resume_timeout_and_resume_fail_cleans_up(world):
+    """An ACTIVE server whose slurmd never registers: ResumeTimeout, ResumeFail deletes it, node idle~ again."""
+    w = world(pools_yaml=CPU_POOL, power_save={"ResumeTimeout": 15, "SuspendTime": 300}, silent_nodes={"cpu-1"})
+    w.slurm.run("scontrol", "update", "nodename=cpu-1", "state=power_up")
+    wait_for(lambda: [s["name"] for s in live_servers(w)] == ["cpu-1"], 30, "cpu-1's server")
+    wait_for(lambda: live_servers(w) == [], 90, "ResumeFail to delete the server")
+    wait_for(lambda: powered_down(w, "cpu-1") and "DOWN" not in w.slurm.node_state("cpu-1"), 60,
+             "cpu-1 back to idle~")
+
+
+TWO_POOLS_TWO_CLOUDS = """\
+cpu:
+  nodes: cpu-[1-4]
+  partition: cloud
+  slurm: {cpus: 1, real_memory: 1000}
+  boot: {flavor: m1.small, image: debian-12}
+  clouds:
+    - {cloud: east, network: private}
+big:
+  nodes: big-[1-4]
+  partition: cloud
+  slurm: {cpus: 1, real_memory: 1000}
+  boot: {flavor: m1.medium, image: debian-12}
+  clouds:
+    - {cloud: west, network: private}
+"""
+
+
+def test_two_pools_two_clouds_eight_jobs(world):
+    """Eight jobs over two pools on two clouds all run, and nothing is left afterwards."""
+    w = world(pools_yaml=TWO_POOLS_TWO_CLOUDS, clouds={"east": lab_cloud_config(), "west": lab_cloud_config()},
+              power_save={"SuspendTime": 10})
+    jobs = [submit(w, "-p", "cloud", "--wrap", "sleep 2") for _ in range(8)]
+    for job in jobs:
+        wait_for(lambda j=job: job_state(w, j) == "COMPLETED", 150, f"job {job}")
+    assert {job_node(w, j) for j in jobs} == {"cpu-1", "cpu-2", "cpu-3", "cpu-4", "big-1", "big-2", "big-3", "big-4"}
+    wait_for(lambda: live_servers(w, "east") == [] and live_servers(w, "west") == [], 120, "every server deleted")
+    wait_for(lambda: all(powered_down(w, n) for n in ("cpu-1", "big-4")), 60, "nodes powered down")
