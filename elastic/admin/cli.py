@@ -1,0 +1,304 @@
+"""The admin's subcommands of `elastic`: check, status, reconcile, slurm-conf.
+
+Handlers only wire collaborators and print. Exit codes: 0 all well; 1 the command ran and found
+something (a failed check, a mismatch, a repair due or failed, a difference from slurmctld); 2 it
+could not run (bad config or command line, unusable clouds.yaml, wrong credentials, cloud or
+slurmctld unreachable, another reconcile running): one line on stderr, nothing changed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+from elastic.errors import CloudError, ConfigError, ElasticError, LockTimeout, SlurmError, UsageError
+
+EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
+
+
+def add_admin_commands(subparsers) -> None:
+    check = subparsers.add_parser(
+        "check", help="check the YAML, the clouds and slurmctld's power-save settings",
+        description="Validate the pool YAML, authenticate on every cloud and resolve each pool's flavor, image, "
+                    "network and key pair, compare flavors with the pools' Slurm sizes, report quota headroom, "
+                    "check the three programs and slurmctld's running power-save settings. Exit 1 when a check fails.")
+    _config_option(check)
+    _programs_option(check, "programs to check when slurmctld is not reachable")
+    check.set_defaults(handler=_guarded(check_command))
+
+    status = subparsers.add_parser(
+        "status", help="one row per node: Slurm state, server, cloud, address, age, mismatches",
+        description="Show every node of every pool with its Slurm state and its server(s), flagging orphaned "
+                    "servers, powered-up nodes without a server, and duplicate servers. Exit 1 when any is found.")
+    _config_option(status)
+    _pool_option(status)
+    status.add_argument("--json", action="store_true", help="print the rows as JSON")
+    status.set_defaults(handler=_guarded(status_command))
+
+    reconcile = subparsers.add_parser(
+        "reconcile", help="repair what status flags (dry run unless --apply)",
+        description="Compute the repairs for the mismatches status flags: delete orphaned servers older than "
+                    "reconcile.grace, delete duplicates keeping one, power down nodes whose server vanished. "
+                    "Prints them; changes nothing without --apply. Run it from the systemd timer in etc/.")
+    _config_option(reconcile)
+    _pool_option(reconcile)
+    reconcile.add_argument("--apply", action="store_true", help="carry the repairs out")
+    reconcile.set_defaults(handler=_guarded(reconcile_command))
+
+    slurm_conf = subparsers.add_parser(
+        "slurm-conf", help="print or write the slurm.conf include for the pools",
+        description="Print the NodeName, PartitionName and power-save lines that follow from the pool YAML, or "
+                    "write them to a file to include from slurm.conf. --check compares them with slurmctld.")
+    _config_option(slurm_conf)
+    _programs_option(slurm_conf, "where the three programs are installed")
+    slurm_conf.add_argument("--suspend-time", type=int, default=600, metavar="SECONDS",
+                            help="SuspendTime: idle seconds before a node is powered down (default 600)")
+    mode = slurm_conf.add_mutually_exclusive_group()
+    mode.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of printing")
+    mode.add_argument("--check", action="store_true", help="say whether slurmctld runs with these settings")
+    slurm_conf.set_defaults(handler=_guarded(slurm_conf_command))
+
+
+def _config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", help="pool YAML (default: $ELASTIC_CONFIG, elastic.yaml beside $SLURM_CONF, "
+                                         "/etc/slurm/elastic.yaml)")
+
+
+def _pool_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pool", action="append", metavar="NAME", help="only this pool (repeatable)")
+
+
+def _programs_option(parser: argparse.ArgumentParser, what: str) -> None:
+    parser.add_argument("--programs-dir", type=Path, metavar="DIR",
+                        help=f"{what} (default: the console scripts beside {sys.executable})")
+
+
+def _guarded(command: Callable[[argparse.Namespace], int]) -> Callable[[argparse.Namespace], int]:
+    @functools.wraps(command)
+    def handler(args: argparse.Namespace) -> int:
+        try:
+            return command(args)
+        except (ElasticError, OSError) as error:
+            print(f"elastic: error: {_one_line(error)}", file=sys.stderr)
+            return EXIT_ERROR
+
+    return handler
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, OSError) and error.strerror:
+        return f"{error.filename or ''}: {error.strerror}".lstrip(": ")
+    return " ".join(str(error).split())
+
+
+class _CloudFailure(ElasticError):
+    """A cloud error with the fix appended, for the one-line message."""
+
+
+def _explained(error: CloudError, config) -> _CloudFailure:
+    from elastic.admin.check import cloud_fix
+
+    hint = cloud_fix(error, config, error.cloud) if error.cloud in config.clouds else ""
+    return _CloudFailure(f"cloud {error}" + (f" ({hint})" if hint else ""))
+
+
+def _load(args: argparse.Namespace):
+    from elastic.config import config_from_env
+
+    return config_from_env(args.config)
+
+
+def _pools(config, names: list[str] | None) -> list[str] | None:
+    if not names:
+        return None
+    unknown = [name for name in names if name not in config.pools]
+    if unknown:
+        raise UsageError(f"unknown pool {unknown[0]!r} (pools in {config.source}: {', '.join(config.pools)})")
+    return list(dict.fromkeys(names))
+
+
+def _node_names(config, pools: list[str] | None) -> list[str] | None:
+    if pools is None:
+        return None
+    return [node for pool in pools for node in config.pools[pool].node_names]
+
+
+def _clouds(config):
+    from elastic.runtime import make_clouds
+
+    return make_clouds(config)
+
+
+def _slurm(config):
+    from elastic.runtime import make_slurm
+
+    return make_slurm(config)
+
+
+# ---- check ---------------------------------------------------------------------------------------
+
+
+def check_command(args: argparse.Namespace) -> int:
+    from elastic.admin import check
+    from elastic.admin.slurm_conf import default_programs
+
+    config = _load(args)
+    programs = default_programs(args.programs_dir)
+    slurm, slurm_error = None, None
+    try:
+        slurm = _slurm(config)
+        if not slurm.ping():
+            slurm, slurm_error = None, "scontrol ping: slurmctld does not answer"
+    except SlurmError as error:
+        slurm, slurm_error = None, str(error)
+    checks = check.run_all(config, _clouds(config), slurm, slurm_error=slurm_error, programs=programs)
+    sys.stdout.write(check.render(checks))
+    counts = {status: sum(1 for c in checks if c.status == status) for status in (check.OK, check.WARN, check.FAIL, check.SKIP)}
+    print(f"{len(checks)} checks: {counts[check.OK]} ok, {counts[check.WARN]} warn, {counts[check.FAIL]} failed, "
+          f"{counts[check.SKIP]} skipped")
+    return EXIT_FOUND if check.failed(checks) else EXIT_OK
+
+
+# ---- status --------------------------------------------------------------------------------------
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from elastic.admin import status
+
+    config = _load(args)
+    pools = _pools(config, args.pool)
+    clouds = _clouds(config)
+    try:
+        slurm = _slurm(config)
+    except SlurmError as error:
+        slurm, slurm_error = None, str(error)
+    else:
+        slurm_error = None
+    try:
+        snapshot = status.collect(config, clouds, slurm, _node_names(config, pools))
+    except CloudError as error:
+        raise _explained(error, config) from None
+    slurm_error = snapshot.slurm_error or slurm_error
+    known = snapshot.nodes is not None
+    now = time.time()
+    table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools)
+    if args.json:
+        print(json.dumps({"cluster": config.cluster, "time": now, "slurm_error": slurm_error,
+                          "rows": [row.to_json(now, known) for row in table_rows]}, indent=2))
+    else:
+        if not known:
+            print(f"elastic: warning: Slurm not asked ({slurm_error}): only duplicate servers are flagged",
+                  file=sys.stderr)
+        sys.stdout.write(status.render(table_rows, now, slurm_known=known))
+        print(status.summary(table_rows))
+    return EXIT_FOUND if any(row.problem for row in table_rows) else EXIT_OK
+
+
+# ---- reconcile -----------------------------------------------------------------------------------
+
+
+def reconcile_command(args: argparse.Namespace) -> int:
+    config = _load(args)
+    pools = _pools(config, args.pool)
+    clouds = _clouds(config)
+    slurm = _slurm(config)
+    if not args.apply:
+        return _reconcile(config, clouds, slurm, pools, apply=False)
+    from elastic.locks import exclusive_lock
+
+    lock_path = config.state_dir / "reconcile.lock"
+    try:
+        with exclusive_lock(lock_path, timeout=1):
+            return _reconcile(config, clouds, slurm, pools, apply=True)
+    except LockTimeout:
+        raise LockTimeout(f"another `elastic reconcile --apply` is running (lock {lock_path})") from None
+
+
+def _reconcile(config, clouds, slurm, pools: list[str] | None, *, apply: bool) -> int:
+    from elastic.admin import reconcile, status
+
+    try:
+        snapshot = status.collect(config, clouds, slurm, _node_names(config, pools), need_slurm=True)
+    except CloudError as error:
+        raise _explained(error, config) from None
+    now = time.time()
+    table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools)
+    repairs = reconcile.plan(table_rows, now, config.reconcile.grace)
+    if not repairs:
+        print("nothing to repair")
+        return EXIT_OK
+    sys.stdout.write(reconcile.render_plan(repairs, now))
+    due = [r for r in repairs if r.ready]
+    if not apply:
+        print(f"{len(due)} repairs due, {len(repairs) - len(due)} waiting; nothing changed (use --apply)")
+        return EXIT_FOUND if due else EXIT_OK
+    if not due:
+        return EXIT_OK
+    result = _apply(config, clouds, slurm, repairs)
+    print()
+    sys.stdout.write(reconcile.render_result(result))
+    return EXIT_FOUND if result.failed else EXIT_OK
+
+
+def _apply(config, clouds, slurm, repairs):
+    from elastic import logs
+    from elastic.admin import reconcile
+    from elastic.locks import node_locks
+    from elastic.runtime import ensure_state_dir
+
+    ensure_state_dir(config)
+    log = logs.configure_logging(log_file=config.log_file, run_id=logs.new_run_id(), command="reconcile",
+                                 interactive=False, level=config.log_level)
+    log.info("reconcile.start", repairs=[{"action": r.action, "node": r.node, "problem": r.problem,
+                                          "server": r.server.id if r.server else None, "wait": r.wait or None}
+                                         for r in repairs])
+    locks = functools.partial(node_locks, config.lock_dir, timeout=config.timeouts.lock)
+    try:
+        result = reconcile.apply(config, clouds, slurm, repairs, locks=locks, log=log)
+    except CloudError as error:
+        log.error("reconcile.refused", error=str(error))
+        raise _explained(error, config) from None
+    log.info("reconcile.done", done=len(result.done), failed=len(result.failed), skipped=len(result.skipped))
+    return result
+
+
+# ---- slurm-conf ----------------------------------------------------------------------------------
+
+
+def slurm_conf_command(args: argparse.Namespace) -> int:
+    from elastic import slurmconf
+    from elastic.admin import slurm_conf
+
+    config = _load(args)
+    programs = slurm_conf.default_programs(args.programs_dir)
+    if args.check:
+        slurm = _slurm(config)
+        running, nodes = slurm.config(), slurm.node_fields()
+        differences = (slurm_conf.power_save_differences(config, programs, running, suspend_time=args.suspend_time)
+                       + slurm_conf.node_differences(config, nodes))
+        if not differences:
+            print("slurmctld runs with the nodes and power-save settings of the YAML")
+            return EXIT_OK
+        sys.stdout.write(slurm_conf.render_differences(differences))
+        print(f"{len(differences)} differences: include `elastic slurm-conf` output in slurm.conf and restart slurmctld")
+        return EXIT_FOUND
+    text = slurmconf.render(config, programs, suspend_time=args.suspend_time)
+    for path in slurm_conf.missing_programs(programs):
+        print(f"elastic: warning: {path} does not exist (use --programs-dir)", file=sys.stderr)
+    if args.output is None:
+        sys.stdout.write(text)
+        return EXIT_OK
+    with contextlib.suppress(FileNotFoundError):
+        if args.output.read_text() == text:
+            print(f"{args.output} is up to date", file=sys.stderr)
+            return EXIT_OK
+    slurm_conf.write_atomically(args.output, text)
+    print(f"wrote {args.output}; restart slurmctld for node changes (scontrol reconfigure for the rest)",
+          file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,198 @@
+"""`elastic status`: one row per node of every pool (one per server when a node has several), with
+Slurm's view and the cloud's side by side, and the mismatches between them flagged.
+
+Mismatches (a problem on a row):
+
+- orphan: a live server whose node Slurm does not count as powered up. A node Slurm does not show
+  counts as powered down: 22.05 hides powered-down CLOUD nodes unless PrivateData=cloud, and a
+  node missing from slurm.conf cannot run a job either.
+- missing: a node Slurm counts as powered up (IDLE+CLOUD, ALLOCATED+CLOUD, DOWN+CLOUD, ...) that
+  has no live server. A POWERING_UP node without one is not flagged: a resume is running or about
+  to (slurmctld starts it after setting the state), and Slurm itself ends a stuck one at
+  ResumeTimeout (down~, then ResumeFailProgram). Slurm shows no age for the state, so we could not
+  tell a slow resume from a dead one.
+- duplicate: more than one live server for one node that is powered up.
+
+A POWERING_DOWN node is never flagged: its SuspendProgram is deleting, with or without a server.
+Servers being deleted are shown but never count as live.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+
+from elastic.admin.table import duration, format_table
+from elastic.cloud import Cloud, Server
+from elastic.config import Config
+from elastic.errors import SlurmError
+from elastic.slurm import NodeState
+
+ORPHAN = "orphan"
+MISSING = "missing"
+DUPLICATE = "duplicate"
+
+PROBLEM_TEXT = {
+    ORPHAN: "orphan: server without a powered-up node",
+    MISSING: "missing: powered-up node without a server",
+    DUPLICATE: "duplicate: several servers for one node",
+}
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """What the clouds and Slurm said, read once."""
+
+    servers: tuple[Server, ...]
+    nodes: Mapping[str, NodeState] | None  # None: Slurm could not be asked
+    slurm_error: str | None = None
+
+
+@dataclass(frozen=True)
+class Row:
+    node: str
+    pool: str | None  # None: the node is in no pool of the YAML (a pool was removed or shrunk)
+    slurm: NodeState | None  # None: Slurm does not show the node, or Slurm is unknown
+    server: Server | None
+    problem: str | None = None
+    note: str = ""
+
+    @property
+    def address(self) -> str | None:
+        if self.server is None:
+            return None
+        return self.server.floating_address() or self.server.fixed_address()
+
+    def age(self, now: float) -> float | None:
+        if self.server is None or self.server.created is None:
+            return None
+        return now - self.server.created
+
+    def to_json(self, now: float, slurm_known: bool) -> dict:
+        server = None
+        if self.server is not None:
+            age = self.age(now)
+            server = {"id": self.server.id, "status": self.server.status, "cloud": self.server.cloud,
+                      "task_state": self.server.task_state, "address": self.address,
+                      "created": self.server.created, "age_seconds": None if age is None else round(age, 1)}
+        return {
+            "node": self.node, "pool": self.pool,
+            "slurm_state": self.slurm.state if self.slurm else (None if slurm_known else "unknown"),
+            "reason": self.slurm.reason if self.slurm and self.slurm.reason else None,
+            "slurm_address": self.slurm.addr if self.slurm and self.slurm.addr else None,
+            "server": server, "problem": self.problem, "note": self.note or None,
+        }
+
+
+def wants_server(state: NodeState | None) -> bool | None:
+    """True when Slurm counts the node as powered up, False when powered down (or not shown),
+    None when either is normal (powering down: its SuspendProgram is running)."""
+    if state is None:
+        return False
+    if state.powering_up:
+        return True
+    if state.powering_down:
+        return None
+    return not state.powered_down
+
+
+def rows(config: Config, servers: Iterable[Server], slurm_nodes: Mapping[str, NodeState] | None, *,
+         pools: Sequence[str] | None = None) -> list[Row]:
+    """The status rows, pools in YAML order, then servers of nodes that are in no pool.
+
+    `slurm_nodes` None means Slurm could not be asked: only duplicates can be judged then.
+    """
+    selected = list(pools) if pools is not None else list(config.pools)
+    by_node: dict[str, list[Server]] = defaultdict(list)
+    for server in servers:
+        by_node[server.name].append(server)
+    out: list[Row] = []
+    for pool_name in selected:
+        for node in config.pools[pool_name].node_names:
+            out.extend(node_rows(node, pool_name, by_node.get(node, []), slurm_nodes))
+    for node in sorted(by_node):
+        if config.pool_of(node) is not None:
+            continue
+        if pools is not None and not any(s.pool in selected for s in by_node[node]):
+            continue
+        out.extend(node_rows(node, None, by_node[node], slurm_nodes))
+    return out
+
+
+def node_rows(node: str, pool: str | None, servers: Sequence[Server],
+              slurm_nodes: Mapping[str, NodeState] | None) -> list[Row]:
+    state = slurm_nodes.get(node) if slurm_nodes is not None else None
+    live = [s for s in servers if not s.deleting]
+    want = wants_server(state) if slurm_nodes is not None else None
+    problem: str | None = None
+    note = ""
+    if want is False and live:
+        problem = ORPHAN
+    elif len(live) > 1 and (want is True or slurm_nodes is None):
+        problem = DUPLICATE
+    elif want is True and not live:
+        if state is not None and state.powering_up:
+            note = "resume running: no server yet"
+        else:
+            problem = MISSING
+    if not servers:
+        return [Row(node, pool, state, None, problem, note)]
+    ordered = sorted(servers, key=lambda s: (s.deleting, -(s.created or 0.0), s.cloud, s.id))
+    return [Row(node, pool, state, server, None if server.deleting and problem != MISSING else problem,
+                "deleting" if server.deleting else note)
+            for server in ordered]
+
+
+def collect(config: Config, clouds: Mapping[str, Cloud], slurm, names: Iterable[str] | None = None, *,
+            need_slurm: bool = False) -> Snapshot:
+    """List our servers on every cloud (a CloudError propagates: no cloud, no status), then ask Slurm.
+
+    Servers are read before Slurm: a node whose resume starts between the two reads is POWERING_UP
+    by the time Slurm is read, so its new server is never judged against a stale powered-down state.
+    """
+    wanted = sorted(set(names)) if names is not None else None
+    servers: list[Server] = []
+    for cloud in clouds.values():
+        servers.extend(cloud.list_servers(config.cluster, wanted))
+    if slurm is None:
+        return Snapshot(tuple(servers), None, "Slurm not configured")
+    try:
+        nodes = slurm.nodes(wanted)
+    except SlurmError as error:
+        if need_slurm:
+            raise
+        return Snapshot(tuple(servers), None, str(error))
+    return Snapshot(tuple(servers), nodes)
+
+
+def render(table_rows: Sequence[Row], now: float, *, slurm_known: bool) -> str:
+    body = []
+    for row in table_rows:
+        if row.slurm is not None:
+            slurm_state = row.slurm.state
+        else:
+            slurm_state = "(not shown)" if slurm_known else "?"
+        server = row.server
+        status = None
+        if server is not None:
+            status = server.status + ("/deleting" if server.deleting else "")
+        problem = PROBLEM_TEXT[row.problem] if row.problem else ""
+        if row.note and row.note != "deleting":
+            problem = f"{problem}; {row.note}" if problem else row.note
+        body.append([row.node, row.pool, slurm_state, row.slurm.reason if row.slurm else None, status,
+                     server.cloud if server else None, row.address, duration(row.age(now)), problem])
+    return format_table(["NODE", "POOL", "SLURM", "REASON", "SERVER", "CLOUD", "ADDRESS", "AGE", "PROBLEM"], body)
+
+
+def summary(table_rows: Sequence[Row]) -> str:
+    counts: dict[str, set[str]] = defaultdict(set)
+    for row in table_rows:
+        if row.problem:
+            counts[row.problem].add(row.node)
+    nodes = len({row.node for row in table_rows})
+    servers = sum(1 for row in table_rows if row.server is not None and not row.server.deleting)
+    if not counts:
+        return f"{nodes} nodes, {servers} live servers, no mismatches"
+    found = ", ".join(f"{len(counts[k])} {k}" for k in (ORPHAN, MISSING, DUPLICATE) if counts[k])
+    return f"{nodes} nodes, {servers} live servers; mismatches: {found} (elastic reconcile shows the repairs)"
