@@ -1,0 +1,212 @@
+"""`elastic reconcile`: the repair plan for each mismatch, the grace period, and applying under locks."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+
+import structlog
+
+from elastic.admin import reconcile, status
+from elastic.cloud import ACTIVE, BUILDING, ERROR
+from elastic.errors import CloudErrorKind, LockTimeout
+from elastic.slurm import NodeState
+from elastic.testing import FakeClock, MemoryCloud
+
+from test_admin_status import ALLOCATED, IDLE, NOW, POWERING_UP, FakeSlurm, make_config, ours, slurm_nodes
+
+GRACE = 600
+
+
+def plan_for(config, clouds, nodes, now=NOW):
+    servers = [s for cloud in clouds.values() for s in cloud.list_servers(config.cluster)]
+    return reconcile.plan(status.rows(config, servers, nodes), now, GRACE)
+
+
+def summary(repairs):
+    return sorted((r.action if r.ready else "wait", r.node, r.server.id if r.server else None) for r in repairs)
+
+
+def null_log():
+    return structlog.wrap_logger(structlog.testing.CapturingLogger())
+
+
+def no_locks(names):
+    return contextlib.nullcontext()
+
+
+def test_orphans_older_than_grace_are_deleted_younger_ones_wait(tmp_path):
+    """An orphan past the grace period is due for deletion; a younger one (booting) and one of unknown age wait."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha")
+    old = cloud.add("cpu-001", metadata=ours("cpu-001"), created=NOW - GRACE - 1)
+    young = cloud.add("cpu-002", status=BUILDING, metadata=ours("cpu-002"), created=NOW - 60)
+    unknown = cloud.add("cpu-003", metadata=ours("cpu-003"))
+    cloud.servers[unknown.id] = dataclasses.replace(unknown, created=None)
+    repairs = plan_for(config, {"alpha": cloud}, slurm_nodes())
+    assert summary(repairs) == [("delete", "cpu-001", old.id), ("wait", "cpu-002", young.id),
+                                ("wait", "cpu-003", unknown.id)]
+    waits = {r.node: r.wait for r in repairs}
+    assert waits["cpu-002"].startswith("younger than the grace period") and waits["cpu-003"] == "age unknown"
+
+
+def test_duplicates_keep_the_newest_active(tmp_path):
+    """Of three servers (old ACTIVE, new ACTIVE, ERROR) the newest ACTIVE stays; the others are deleted."""
+    config = make_config(tmp_path)
+    alpha, beta = MemoryCloud("alpha"), MemoryCloud("beta")
+    old = alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 5000)
+    new = beta.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 4000)
+    broken = alpha.add("cpu-001", status=ERROR, metadata=ours("cpu-001"), created=NOW - 3000)
+    repairs = plan_for(config, {"alpha": alpha, "beta": beta}, slurm_nodes(cpu_001=ALLOCATED))
+    assert summary(repairs) == sorted([("delete", "cpu-001", old.id), ("delete", "cpu-001", broken.id)])
+    assert new.id not in {r.server.id for r in repairs}
+
+
+def test_duplicates_keep_the_server_whose_address_slurm_has(tmp_path):
+    """When Slurm's NodeAddr is one ACTIVE server's address, that server is kept even if it is older."""
+    config = make_config(tmp_path)
+    alpha = MemoryCloud("alpha")
+    old = alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 5000)
+    new = alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 4000)
+    address = old.fixed_address()
+    assert address and address != new.fixed_address()
+    nodes = slurm_nodes()
+    nodes["cpu-001"] = NodeState.from_state("cpu-001", ALLOCATED, addr=address)
+    repairs = plan_for(config, {"alpha": alpha}, nodes)
+    assert summary(repairs) == [("delete", "cpu-001", new.id)]
+
+
+def test_young_duplicate_waits(tmp_path):
+    """A duplicate younger than the grace period is not deleted yet."""
+    config = make_config(tmp_path)
+    alpha = MemoryCloud("alpha", boot_polls=1000)
+    alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 5000)
+    booting = alpha.add("cpu-001", status=BUILDING, metadata=ours("cpu-001"), created=NOW - 10)
+    repairs = plan_for(config, {"alpha": alpha}, slurm_nodes(cpu_001=IDLE))
+    assert summary(repairs) == [("wait", "cpu-001", booting.id)]
+
+
+def test_missing_server_powers_the_node_down(tmp_path):
+    """A powered-up node without a server gets one power-down repair; a POWERING_UP one gets none."""
+    config = make_config(tmp_path)
+    repairs = plan_for(config, {}, slurm_nodes(cpu_001=IDLE, cpu_002=POWERING_UP))
+    assert summary(repairs) == [("power_down", "cpu-001", None)]
+
+
+def test_apply_deletes_due_orphans_and_powers_down_missing_nodes(tmp_path):
+    """--apply deletes the old orphan, leaves the booting one, and power_down_forces the node with an elastic reason."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha")
+    old = cloud.add("cpu-001", metadata=ours("cpu-001"), created=NOW - GRACE - 100)
+    young = cloud.add("cpu-002", status=BUILDING, metadata=ours("cpu-002"), created=NOW - 5)
+    slurm = FakeSlurm(node_states=slurm_nodes(gpu_1=IDLE))
+    clock = FakeClock(NOW)
+    repairs = plan_for(config, {"alpha": cloud}, slurm.nodes())
+    result = reconcile.apply(config, {"alpha": cloud}, slurm, repairs, locks=no_locks, log=null_log(),
+                             clock=clock, sleep=clock.sleep)
+    assert summary(result.done) == [("delete", "cpu-001", old.id), ("power_down", "gpu-1", None)]
+    assert result.failed == [] and result.skipped == []
+    assert ("delete", old.id) in cloud.calls and ("delete", young.id) not in cloud.calls
+    assert slurm.changes == [(("gpu-1",), "power_down_force", reconcile.REASON)]
+    assert reconcile.REASON.startswith("elastic:")
+
+
+def test_apply_skips_a_node_whose_resume_started_since_the_plan(tmp_path):
+    """If the node turned POWERING_UP between the plan and the lock, its (adoptable) server is not deleted."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha")
+    server = cloud.add("cpu-001", metadata=ours("cpu-001"), created=NOW - GRACE - 100)
+    slurm = FakeSlurm()
+    repairs = plan_for(config, {"alpha": cloud}, slurm.nodes())
+    assert summary(repairs) == [("delete", "cpu-001", server.id)]
+
+    def resume_starts(fake):
+        fake.node_states["cpu-001"] = NodeState.from_state("cpu-001", POWERING_UP)
+
+    slurm.on_read = resume_starts
+    clock = FakeClock(NOW)
+    result = reconcile.apply(config, {"alpha": cloud}, slurm, repairs, locks=no_locks, log=null_log(),
+                             clock=clock, sleep=clock.sleep)
+    assert result.done == [] and [r.node for r, _ in result.skipped] == ["cpu-001"]
+    assert not any(op == "delete" for op, _ in cloud.calls)
+
+
+def test_apply_takes_each_nodes_lock_and_skips_busy_nodes(tmp_path):
+    """Each repaired node's lock is held during the repair; a node whose lock is busy is skipped untouched."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha")
+    a = cloud.add("cpu-001", metadata=ours("cpu-001"), created=NOW - GRACE - 100)
+    b = cloud.add("cpu-002", metadata=ours("cpu-002"), created=NOW - GRACE - 100)
+    held: list[str] = []
+    seen_during_delete: list[list[str]] = []
+
+    @contextlib.contextmanager
+    def locks(names):
+        names = list(names)
+        if names == ["cpu-002"]:
+            raise LockTimeout("node cpu-002: lock still held")
+        held.extend(names)
+        try:
+            yield
+        finally:
+            for name in names:
+                held.remove(name)
+
+    original_delete = cloud.delete_server
+
+    def delete(server_id):
+        seen_during_delete.append(list(held))
+        original_delete(server_id)
+
+    cloud.delete_server = delete
+    slurm = FakeSlurm()
+    repairs = plan_for(config, {"alpha": cloud}, slurm.nodes())
+    clock = FakeClock(NOW)
+    result = reconcile.apply(config, {"alpha": cloud}, slurm, repairs, locks=locks, log=null_log(),
+                             clock=clock, sleep=clock.sleep)
+    assert summary(result.done) == [("delete", "cpu-001", a.id)]
+    assert [(r.server.id, why) for r, why in result.skipped] == [(b.id, "node busy: another elastic run holds its lock")]
+    assert seen_during_delete == [["cpu-001"]] and held == []
+
+
+def test_apply_reports_failed_deletes_and_state_changes(tmp_path):
+    """A delete the cloud refuses and an scontrol update that fails are reported as failed repairs."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha")
+    cloud.add("cpu-001", metadata=ours("cpu-001"), created=NOW - GRACE - 100)
+    cloud.fail_next("delete", CloudErrorKind.CONFLICT, message="server is locked")
+    slurm = FakeSlurm(node_states=slurm_nodes(cpu_003=IDLE), fail_updates=True)
+    repairs = plan_for(config, {"alpha": cloud}, slurm.nodes())
+    clock = FakeClock(NOW)
+    result = reconcile.apply(config, {"alpha": cloud}, slurm, repairs, locks=no_locks, log=null_log(),
+                             clock=clock, sleep=clock.sleep)
+    assert result.done == []
+    failed = {r.node: why for r, why in result.failed}
+    assert "server is locked" in failed["cpu-001"] and "Invalid node state" in failed["cpu-003"]
+
+
+def test_waiting_repairs_are_not_applied(tmp_path):
+    """apply never touches a repair that is not due (the booting server survives --apply)."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha", boot_polls=1000)
+    cloud.add("cpu-001", status=BUILDING, metadata=ours("cpu-001"), created=NOW - 1)
+    slurm = FakeSlurm()
+    repairs = plan_for(config, {"alpha": cloud}, slurm.nodes())
+    clock = FakeClock(NOW)
+    result = reconcile.apply(config, {"alpha": cloud}, slurm, repairs, locks=no_locks, log=null_log(),
+                             clock=clock, sleep=clock.sleep)
+    assert result.done == result.failed == result.skipped == [] and slurm.reads == 1
+    assert [s.status for s in cloud.live()] == [BUILDING] and not any(op == "delete" for op, _ in cloud.calls)
+
+
+def test_plan_table_says_what_and_why(tmp_path):
+    """The printed plan shows the action (or 'wait'), node, server, cloud, status, age and reason."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha")
+    cloud.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 3 * 3600)
+    cloud.add("cpu-002", status=BUILDING, metadata=ours("cpu-002"), created=NOW - 60)
+    lines = reconcile.render_plan(plan_for(config, {"alpha": cloud}, slurm_nodes(cpu_004=IDLE)), NOW).splitlines()
+    assert lines[0].split() == ["ACTION", "NODE", "SERVER", "CLOUD", "STATUS", "AGE", "WHY"]
+    assert lines[1].split()[:6] == ["delete", "cpu-001", "alpha-1", "alpha", ACTIVE, "3h00m"]
+    assert lines[2].split()[:2] == ["wait", "cpu-002"] and "younger than the grace period (1m < 10m)" in lines[2]
+    assert lines[3].split()[:2] == ["power_down", "cpu-004"]
