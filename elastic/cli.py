@@ -145,6 +145,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab = sub.add_parser("lab", help="the local world for tests and demos")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="PART")
     lab_sub.add_parser("cloud", help="serve the OpenStack emulator", add_help=False)
+    sub.add_parser("demo", help="run the local demo: emulator + real Slurm, jobs grow and shrink the cluster",
+                   add_help=False)
     args, rest = parser.parse_known_args(argv)
     if args.command in ("resume", "suspend", "resume-fail"):
         if rest:
@@ -154,6 +156,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from elastic.lab.cloud.cli import main as lab_cloud_main
 
         return lab_cloud_main(rest)
+    if args.command == "demo":
+        from elastic.lab.demo import main as demo_main
+
+        return demo_main(rest)
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     # Admin commands registered by add_admin_commands set `handler(args) -> int`.
