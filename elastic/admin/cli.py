@@ -184,7 +184,7 @@ def status_command(args: argparse.Namespace) -> int:
         snapshot = status.collect(config, clouds, slurm, _node_names(config, pools))
     except CloudError as error:
         raise _explained(error, config) from None
-    slurm_error = snapshot.slurm_error or slurm_error
+    slurm_error = slurm_error or snapshot.slurm_error
     known = snapshot.nodes is not None
     now = time.time()
     table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools)

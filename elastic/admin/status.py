@@ -156,7 +156,7 @@ def collect(config: Config, clouds: Mapping[str, Cloud], slurm, names: Iterable[
     for cloud in clouds.values():
         servers.extend(cloud.list_servers(config.cluster, wanted))
     if slurm is None:
-        return Snapshot(tuple(servers), None, "Slurm not configured")
+        return Snapshot(tuple(servers), None, "no Slurm")
     try:
         nodes = slurm.nodes(wanted)
     except SlurmError as error:

@@ -1,0 +1,174 @@
+"""The admin subcommands through `elastic.cli.main`: exit codes, one-line errors, nothing changed on bad input."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from elastic import cli, runtime
+from elastic.errors import CloudErrorKind, SlurmError
+from elastic.locks import exclusive_lock
+from elastic.testing import MemoryCloud
+
+from test_admin_status import CONFIG, IDLE, FakeSlurm, ours, slurm_nodes
+
+
+@pytest.fixture
+def site(tmp_path, monkeypatch):
+    """A config file plus memory clouds and a fake Slurm that the CLI gets instead of real ones."""
+    path = tmp_path / "elastic.yaml"
+    path.write_text(CONFIG + f"state_dir: {tmp_path / 'state'}\nlog_file: {tmp_path / 'elastic.log'}\n")
+    clouds = {"alpha": MemoryCloud("alpha"), "beta": MemoryCloud("beta")}
+    slurm = FakeSlurm()
+    made: list[str] = []
+
+    def make_clouds(config):
+        made.append("clouds")
+        return clouds
+
+    def make_slurm(config):
+        made.append("slurm")
+        if slurm.fail_reads == "no scontrol":
+            raise SlurmError("scontrol: not found in /usr/bin; set its path in the config")
+        return slurm
+
+    monkeypatch.setattr(runtime, "make_clouds", make_clouds)
+    monkeypatch.setattr(runtime, "make_slurm", make_slurm)
+
+    class Site:
+        pass
+
+    s = Site()
+    s.path, s.clouds, s.slurm, s.made, s.tmp = path, clouds, slurm, made, tmp_path
+    return s
+
+
+def run(site, *argv):
+    return cli.main([argv[0], "--config", str(site.path), *argv[1:]])
+
+
+def one_error_line(capsys) -> str:
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1, err
+    assert err.startswith("elastic: error: ")
+    return err
+
+
+@pytest.mark.parametrize("command", [["status"], ["reconcile"], ["reconcile", "--apply"]])
+def test_unknown_pool_is_one_line_exit_2_before_any_call(site, capsys, command):
+    """--pool with a name not in the YAML exits 2 with one line, before any cloud or Slurm is built."""
+    assert run(site, *command, "--pool", "nope") == 2
+    assert "unknown pool 'nope'" in one_error_line(capsys) and site.made == []
+
+
+@pytest.mark.parametrize("command", [["check"], ["status"], ["reconcile"], ["slurm-conf"]])
+def test_bad_config_is_one_line_exit_2(tmp_path, capsys, command):
+    """A config error exits 2 with the file:line message on one line."""
+    path = tmp_path / "elastic.yaml"
+    path.write_text("cluster: x\nclouds: {}\n")
+    assert cli.main([*command, "--config", str(path)]) == 2
+    assert f"{path}:" in one_error_line(capsys)
+
+
+def test_status_exit_1_on_mismatch_and_json_rows(site, capsys):
+    """status prints rows and exits 1 when a mismatch exists; --json prints the same rows as JSON."""
+    site.clouds["alpha"].add("cpu-001", metadata=ours("cpu-001"), created=0)
+    assert run(site, "status") == 1
+    out = capsys.readouterr().out
+    assert "orphan" in out and out.splitlines()[-1].startswith("6 nodes, 1 live servers; mismatches: 1 orphan")
+    assert run(site, "status", "--json", "--pool", "cpu") == 1
+    data = json.loads(capsys.readouterr().out)
+    assert [r["node"] for r in data["rows"]] == ["cpu-001", "cpu-002", "cpu-003", "cpu-004"]
+    assert data["rows"][0]["problem"] == "orphan" and data["slurm_error"] is None
+
+
+def test_status_without_slurm_warns_and_still_shows_servers(site, capsys):
+    """With no scontrol, status warns on stderr and shows servers with an unknown Slurm state; exit 0."""
+    site.slurm.fail_reads = "no scontrol"
+    site.clouds["alpha"].add("cpu-001", metadata=ours("cpu-001"), created=0)
+    assert run(site, "status") == 0
+    captured = capsys.readouterr()
+    assert "Slurm not asked (scontrol: not found" in captured.err
+    assert captured.out.splitlines()[1].split()[:3] == ["cpu-001", "cpu", "?"]
+
+
+def test_unreachable_cloud_is_one_line_exit_2_and_nothing_changes(site, capsys):
+    """A cloud that cannot be listed stops status and reconcile --apply with one line; no delete, no Slurm update."""
+    site.clouds["alpha"].add("cpu-001", metadata=ours("cpu-001"), created=0)
+    site.slurm.node_states = slurm_nodes(cpu_002=IDLE)
+    for command in (["status"], ["reconcile", "--apply"]):
+        site.clouds["beta"].fail_next("list", CloudErrorKind.TRANSIENT, message="list servers: cannot reach the cloud")
+        assert run(site, *command) == 2
+        err = one_error_line(capsys)
+        assert "cloud beta: transient: list servers: cannot reach the cloud" in err and "reachable" in err
+    assert not any(op == "delete" for op, _ in site.clouds["alpha"].calls) and site.slurm.changes == []
+
+
+def test_reconcile_dry_run_changes_nothing_and_apply_repairs(site, capsys):
+    """Without --apply the plan is printed (exit 1) and nothing changes; with --apply it is carried out and logged."""
+    old = site.clouds["alpha"].add("cpu-001", metadata=ours("cpu-001"), created=0)
+    site.slurm.node_states = slurm_nodes(cpu_002=IDLE)
+    assert run(site, "reconcile") == 1
+    out = capsys.readouterr().out
+    assert "delete" in out and "power_down" in out and "nothing changed (use --apply)" in out
+    assert not any(op == "delete" for op, _ in site.clouds["alpha"].calls) and site.slurm.changes == []
+    assert run(site, "reconcile", "--apply") == 0
+    out = capsys.readouterr().out
+    assert ("delete", old.id) in site.clouds["alpha"].calls
+    assert site.slurm.changes == [(("cpu-002",), "power_down_force", "elastic: reconcile: server vanished")]
+    assert "done" in out
+    events = [json.loads(line)["event"] for line in (site.tmp / "elastic.log").read_text().splitlines()]
+    assert events[0] == "reconcile.start" and "cloud.delete" in events and events[-1] == "reconcile.done"
+
+
+def test_reconcile_with_nothing_to_do_exits_0(site, capsys):
+    """A consistent cluster: 'nothing to repair', exit 0."""
+    assert run(site, "reconcile", "--apply") == 0
+    assert capsys.readouterr().out.strip() == "nothing to repair"
+
+
+def test_reconcile_needs_slurm(site, capsys):
+    """reconcile refuses to guess without Slurm: one line, exit 2, nothing deleted."""
+    site.clouds["alpha"].add("cpu-001", metadata=ours("cpu-001"), created=0)
+    site.slurm.fail_reads = True
+    assert run(site, "reconcile", "--apply") == 2
+    assert "Unable to contact slurm controller" in one_error_line(capsys)
+    assert not any(op == "delete" for op, _ in site.clouds["alpha"].calls)
+
+
+def test_second_reconcile_apply_is_refused_while_one_runs(site, capsys):
+    """While another reconcile --apply holds the lock, a second one exits 2 with one line and changes nothing."""
+    site.clouds["alpha"].add("cpu-001", metadata=ours("cpu-001"), created=0)
+    with exclusive_lock(site.tmp / "state" / "reconcile.lock", timeout=1):
+        assert run(site, "reconcile", "--apply") == 2
+    assert "another `elastic reconcile --apply` is running" in one_error_line(capsys)
+    assert not any(op in ("delete", "list") for op, _ in site.clouds["alpha"].calls)
+
+
+def test_slurm_conf_prints_writes_and_checks(site, capsys, tmp_path):
+    """slurm-conf prints the include, writes it with --output (then reports it up to date), and --check compares."""
+    programs = tmp_path / "bin"
+    assert run(site, "slurm-conf", "--programs-dir", str(programs)) == 0
+    captured = capsys.readouterr()
+    assert f"ResumeProgram={programs / 'elastic-resume'}" in captured.out
+    assert "NodeName=cpu-[001-004] CPUs=1 RealMemory=1800 Feature=cloud State=CLOUD" in captured.out
+    assert "does not exist" in captured.err
+    target = tmp_path / "elastic-nodes.conf"
+    assert run(site, "slurm-conf", "--programs-dir", str(programs), "-o", str(target)) == 0
+    assert target.read_text() == captured.out and "wrote" in capsys.readouterr().err
+    assert run(site, "slurm-conf", "--programs-dir", str(programs), "-o", str(target)) == 0
+    assert "up to date" in capsys.readouterr().err
+    site.slurm.config = lambda: {"SLURM_VERSION": "22.05.8", "ResumeTimeout": "900 sec"}
+    site.slurm.node_fields = lambda: {}
+    assert run(site, "slurm-conf", "--check") == 1
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:2] == ["SETTING", "YAML"] and "ResumeProgram" in out
+    assert "cpu-[001-004],gpu-[1-2]: node" in out
+
+
+def test_slurm_conf_check_without_slurm_is_one_line_exit_2(site, capsys):
+    """--check with no reachable slurmctld exits 2 with one line."""
+    site.slurm.fail_reads = "no scontrol"
+    assert run(site, "slurm-conf", "--check") == 2
+    assert "scontrol: not found" in one_error_line(capsys)

@@ -1,0 +1,106 @@
+"""`elastic slurm-conf --check`: the generated settings compared with slurmctld's running ones."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from elastic import slurmconf
+from elastic.admin import slurm_conf
+
+from test_admin_check import RUNNING_22_05
+from test_admin_status import CONFIG, make_config
+
+PROGRAMS = slurmconf.Programs(Path("/opt/elastic/bin/elastic-resume"), Path("/opt/elastic/bin/elastic-suspend"),
+                              Path("/opt/elastic/bin/elastic-resume-fail"))
+
+
+def running(**changes):
+    values = dict(RUNNING_22_05, ResumeProgram=str(PROGRAMS.resume), SuspendProgram=str(PROGRAMS.suspend),
+                  ResumeFailProgram=str(PROGRAMS.resume_fail), SuspendTimeout="150 sec", ResumeTimeout="900 sec")
+    values.update(changes)
+    return values
+
+
+def node_fields(config, **overrides):
+    nodes = {}
+    for pool in config.pools.values():
+        for name in pool.node_names:
+            nodes[name] = {"NodeName": name, "State": "IDLE+CLOUD+POWERED_DOWN", "CPUTot": str(pool.slurm.cpus),
+                           "RealMemory": str(pool.slurm.real_memory),
+                           "AvailableFeatures": ",".join(pool.slurm.features) or "(null)",
+                           "Partitions": pool.partition or ""}
+    for name, fields in overrides.items():
+        nodes[name.replace("_", "-")].update(fields)
+    return nodes
+
+
+def test_matching_slurmctld_has_no_differences(tmp_path):
+    """slurmctld running the generated block (as 22.05 prints it, with extra site items) matches."""
+    config = make_config(tmp_path)
+    have = running(SlurmctldParameters="enable_configless,idle_on_node_suspend", PrivateData="cloud,jobs")
+    assert slurm_conf.power_save_differences(config, PROGRAMS, have) == []
+    assert slurm_conf.node_differences(config, node_fields(config)) == []
+
+
+@pytest.mark.parametrize("key, value", [
+    ("ResumeTimeout", "1200 sec"), ("SuspendTime", "INFINITE"), ("ResumeProgram", "/usr/local/sbin/other"),
+    ("PrivateData", "none"), ("CommunicationParameters", "(null)"), ("ResumeRate", "300 nodes/min"),
+])
+def test_each_differing_setting_is_reported(tmp_path, key, value):
+    """A setting that differs from the generated block is one difference naming both values."""
+    config = make_config(tmp_path)
+    [difference] = slurm_conf.power_save_differences(config, PROGRAMS, running(**{key: value}))
+    assert difference.subject == key and difference.have == value
+
+
+def test_suspend_time_option_is_compared(tmp_path):
+    """--suspend-time is what the running SuspendTime is compared with."""
+    config = make_config(tmp_path)
+    assert slurm_conf.power_save_differences(config, PROGRAMS, running(SuspendTime="300 sec"), suspend_time=300) == []
+
+
+def test_cloud_reg_addrs_is_not_required_from_23_11(tmp_path):
+    """23.11 dropped the cloud_reg_addrs option (it is the behaviour): its absence is no difference there."""
+    config = make_config(tmp_path, CONFIG + "slurm: {addresses: none}\n")
+    assert [d.subject for d in slurm_conf.power_save_differences(config, PROGRAMS, running())] == ["SlurmctldParameters"]
+    assert slurm_conf.power_save_differences(config, PROGRAMS, running(SLURM_VERSION="23.11.1")) == []
+
+
+def test_node_differences_are_grouped_into_hostlists(tmp_path):
+    """Nodes with the same difference form one row; hidden nodes, sizes, features, partition and extra nodes show."""
+    config = make_config(tmp_path)
+    nodes = node_fields(config, cpu_001={"CPUTot": "2"}, cpu_002={"CPUTot": "2"}, cpu_003={"RealMemory": "900"},
+                        cpu_004={"AvailableFeatures": "(null)", "Partitions": "debug"})
+    del nodes["gpu-1"], nodes["gpu-2"]
+    nodes["old-1"] = {"NodeName": "old-1", "State": "IDLE+CLOUD"}
+    nodes["login"] = {"NodeName": "login", "State": "IDLE"}
+    found = {d.subject: (d.want, d.have) for d in slurm_conf.node_differences(config, nodes)}
+    assert found == {
+        "cpu-[001-002]: CPUs": ("1", "2"),
+        "cpu-003: RealMemory": ("1800", "900"),
+        "cpu-004: Feature": ("cloud", "(none)"),
+        "cpu-004: Partitions": ("cloud", "debug"),
+        "gpu-[1-2]: node": ("CLOUD node", "not shown (not in slurm.conf, or hidden: PrivateData=cloud)"),
+        "old-1: node": ("(in no pool)", "CLOUD node in slurm.conf"),
+    }
+
+
+def test_default_programs_are_the_console_scripts_beside_python(tmp_path):
+    """Without --programs-dir the programs are elastic-resume etc. beside sys.executable."""
+    programs = slurm_conf.default_programs()
+    assert programs.resume == Path(sys.executable).parent / "elastic-resume"
+    assert slurm_conf.default_programs(tmp_path).resume_fail == tmp_path / "elastic-resume-fail"
+    assert slurm_conf.missing_programs(slurm_conf.default_programs(tmp_path)) == [
+        tmp_path / "elastic-resume", tmp_path / "elastic-suspend", tmp_path / "elastic-resume-fail"]
+
+
+def test_write_atomically_replaces_the_file_readable_by_slurmctld(tmp_path):
+    """The include file is replaced whole, mode 0644, with no temporary left behind."""
+    target = tmp_path / "elastic.conf"
+    target.write_text("old\n")
+    slurm_conf.write_atomically(target, "new\n")
+    assert target.read_text() == "new\n" and target.stat().st_mode & 0o777 == 0o644
+    assert [p.name for p in tmp_path.iterdir()] == ["elastic.conf"]
