@@ -1,0 +1,115 @@
+"""Fixtures for a real local Slurm (elastic.lab.slurm.LocalSlurm) and for stand-in power-save
+programs that record how slurmctld ran them."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from elastic.lab.slurm import LocalSlurm
+from elastic.lab.slurm.cluster import SLURMCTLD
+
+# Writes one block per call: argv, the exact environment (from /proc, not from `env`, which a
+# shell would add PWD to), whether fds 0-2 were open when slurmctld exec'd it, uid, resume file.
+RECORDER = r"""#!/bin/sh
+if [ -e /proc/$$/fd/0 ]; then f0=open; else f0=closed; fi
+if [ -e /proc/$$/fd/1 ]; then f1=open; else f1=closed; fi
+if [ -e /proc/$$/fd/2 ]; then f2=open; else f2=closed; fi
+conf_dir=$(/usr/bin/dirname "$SLURM_CONF")
+if [ -f "$conf_dir/elastic.yaml" ]; then yaml=yes; else yaml=no; fi
+{
+    echo "call $(/usr/bin/id -u) $f0,$f1,$f2 $yaml $*"
+    /usr/bin/tr '\0' '\n' < /proc/$$/environ | /usr/bin/sed 's/^/env /'
+    if [ -n "$SLURM_RESUME_FILE" ]; then echo "resume_file $(/usr/bin/cat "$SLURM_RESUME_FILE")"; fi
+    echo "end"
+} >> LOG 2>&1
+AFTER
+exit 0
+"""
+
+
+class Recorder:
+    """A stand-in ResumeProgram/SuspendProgram: a shell script that appends each call to a log."""
+
+    def __init__(self, path: Path, log: Path):
+        self.path = path
+        self.log = log
+
+    def calls(self) -> list[dict]:
+        """Each call as {"uid", "fds", "elastic_yaml", "argv", "env", "resume_file"}."""
+        calls: list[dict] = []
+        if not self.log.exists():
+            return calls
+        for line in self.log.read_text().splitlines():
+            kind, _, rest = line.partition(" ")
+            if kind == "call":
+                uid, fds, yaml, *argv = rest.split(" ")
+                calls.append({"uid": int(uid), "fds": fds, "elastic_yaml": yaml == "yes", "argv": argv, "env": {}})
+            elif kind == "env":
+                key, _, value = rest.partition("=")
+                calls[-1]["env"][key] = value
+            elif kind == "resume_file":
+                calls[-1]["resume_file"] = rest
+        return calls
+
+    def wait_calls(self, count: int = 1, timeout: float = 20) -> list[dict]:
+        deadline = time.monotonic() + timeout
+        while len(calls := self.calls()) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.path.name}: {len(calls)} calls after {timeout:g}s, wanted {count}")
+            time.sleep(0.1)
+        return calls
+
+
+@pytest.fixture
+def recorder() -> Callable[..., Recorder]:
+    """make(directory, name, after="") -> a recording program at directory/name, mode 0755.
+
+    `after` is shell run after recording, with the node list in $1 (e.g. an scontrol update).
+    """
+
+    def make(directory: Path, name: str, after: str = "") -> Recorder:
+        log = directory / f"{name}.calls"
+        log.touch(mode=0o666)
+        log.chmod(0o666)  # the program may run as SlurmUser
+        path = directory / name
+        path.write_text(RECORDER.replace("LOG", str(log)).replace("AFTER", after))
+        path.chmod(0o755)
+        return Recorder(path, log)
+
+    return make
+
+
+@pytest.fixture
+def local_slurm(tmp_path) -> Iterator[Callable[..., LocalSlurm]]:
+    """make(workdir=None, **LocalSlurm kwargs) -> a started LocalSlurm; all stopped at teardown,
+    and teardown fails if any daemon started by one of them is still alive."""
+    if not os.access(SLURMCTLD, os.X_OK):
+        pytest.fail(f"{SLURMCTLD} missing: ./run.sh installs Debian's slurmctld, slurmd, slurm-client, munge")
+    clusters: list[LocalSlurm] = []
+
+    def make(workdir: Path | None = None, **kwargs) -> LocalSlurm:
+        cluster = LocalSlurm(workdir or tmp_path / f"slurm{len(clusters)}", **kwargs)
+        clusters.append(cluster)
+        return cluster.start()
+
+    yield make
+    for cluster in clusters:
+        cluster.stop()
+    left = [pid for cluster in clusters for pid in cluster.running_pids()]
+    assert not left, f"daemons still running after stop(): {left}"
+
+
+@pytest.fixture
+def shared_dir() -> Iterator[Path]:
+    """A scratch directory that users other than root can enter (tmp_path's parents are 0700)."""
+    path = Path(tempfile.mkdtemp(prefix="lab-slurm-", dir="/tmp"))
+    path.chmod(0o755)
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
