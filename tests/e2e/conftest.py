@@ -16,8 +16,11 @@ from elastic.lab.slurm import LocalSlurm
 from elastic.lab.slurm.cluster import SLURMCTLD
 
 # Writes one block per call: argv, the exact environment (from /proc, not from `env`, which a
-# shell would add PWD to), whether fds 0-2 were open when slurmctld exec'd it, uid, resume file.
+# shell would add PWD to), whether fds 0-2 were open when slurmctld exec'd it, uid, cwd,
+# blocked signals, and the resume file's content.
 RECORDER = r"""#!/bin/sh
+# The signal mask first, with no fork: dash clears its mask after it first waits for a child.
+while read -r key value; do [ "$key" = "SigBlk:" ] && sigblk=$value; done < /proc/$$/status
 if [ -e /proc/$$/fd/0 ]; then f0=open; else f0=closed; fi
 if [ -e /proc/$$/fd/1 ]; then f1=open; else f1=closed; fi
 if [ -e /proc/$$/fd/2 ]; then f2=open; else f2=closed; fi
@@ -25,6 +28,8 @@ conf_dir=$(/usr/bin/dirname "$SLURM_CONF")
 if [ -f "$conf_dir/elastic.yaml" ]; then yaml=yes; else yaml=no; fi
 {
     echo "call $(/usr/bin/id -u) $f0,$f1,$f2 $yaml $*"
+    echo "cwd $(/usr/bin/readlink /proc/$$/cwd)"
+    echo "sigblk $sigblk"
     /usr/bin/tr '\0' '\n' < /proc/$$/environ | /usr/bin/sed 's/^/env /'
     if [ -n "$SLURM_RESUME_FILE" ]; then echo "resume_file $(/usr/bin/cat "$SLURM_RESUME_FILE")"; fi
     echo "end"
@@ -42,7 +47,7 @@ class Recorder:
         self.log = log
 
     def calls(self) -> list[dict]:
-        """Each call as {"uid", "fds", "elastic_yaml", "argv", "env", "resume_file"}."""
+        """Each call as {"uid", "fds", "elastic_yaml", "argv", "env", "cwd", "sigblk", "resume_file"}."""
         calls: list[dict] = []
         if not self.log.exists():
             return calls
@@ -54,6 +59,10 @@ class Recorder:
             elif kind == "env":
                 key, _, value = rest.partition("=")
                 calls[-1]["env"][key] = value
+            elif kind == "cwd":
+                calls[-1]["cwd"] = rest
+            elif kind == "sigblk":
+                calls[-1]["sigblk"] = rest
             elif kind == "resume_file":
                 calls[-1]["resume_file"] = rest
         return calls

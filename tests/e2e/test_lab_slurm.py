@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import pwd
+import signal
 import socket
 import time
 from pathlib import Path
@@ -84,7 +85,8 @@ def test_stop_slurmd_ends_the_nodes_jobs(local_slurm):
 
 def test_resume_program_contract_and_prompt_job_start(local_slurm, recorder, tmp_path):
     """A job on a CLOUD node runs the ResumeProgram with the hostlist, an environment of only
-    SLURM_CONF and SLURM_RESUME_FILE, and fds 0-2 closed; once slurmd starts the job runs at once."""
+    SLURM_CONF and SLURM_RESUME_FILE, fds 0-2 closed, SIGTERM blocked; once slurmd starts the job
+    runs at once."""
     resume = recorder(tmp_path, "resume",
                       after='/usr/bin/scontrol update nodename="$1" nodeaddr=127.10.0.5')
     suspend = recorder(tmp_path, "suspend")
@@ -101,6 +103,10 @@ def test_resume_program_contract_and_prompt_job_start(local_slurm, recorder, tmp
     assert call["env"]["SLURM_CONF"] == str(s.conf_path)
     assert call["elastic_yaml"], "elastic.yaml lies beside SLURM_CONF"
     assert call["fds"] == "closed,closed,closed"
+    # slurmctld's own blocked signals (SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGPIPE, ...) stay
+    # blocked in the program and in whatever it starts.
+    assert int(call["sigblk"], 16) & (1 << (signal.SIGTERM - 1))
+    assert call["cwd"] == str(s.workdir)  # slurmctld's own, inherited
     assert call["uid"] == 0
     assert json.loads(call["resume_file"]) == {"jobs": [{"job_id": job, "nodes": "c-1"}], "all_nodes": "c-1"}
     assert "POWERING_UP" in s.node_state("c-1")
@@ -210,3 +216,17 @@ def test_environment_for_commands_drops_outer_slurm_variables(tmp_path, monkeypa
     s = LocalSlurm(tmp_path, node_lines=[], partition_lines=[])
     assert s.env["SLURM_CONF"] == str(tmp_path.resolve() / "etc" / "slurm.conf")
     assert "SLURM_JOB_ID" not in s.env and os.environ["SLURM_JOB_ID"] == "77"
+
+
+def test_cloud_reg_addrs_takes_the_address_from_registration(local_slurm, recorder, tmp_path):
+    """With cloud_reg_addrs=True a ResumeProgram need not set NodeAddr: slurmd's registration does."""
+    resume = recorder(tmp_path, "resume")
+    suspend = recorder(tmp_path, "suspend")
+    s = local_slurm(node_lines=CLOUD_NODES, partition_lines=CLOUD_PARTITION, cloud_reg_addrs=True,
+                    resume_program=str(resume.path), suspend_program=str(suspend.path))
+    job = submit(s, "--wrap", "true")
+    resume.wait_calls(1)
+    s.start_slurmd("c-1")
+
+    assert s.wait_job(job, {"COMPLETED", "FAILED"}, 15) == "COMPLETED"
+    assert s.node_fields("c-1")["NodeAddr"] == "127.0.0.1"

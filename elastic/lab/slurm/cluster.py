@@ -13,7 +13,8 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from elastic.lab.slurm import procs
-from elastic.lab.slurm.conf import DEFAULT_POWER_SAVE, Layout, NodeSpec, Ports, Programs, expand_node_lines, render_conf, render_prolog
+from elastic.lab.slurm.conf import (DEFAULT_POWER_SAVE, Layout, NodeSpec, Ports, Programs, expand_node_lines,
+                                    render_conf, render_prolog)
 
 MUNGED = "/usr/sbin/munged"
 SLURMCTLD = "/usr/sbin/slurmctld"
@@ -50,6 +51,7 @@ class LocalSlurm:
         self.slurmctld: procs.Daemon | None = None
         self.slurmds: dict[str, procs.Daemon] = {}
         self._spawned: list[procs.Daemon] = []
+        self._stopped = False
         self._lock = threading.RLock()  # start_slurmd/stop_slurmd come from other threads (lab hooks)
         _check_programs(self.programs)
 
@@ -89,6 +91,7 @@ class LocalSlurm:
     def stop(self) -> None:
         """Every daemon down, by its pid: slurmds first, then slurmctld, then munged."""
         with self._lock:
+            self._stopped = True
             for name in list(self.slurmds):
                 self.stop_slurmd(name)
             for attr in ("slurmctld", "munged"):
@@ -104,8 +107,7 @@ class LocalSlurm:
 
     def running_pids(self) -> list[int]:
         """Pids of the daemons started here that are still alive (empty after stop())."""
-        daemons = [self.munged, self.slurmctld, *self.slurmds.values()]
-        return [d.pid for d in daemons if d is not None and procs.pid_alive(d.pid)]
+        return [d.pid for d in self._spawned if procs.pid_alive(d.pid)]
 
     def started_pids(self) -> list[int]:
         """Pids of every daemon started here, alive or not (for asserting they are gone)."""
@@ -115,7 +117,8 @@ class LocalSlurm:
         """Rewrite slurm.conf with new node/partition lines and make slurmctld take it.
 
         22.05 refuses `scontrol reconfigure` when the set of nodes changed ("You have to restart
-        slurmctld"), so then slurmctld is restarted on the same state; running slurmds stay up.
+        slurmctld"), so then slurmctld is restarted on the same state; running slurmds stay up,
+        but those of removed nodes are stopped.
         """
         with self._lock:
             before = set(self.nodes)
@@ -124,6 +127,8 @@ class LocalSlurm:
             if partition_lines is not None:
                 self.partition_lines = list(partition_lines)
             self._write_conf()
+            for name in before - set(self.nodes):
+                self.stop_slurmd(name)
             if set(self.nodes) == before:
                 self.run("scontrol", "reconfigure")
                 return
@@ -147,13 +152,16 @@ class LocalSlurm:
         waiting for boot"), which is at most now. So for such a node, start 2 whole seconds
         after the current second.
         """
+        if name not in self.nodes:
+            raise KeyError(f"no node {name!r} in slurm.conf")
+        if self.slurmd_running(name) or self._stopped:
+            return
+        if "POWERING_UP" in self.node_state(name):
+            _sleep_until(math.floor(time.time()) + 2)  # outside the lock: nodes boot in parallel
         with self._lock:
-            if self.slurmd_running(name):
+            # After stop() a late "boot" (a lab hook thread) must not leave a slurmd behind.
+            if self.slurmd_running(name) or self._stopped:
                 return
-            if name not in self.nodes:
-                raise KeyError(f"no node {name!r} in slurm.conf")
-            if "POWERING_UP" in self.node_state(name):
-                _sleep_until(math.floor(time.time()) + 2)
             (self.layout.spool / name).mkdir(parents=True, exist_ok=True)
             argv = [SLURMD, "-D", "-b", "-N", name, "-f", str(self.conf_path)]
             self.slurmds[name] = self._spawn(f"slurmd-{name}", argv)
@@ -220,7 +228,8 @@ class LocalSlurm:
     # -- internals -------------------------------------------------------------------------
 
     def _spawn(self, name: str, argv: list[str]) -> procs.Daemon:
-        daemon = procs.spawn(name, argv, self.layout.log / f"{name}.out", self.env)
+        # cwd: slurmctld's is where its power-save programs start (they inherit it).
+        daemon = procs.spawn(name, argv, self.layout.log / f"{name}.out", self.env, cwd=self.workdir)
         self._spawned.append(daemon)
         return daemon
 

@@ -174,10 +174,24 @@ def render_conf(layout: Layout, ports: Ports, nodes: list[NodeSpec], partition_l
         out += _power_save_lines(programs, power_save)
     if prompt_launch:
         out.append(f"PrologSlurmctld={layout.prolog}")
-    out += list(extra_conf)
+    out = _override(out, extra_conf)
     out += [spec.line for spec in nodes]
     out += list(partition_lines)
     return "\n".join(out) + "\n"
+
+
+def _override(lines: list[str], extra: Iterable[str]) -> list[str]:
+    """`extra` lines replace generated lines with the same key, else are added. (22.05 would take
+    the last of two, but logs "specified more than once" as an error.)"""
+    out = list(lines)
+    for line in extra:
+        key = line.split("=", 1)[0].strip().lower()
+        same = [i for i, old in enumerate(out) if old.split("=", 1)[0].strip().lower() == key]
+        if same and key not in ("nodename", "partitionname"):
+            out[same[0]] = line
+        else:
+            out.append(line)
+    return out
 
 
 def _daemon_lines(layout: Layout, ports: Ports, slurm_user: str) -> list[str]:

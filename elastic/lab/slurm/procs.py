@@ -27,20 +27,22 @@ class Daemon:
         return self.popen.poll() is None
 
 
-def spawn(name: str, argv: list[str], log: Path, env: dict[str, str]) -> Daemon:
+def spawn(name: str, argv: list[str], log: Path, env: dict[str, str], cwd: Path) -> Daemon:
     """Start `argv` in its own session, stdin from /dev/null, stdout and stderr to `log`.
 
     As on a freshly booted VM, the daemon gets no inherited fds, default signal dispositions and
-    an empty signal mask: fork copies the *calling thread's* mask (a lab hook may call us from a
-    thread that blocks signals) and Popen has no option for it, so clear it around the fork.
-    Its own session lets stop() end the daemon's whole process group.
+    an empty signal mask. fork copies the *calling thread's* mask and Popen has no option for
+    it, so clear it around the fork: the caller may be a thread that blocks signals, or a
+    process started by slurmctld, which passes on its blocked SIGTERM, SIGINT, SIGCHLD, ...
+    (a slurmd started that way ignores SIGTERM). Its own session lets stop() end its group.
     """
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as out:
         blocked = signal.pthread_sigmask(signal.SIG_SETMASK, set())
         try:
             popen = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
-                                     env=env, close_fds=True, restore_signals=True, start_new_session=True)
+                                     env=env, cwd=cwd, close_fds=True, restore_signals=True,
+                                     start_new_session=True)
         finally:
             signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
     return Daemon(name, popen, log)
