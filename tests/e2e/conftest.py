@@ -16,7 +16,7 @@ from elastic.lab.slurm import LocalSlurm
 from elastic.lab.slurm.cluster import SLURMCTLD
 
 # Writes one block per call: argv, the exact environment (from /proc, not from `env`, which a
-# shell would add PWD to), whether fds 0-2 were open when slurmctld exec'd it, uid, cwd,
+# shell would add PWD to), whether fds 0-2 were open when slurmctld exec'd it, uid, pid, cwd,
 # blocked signals, and the resume file's content.
 RECORDER = r"""#!/bin/sh
 # The signal mask first, with no fork: dash clears its mask after it first waits for a child.
@@ -28,6 +28,7 @@ conf_dir=$(/usr/bin/dirname "$SLURM_CONF")
 if [ -f "$conf_dir/elastic.yaml" ]; then yaml=yes; else yaml=no; fi
 {
     echo "call $(/usr/bin/id -u) $f0,$f1,$f2 $yaml $*"
+    echo "pid $$"
     echo "cwd $(/usr/bin/readlink /proc/$$/cwd)"
     echo "sigblk $sigblk"
     /usr/bin/tr '\0' '\n' < /proc/$$/environ | /usr/bin/sed 's/^/env /'
@@ -47,7 +48,7 @@ class Recorder:
         self.log = log
 
     def calls(self) -> list[dict]:
-        """Each call as {"uid", "fds", "elastic_yaml", "argv", "env", "cwd", "sigblk", "resume_file"}."""
+        """Each call as {"uid", "fds", "elastic_yaml", "argv", "env", "pid", "cwd", "sigblk", "resume_file"}."""
         calls: list[dict] = []
         if not self.log.exists():
             return calls
@@ -59,6 +60,8 @@ class Recorder:
             elif kind == "env":
                 key, _, value = rest.partition("=")
                 calls[-1]["env"][key] = value
+            elif kind == "pid":
+                calls[-1]["pid"] = int(rest)
             elif kind == "cwd":
                 calls[-1]["cwd"] = rest
             elif kind == "sigblk":

@@ -84,9 +84,7 @@ def test_stop_slurmd_ends_the_nodes_jobs(local_slurm):
 
 
 def test_resume_program_contract_and_prompt_job_start(local_slurm, recorder, tmp_path):
-    """A job on a CLOUD node runs the ResumeProgram with the hostlist, an environment of only
-    SLURM_CONF and SLURM_RESUME_FILE, fds 0-2 closed, SIGTERM blocked; once slurmd starts the job
-    runs at once."""
+    """ResumeProgram gets the hostlist, only SLURM_CONF+SLURM_RESUME_FILE, fds 0-2 closed; the job starts at once."""
     resume = recorder(tmp_path, "resume",
                       after='/usr/bin/scontrol update nodename="$1" nodeaddr=127.10.0.5')
     suspend = recorder(tmp_path, "suspend")
@@ -159,8 +157,7 @@ def test_slurm_user_runs_programs_as_that_user(local_slurm, recorder, shared_dir
 
 
 def test_slurm_user_must_reach_the_programs(tmp_path, shared_dir, recorder):
-    """A program SlurmUser cannot execute (here below a 0700 directory, like /root) is refused
-    before any daemon starts: slurmctld would only log it and disable power saving."""
+    """A program SlurmUser cannot execute (below a 0700 dir, like /root) is refused before any daemon starts."""
     private = shared_dir / "private"
     private.mkdir(mode=0o700)
     resume = recorder(private, "resume")
@@ -171,6 +168,24 @@ def test_slurm_user_must_reach_the_programs(tmp_path, shared_dir, recorder):
     with pytest.raises(LocalSlurmError, match="SlurmUser slurm cannot execute program"):
         s.start()
     assert s.started_pids() == []
+
+
+def test_stop_ends_power_save_programs_still_running(local_slurm, recorder, tmp_path):
+    """stop() also kills a ResumeProgram still running, and its children (slurmctld never does)."""
+    child_pid = tmp_path / "child.pid"
+    resume = recorder(tmp_path, "resume", after=f"/usr/bin/sleep 300 & echo $! > {child_pid}; wait")
+    suspend = recorder(tmp_path, "suspend")
+    s = local_slurm(node_lines=CLOUD_NODES, partition_lines=CLOUD_PARTITION,
+                    resume_program=str(resume.path), suspend_program=str(suspend.path))
+    s.run("scontrol", "update", "nodename=c-1", "state=power_up")
+    [call] = resume.wait_calls(1)
+    wait_for(lambda: child_pid.exists() and child_pid.read_text().strip(), 10)
+    pids = {call["pid"], int(child_pid.read_text())}
+    assert all(pid_alive(p) for p in pids)
+
+    s.stop()
+
+    assert not any(pid_alive(p) for p in pids)
 
 
 def test_power_save_needs_both_programs(tmp_path, recorder):

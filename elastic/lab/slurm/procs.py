@@ -49,14 +49,16 @@ def spawn(name: str, argv: list[str], log: Path, env: dict[str, str], cwd: Path)
 
 
 def stop(daemon: Daemon, grace: float = TERM_GRACE) -> None:
-    """SIGTERM, SIGKILL after `grace`, wait for exit; then end what it left behind.
+    """End a daemon and what it started: SIGTERM, SIGKILL after `grace`, wait for exit.
 
-    What it left: its process group (slurmd's slurmstepds) and every descendant's own group,
-    collected before the signal because they are reparented once the daemon is gone: slurmctld
-    22.05 starts each Resume/Suspend program in a new process group (setpgid(0, 0)) and never
-    kills one. Leftovers get SIGKILL: the whole test bed is going away.
+    slurmctld 22.05 starts each Resume/Suspend program in a process group of its own
+    (setpgid(0, 0)) and, told to stop, waits up to 10 s for them before killing them. So the
+    groups of its descendants get SIGKILL first (the test bed is going away), then the daemon
+    its SIGTERM; last, whatever is left in its own group (slurmctld's slurmscriptd).
     """
-    groups = {daemon.pid} | {_pgid(pid) for pid in descendants(daemon.pid)}
+    others = {_pgid(pid) for pid in descendants(daemon.pid)} - {daemon.pid, 0, os.getpgid(0)}
+    for pgid in others:
+        _killpg(pgid)
     if daemon.alive():
         _signal(daemon.pid, signal.SIGTERM)
         try:
@@ -66,9 +68,8 @@ def stop(daemon: Daemon, grace: float = TERM_GRACE) -> None:
             daemon.popen.wait(KILL_WAIT)
     else:
         daemon.popen.wait()
-    for pgid in groups - {0, os.getpgid(0)}:
-        _killpg(pgid)
-    _wait_gone(groups)
+    _killpg(daemon.pid)
+    _wait_gone(others | {daemon.pid})
 
 
 def holders(path: Path) -> set[int]:
