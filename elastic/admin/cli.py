@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from elastic.errors import CloudError, ConfigError, ElasticError, LockTimeout, SlurmError, UsageError
+from elastic.errors import CloudError, ElasticError, LockTimeout, SlurmError, UsageError
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 
