@@ -4,12 +4,14 @@ slurmctld 22.05 execs ResumeProgram/SuspendProgram/ResumeFailProgram with fds 0,
 (so the first open() would get fd 0 and a child writing to stdout fails), an environment holding
 only SLURM_CONF (and SLURM_RESUME_FILE), no PATH and no HOME. From 23.02 they run under
 slurmscriptd with stdin on /dev/null and output on a pipe that is only logged with
-DebugFlags=Script.
+DebugFlags=Script. slurmctld also leaves its blocked-signal mask on us (SIGTERM, SIGINT, SIGHUP,
+SIGCHLD, SIGPIPE and more; execve keeps it), and everything we start would inherit it.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -19,7 +21,8 @@ _closed_at_start: set[int] = set()
 
 
 def repair_process() -> None:
-    """Make fds 0-2 valid (on /dev/null) and give the process a PATH. Safe to call twice."""
+    """Make fds 0-2 valid (on /dev/null), unblock signals, give the process a PATH. Idempotent."""
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
     for fd in (0, 1, 2):
         if _is_closed(fd):
             _closed_at_start.add(fd)
