@@ -194,3 +194,29 @@ def test_two_pools_two_clouds_eight_jobs(world):
     assert {job_node(w, j) for j in jobs} == {"cpu-1", "cpu-2", "cpu-3", "cpu-4", "big-1", "big-2", "big-3", "big-4"}
     wait_for(lambda: live_servers(w, "east") == [] and live_servers(w, "west") == [], 120, "every server deleted")
     wait_for(lambda: all(powered_down(w, n) for n in ("cpu-1", "big-4")), 60, "nodes powered down")
+
+
+def test_admin_edits_pools_and_slurm_follows(world):
+    """Admin adds nodes and changes the flavor in the YAML, regenerates node lines, restarts Slurm:
+    new nodes boot with the new flavor; a node removed from the YAML loses its server via reconcile."""
+    import os
+    import subprocess
+    import sys
+
+    before = CPU_POOL.replace("cpu-[1-3]", "cpu-[1-2]")
+    w = world(pools_yaml=before, power_save={"SuspendTime": 300}, extra_config="reconcile: {grace: 1}\n")
+    w.slurm.run("scontrol", "update", "nodename=cpu-[1-2]", "state=power_up")
+    wait_for(lambda: len([s for s in live_servers(w) if s["status"] == "ACTIVE"]) == 2, 60, "cpu-1 and cpu-2 up")
+    after = CPU_POOL.replace("cpu-[1-3]", "cpu-[2-4]").replace("flavor: m1.small", "flavor: m1.medium")
+    w.rewrite_config(after)
+    assert "cpu-4" in w.slurm.run("scontrol", "show", "node", "cpu-4")
+    env = {**os.environ, **w.slurm.env}
+    reconcile = subprocess.run([sys.executable, "-m", "elastic.cli", "reconcile", "--apply", "--config",
+                                str(w.elastic_yaml)], env=env, capture_output=True, text=True, timeout=120)
+    assert reconcile.returncode == 0, reconcile.stdout + reconcile.stderr
+    wait_for(lambda: sorted(s["name"] for s in live_servers(w)) == ["cpu-2"], 60, "cpu-1's server to be deleted")
+    w.slurm.run("scontrol", "update", "nodename=cpu-4", "state=power_up")
+    wait_for(lambda: "POWER" not in w.slurm.node_state("cpu-4") and "IDLE" in w.slurm.node_state("cpu-4"), 60,
+             "cpu-4 up")
+    flavors = {s["name"]: s["flavor"] for s in live_servers(w)}
+    assert flavors == {"cpu-2": "m1.small", "cpu-4": "m1.medium"}
