@@ -84,7 +84,7 @@ def _place_round(pending: dict[str, str], state: _Round, outcome: Outcome, svc: 
             else:
                 to_create[pool_name].append(node)
         for pool_name, members in to_create.items():
-            booting.update(_create_in_pool(pool_name, members, existing, state, outcome, svc))
+            booting.update(_create_in_pool(pool_name, members, state, outcome, svc))
     return booting
 
 
@@ -103,8 +103,8 @@ def _existing_servers(nodes: list[str], svc: Services) -> dict[str, list[Server]
     return found
 
 
-def _create_in_pool(pool_name: str, nodes: list[str], existing: dict[str, list[Server]], state: _Round,
-                    outcome: Outcome, svc: Services) -> dict[str, _Booting]:
+def _create_in_pool(pool_name: str, nodes: list[str], state: _Round, outcome: Outcome,
+                    svc: Services) -> dict[str, _Booting]:
     pool = svc.config.pools[pool_name]
     now = svc.clock()
     cooling = [e.cloud for e in pool.clouds
@@ -115,9 +115,10 @@ def _create_in_pool(pool_name: str, nodes: list[str], existing: dict[str, list[S
         candidates = [n for n in left if entry.cloud not in state.tried[n]]
         if not candidates:
             continue
-        live_here = sum(1 for servers in existing.values() for s in servers
-                        if s.cloud == entry.cloud and s.pool == pool_name and not s.deleting and s.status != ERROR)
-        go, over = placement.split(candidates, placement.room_on(entry, live_here + _count_on(booting, entry.cloud)))
+        room = _room_on(entry, pool_name, svc)
+        if room is not None:
+            room = max(room - _count_on(booting, entry.cloud), 0)
+        go, over = placement.split(candidates, room)
         for node in over:
             state.last_failure[node] = Failure("limit", f"pool {pool_name} reached max_nodes on {entry.cloud}")
         started, failed = _create_on_cloud(pool_name, pool, entry, go, svc)
@@ -134,6 +135,24 @@ def _create_in_pool(pool_name: str, nodes: list[str], existing: dict[str, list[S
     for node in left:
         outcome.fail([node], state.last_failure.get(node) or Failure("capacity", "no configured cloud could take it"))
     return booting
+
+
+def _room_on(entry: PoolCloud, pool_name: str, svc: Services) -> int | None:
+    """How many more of the pool's servers fit under entry.max_nodes (None: no cap).
+
+    Counts every live server of the pool on that cloud, not only those of the nodes at hand: an
+    earlier resume's servers count too. A cloud we cannot list gets no room.
+    """
+    if entry.max_nodes is None:
+        return None
+    cloud = svc.clouds[entry.cloud]
+    try:
+        servers = with_retries(lambda: cloud.list_servers(svc.config.cluster), sleep=svc.sleep)
+    except CloudError as error:
+        svc.log.warning("resume.list_failed", cloud=entry.cloud, kind=error.kind.value, error=str(error))
+        return 0
+    live = sum(1 for s in servers if s.pool == pool_name and not s.deleting and s.status != ERROR)
+    return placement.room_on(entry, live)
 
 
 def _count_on(booting: dict[str, _Booting], cloud: str) -> int:

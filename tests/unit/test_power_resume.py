@@ -176,6 +176,15 @@ def test_max_nodes_caps_a_pool_on_a_cloud(tmp_path):
     assert slurm.state_of(failed)[0] == "power_down_force" and "max_nodes" in slurm.state_of(failed)[1]
 
 
+def test_max_nodes_counts_servers_of_earlier_resumes(tmp_path):
+    """A pool's servers from an earlier resume count against max_nodes on that cloud."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    assert resume(["gpu-1"], svc).exit_code == 0
+    outcome = resume(["gpu-2"], svc)
+    assert [s.name for s in clouds["beta"].live()] == ["gpu-1"]
+    assert outcome.failed["gpu-2"].kind == "limit"
+
+
 def test_node_in_no_pool_is_set_down(tmp_path):
     """A node of no pool is not booted and goes DOWN with a reason naming the config."""
     svc, _, slurm, _ = make_services(tmp_path)
