@@ -1,0 +1,143 @@
+"""Injected faults of one cloud: what they are (Faults) and the per-request verdict (FaultGate)."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import math
+import random
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+OUTAGES = ("reset", "timeout")
+
+
+@dataclass(frozen=True)
+class Faults:
+    latency_seconds: float = 0.0
+    error_rate: float = 0.0  # fraction of requests answered with one of error_statuses
+    error_statuses: tuple[int, ...] = (500, 503)
+    seed: int = 0
+    rate_limit_per_second: int | None = None  # admitted requests per second; beyond: 429
+    no_valid_host_flavors: tuple[str, ...] = ()
+    no_valid_host_fraction: float = 0.0
+    stuck_in_build: bool = False
+    outage: str | None = None  # "reset" | "timeout" | None
+    outage_timeout_seconds: float = 30.0
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], *, where: str = "faults") -> Faults:
+        return cls().merged(values, where=where)
+
+    def merged(self, values: dict[str, Any], *, where: str = "faults") -> Faults:
+        """A copy with `values` merged in, each checked; raises ValueError naming the key."""
+        if not isinstance(values, dict):
+            raise ValueError(f"{where}: must be a mapping")
+        known = {f.name for f in dataclasses.fields(self)}
+        unknown = set(values) - known
+        if unknown:
+            raise ValueError(f"{where}: unknown fault(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+        changes = {key: _check(key, value, f"{where}.{key}") for key, value in values.items()}
+        return dataclasses.replace(self, **changes)
+
+    def as_dict(self) -> dict[str, Any]:
+        data = dataclasses.asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in data.items()}
+
+
+def _check(key: str, value: Any, where: str) -> Any:
+    def number(low: float, high: float = math.inf) -> float:
+        if value is None:
+            return Faults.__dataclass_fields__[key].default
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+            raise ValueError(f"{where}: {value!r} must be a number in [{low}, {high}]")
+        return float(value)
+
+    if key in ("latency_seconds", "outage_timeout_seconds"):
+        return number(0)
+    if key in ("error_rate", "no_valid_host_fraction"):
+        return number(0, 1)
+    if key == "seed":
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"{where}: {value!r} must be an integer")
+        return value
+    if key == "rate_limit_per_second":
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{where}: {value!r} must be an integer >= 1, or null for no limit")
+        return value
+    if key == "error_statuses":
+        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(s, int) and 400 <= s <= 599 for s in value):
+            raise ValueError(f"{where}: {value!r} must be a non-empty list of HTTP error statuses")
+        return tuple(value)
+    if key == "no_valid_host_flavors":
+        if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
+            raise ValueError(f"{where}: {value!r} must be a list of flavor names")
+        return tuple(value)
+    if key == "stuck_in_build":
+        if not isinstance(value, bool):
+            raise ValueError(f"{where}: {value!r} must be true or false")
+        return value
+    if key == "outage":
+        if value not in (None, *OUTAGES):
+            raise ValueError(f"{where}: {value!r} must be one of reset, timeout, or null")
+        return value
+    raise AssertionError(key)
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """What to do with one request: drop the connection (after `delay`), or answer `status` (None:
+    serve it normally) after `delay` seconds."""
+
+    drop: bool = False
+    delay: float = 0.0
+    status: int | None = None
+    retry_after: int | None = None
+
+
+class FaultGate:
+    def __init__(self, faults: Faults):
+        self._lock = threading.Lock()
+        self._faults = faults
+        self._random = random.Random(faults.seed)
+        self._admitted: collections.deque[float] = collections.deque()
+
+    @property
+    def faults(self) -> Faults:
+        return self._faults
+
+    def replace(self, faults: Faults) -> None:
+        with self._lock:
+            if faults.seed != self._faults.seed or faults == Faults():
+                self._random = random.Random(faults.seed)
+            self._faults = faults
+            self._admitted.clear()
+
+    def admit(self, now: float) -> Verdict:
+        with self._lock:
+            faults = self._faults
+            if faults.outage == "reset":
+                return Verdict(drop=True)
+            if faults.outage == "timeout":
+                return Verdict(drop=True, delay=faults.outage_timeout_seconds)
+            if faults.rate_limit_per_second is not None:
+                while self._admitted and self._admitted[0] <= now - 1.0:
+                    self._admitted.popleft()
+                if len(self._admitted) >= faults.rate_limit_per_second:
+                    wait = self._admitted[0] + 1.0 - now
+                    return Verdict(status=429, retry_after=max(1, math.ceil(wait)))
+                self._admitted.append(now)
+            if faults.error_rate and self._random.random() < faults.error_rate:
+                return Verdict(delay=faults.latency_seconds, status=self._random.choice(faults.error_statuses))
+            return Verdict(delay=faults.latency_seconds)
+
+    def boot_fails(self, flavor_name: str) -> bool:
+        """No valid host for this boot: the flavor is listed, or the dice say so."""
+        with self._lock:
+            faults = self._faults
+            if flavor_name in faults.no_valid_host_flavors:
+                return True
+            return bool(faults.no_valid_host_fraction) and self._random.random() < faults.no_valid_host_fraction

@@ -1,0 +1,174 @@
+"""LabCloud: the emulator's public face. Owns the clouds, the HTTP server, the lifecycle ticker
+and the hook runner; everything tests and the CLI need goes through here."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from elastic.lab.cloud import control
+from elastic.lab.cloud.config import FlavorSpec, flavor_spec, parse_config, quota_limits
+from elastic.lab.cloud.faults import Faults
+from elastic.lab.cloud.hooks import HookCallable, HookRunner
+from elastic.lab.cloud.messages import Response
+from elastic.lab.cloud.nova_servers import addresses
+from elastic.lab.cloud.requestlog import RequestLog
+from elastic.lab.cloud.server import LabHTTPServer
+from elastic.lab.cloud.state import CloudState
+
+TICK_SECONDS = 0.02
+
+
+class LabCloud:
+    def __init__(self, config: dict | None = None, *, host: str = "127.0.0.1", port: int = 0,
+                 on_active: HookCallable | None = None, on_deleted: HookCallable | None = None):
+        if not host.startswith("127."):
+            raise ValueError(f"the lab cloud binds loopback only, not {host}")
+        configs = parse_config(config)
+        self.clouds: dict[str, CloudState] = {name: CloudState(cfg) for name, cfg in configs.items()}
+        self.log = RequestLog()
+        self.stopping = threading.Event()
+        self._address = (host, port)
+        self._hooks = HookRunner({"on_active": on_active, "on_deleted": on_deleted},
+                                 {name: cfg.hooks for name, cfg in configs.items()},
+                                 {name: cfg.hook_timeout_seconds for name, cfg in configs.items()})
+        self._http: LabHTTPServer | None = None
+        self._threads: list[threading.Thread] = []
+
+    # ---- running -----------------------------------------------------------------------------
+
+    def start(self) -> LabCloud:
+        if self._http is not None:
+            raise RuntimeError("this LabCloud is already started")
+        self._http = LabHTTPServer(self._address, self)
+        self._hooks.start()
+        self._threads = [threading.Thread(target=self._http.serve_forever, kwargs={"poll_interval": 0.05},
+                                          name="lab-cloud-serve", daemon=True),
+                         threading.Thread(target=self._tick, name="lab-cloud-ticker", daemon=True)]
+        for thread in self._threads:
+            thread.start()
+        return self
+
+    def stop(self) -> None:
+        if self._http is None or self.stopping.is_set():
+            return
+        self.stopping.set()
+        self._http.shutdown()
+        self._http.server_close()
+        self._http.close_connections()
+        for thread in self._threads:
+            thread.join()
+        self._hooks.stop()
+
+    def __enter__(self) -> LabCloud:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def _tick(self) -> None:
+        while not self.stopping.wait(TICK_SECONDS):
+            for cloud in self.clouds.values():
+                events = cloud.advance()
+                if events:
+                    self._hooks.submit(events)
+
+    def wait_for_hooks(self, timeout: float = 10.0) -> bool:
+        """True once every hook fired so far has finished (for tests)."""
+        return self._hooks.wait_idle(timeout)
+
+    # ---- addresses ---------------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        if self._http is None:
+            raise RuntimeError("start the LabCloud first")
+        host, port = self._http.server_address[:2]
+        return f"http://{host}:{port}"
+
+    def auth_url(self, cloud: str) -> str:
+        self._cloud(cloud)
+        return f"{self.url}/{cloud}/identity/v3"
+
+    def write_clouds_yaml(self, path: str | Path, clouds: list[str] | None = None) -> Path:
+        entries = {}
+        for name in clouds or list(self.clouds):
+            auth = self._cloud(name).config.auth
+            entries[name] = {"auth": {"auth_url": self.auth_url(name), **auth}, "auth_type": "password",
+                             "region_name": self._cloud(name).config.region, "identity_api_version": 3,
+                             "interface": "public"}
+        path = Path(path)
+        path.write_text(yaml.safe_dump({"clouds": entries}, sort_keys=False))
+        return path
+
+    # ---- the world ---------------------------------------------------------------------------
+
+    def _cloud(self, name: str) -> CloudState:
+        try:
+            return self.clouds[name]
+        except KeyError:
+            raise KeyError(f"no cloud named {name!r} (clouds: {', '.join(self.clouds)})") from None
+
+    def servers(self, cloud: str) -> list[dict[str, Any]]:
+        state = self._cloud(cloud)
+        with state.lock:
+            return [{
+                "id": s.id, "name": s.name, "status": s.status, "task_state": s.task_state, "vm_state": s.vm_state,
+                "metadata": dict(s.metadata), "addresses": addresses(state, s), "flavor": s.flavor.name,
+                "image": s.image.name if s.image else None, "key_name": s.key_name, "user_data": s.user_data,
+                "created": s.created, "locked": s.locked, "fault": dict(s.fault) if s.fault else None,
+            } for s in sorted(state.servers.values(), key=lambda s: (s.created, s.id))]
+
+    def seed_server(self, cloud: str, name: str, *, metadata: dict[str, str] | None = None, status: str = "ACTIVE",
+                    flavor: str | None = None, image: str | None = None, age_seconds: float = 0) -> str:
+        return self._cloud(cloud).seed_server(name, metadata=metadata, status=status, flavor=flavor, image=image,
+                                              age_seconds=age_seconds)
+
+    def set_faults(self, cloud: str, **faults: Any) -> dict[str, Any]:
+        gate = self._cloud(cloud).gate
+        gate.replace(gate.faults.merged(faults, where=f"faults of {cloud}"))
+        return gate.faults.as_dict()
+
+    def clear_faults(self, cloud: str) -> None:
+        self._cloud(cloud).gate.replace(Faults())
+
+    def faults(self, cloud: str) -> dict[str, Any]:
+        return self._cloud(cloud).gate.faults.as_dict()
+
+    def set_quota(self, cloud: str, **limits: int) -> None:
+        state = self._cloud(cloud)
+        checked = quota_limits(limits, f"quotas of {cloud}")
+        with state.lock:
+            state.quotas.update(checked)
+
+    def add_image(self, cloud: str, name: str) -> str:
+        return self._cloud(cloud).add_image(name)
+
+    def remove_image(self, cloud: str, name: str) -> None:
+        state = self._cloud(cloud)
+        state.remove_by_name(state.images, name, "image")
+
+    def add_flavor(self, cloud: str, name: str, vcpus: int, ram: int, disk: int) -> str:
+        spec: FlavorSpec = flavor_spec({"name": name, "vcpus": vcpus, "ram": ram, "disk": disk}, f"flavor {name}")
+        return self._cloud(cloud).add_flavor(spec)
+
+    def remove_flavor(self, cloud: str, name: str) -> None:
+        state = self._cloud(cloud)
+        state.remove_by_name(state.flavors, name, "flavor")
+
+    # ---- the request log ---------------------------------------------------------------------
+
+    def requests(self, cloud: str | None = None) -> list[dict[str, Any]]:
+        return self.log.records(cloud)
+
+    def request_counts(self, cloud: str | None = None) -> dict[str, int]:
+        return self.log.counts(cloud)
+
+    def reset_requests(self) -> None:
+        self.log.reset()
+
+    def control(self, method: str, path: str, query: str, body: bytes) -> Response:
+        return control.handle(self, method, path, query, body)
