@@ -10,7 +10,7 @@ import subprocess
 import threading
 from typing import Callable
 
-from elastic.lab.cloud.state import HookEvent
+from elastic.lab.cloud.model import HookEvent
 
 log = logging.getLogger(__name__)
 

@@ -35,6 +35,8 @@ class LabCloud:
         self._hooks = HookRunner({"on_active": on_active, "on_deleted": on_deleted},
                                  {name: cfg.hooks for name, cfg in configs.items()},
                                  {name: cfg.hook_timeout_seconds for name, cfg in configs.items()})
+        for state in self.clouds.values():
+            state.listener = self._hooks.submit
         self._http: LabHTTPServer | None = None
         self._threads: list[threading.Thread] = []
 
@@ -72,9 +74,7 @@ class LabCloud:
     def _tick(self) -> None:
         while not self.stopping.wait(TICK_SECONDS):
             for cloud in self.clouds.values():
-                events = cloud.advance()
-                if events:
-                    self._hooks.submit(events)
+                cloud.settle()
 
     def wait_for_hooks(self, timeout: float = 10.0) -> bool:
         """True once every hook fired so far has finished (for tests)."""

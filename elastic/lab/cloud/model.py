@@ -119,3 +119,37 @@ class Server:
     ready_at: float = 0.0  # monotonic: BUILD ends
     gone_at: float | None = None  # monotonic: a deleting server disappears
     first_address: str = ""
+
+
+@dataclass
+class BootSpec:
+    name: str
+    flavor_ref: str
+    image_ref: str  # "" when booting from a volume
+    networks: list[dict[str, str]] | str | None  # None: not given; "auto"/"none"
+    key_name: str | None = None
+    security_groups: list[str] = field(default_factory=lambda: ["default"])
+    user_data: str | None = None
+    metadata: dict[str, str] = field(default_factory=dict)
+    availability_zone: str | None = None
+    config_drive: bool = False
+    description: str | None = None
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass(frozen=True)
+class HookEvent:
+    hook: str  # "on_active" | "on_deleted"
+    cloud: str
+    name: str
+    server_id: str
+    address: str
+
+
+@dataclass
+class Token:
+    id: str
+    issued: float
+    expires: float
+    methods: list[str]
+    application_credential: dict[str, str] | None = None

@@ -12,8 +12,8 @@ from typing import Any
 from urllib.parse import urlencode
 
 from elastic.lab.cloud.messages import Request, Response, isotime, nova_error
-from elastic.lab.cloud.state import BootSpec, CloudState, Conflict, Invalid, NotFound, QuotaExceeded
-from elastic.lab.cloud.model import Server
+from elastic.lab.cloud.model import BootSpec, Server
+from elastic.lab.cloud.state import CloudState, Conflict, Invalid, NotFound, QuotaExceeded
 
 MAX_USER_DATA = 65535  # Nova's schema limit, on the base64 text
 MAX_METADATA_ITEMS = 128

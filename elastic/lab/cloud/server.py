@@ -128,6 +128,7 @@ class Handler(BaseHTTPRequestHandler):
     def _answer(self, app: App, cloud: CloudState, req: Request, found, params, path_known, service) -> Response | None:
         """The response, or None to drop the connection unanswered."""
         error = _ERRORS.get(service, nova_error)
+        cloud.settle()
         verdict = cloud.gate.admit(time.monotonic())
         if verdict.drop:
             app.stopping.wait(verdict.delay)

@@ -5,15 +5,17 @@ exceptions below into each API's own error shape. All methods take the cloud's l
 from __future__ import annotations
 
 import hashlib
+import heapq
+import itertools
 import secrets
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from elastic.lab.cloud.config import CloudConfig, FlavorSpec
 from elastic.lab.cloud.faults import FaultGate
-from elastic.lab.cloud.model import FloatingIp, Flavor, Image, Network, Port, Server, Subnet, new_id, stable_id
+from elastic.lab.cloud.model import (BootSpec, FloatingIp, Flavor, HookEvent, Image, Network, Port, Server, Subnet,
+                                     Token, new_id, stable_id)
 
 NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
 
@@ -47,40 +49,6 @@ class QuotaExceeded(Exception):
                 f"but already used {join(self.used)} of {join(self.allowed)} {join(self.overs)}")
 
 
-@dataclass
-class BootSpec:
-    name: str
-    flavor_ref: str
-    image_ref: str  # "" when booting from a volume
-    networks: list[dict[str, str]] | str | None  # None: not given; "auto"/"none"
-    key_name: str | None = None
-    security_groups: list[str] = field(default_factory=lambda: ["default"])
-    user_data: str | None = None
-    metadata: dict[str, str] = field(default_factory=dict)
-    availability_zone: str | None = None
-    config_drive: bool = False
-    description: str | None = None
-    tags: list[str] = field(default_factory=list)
-
-
-@dataclass(frozen=True)
-class HookEvent:
-    hook: str  # "on_active" | "on_deleted"
-    cloud: str
-    name: str
-    server_id: str
-    address: str
-
-
-@dataclass
-class Token:
-    id: str
-    issued: float
-    expires: float
-    methods: list[str]
-    application_credential: dict[str, str] | None = None
-
-
 class CloudState:
     def __init__(self, config: CloudConfig, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic):
@@ -103,6 +71,10 @@ class CloudState:
         self.keypairs = {name: _public_key(self.name, name) for name in config.keypairs}
         self.security_groups = {name: stable_id(self.name, "secgroup", name) for name in config.security_groups}
         self._macs = 0
+        self._due: list[tuple[float, int, str]] = []  # (monotonic deadline, tie-break, server id)
+        self._serial = itertools.count()
+        self._stalled: list[str] = []  # due to boot while stuck_in_build was set
+        self.listener: Callable[[list[HookEvent]], None] | None = None
         for spec in config.flavors:
             self.add_flavor(spec)
         for name in config.images:
@@ -199,6 +171,7 @@ class CloudState:
                 availability_zone=spec.availability_zone or "nova", config_drive="True" if spec.config_drive else "",
                 description=spec.description, tags=list(spec.tags), ready_at=mono + self.config.boot_seconds)
             self.servers[server.id] = server
+            self._schedule(server.ready_at, server.id)
             return server
 
     def _requested_networks(self, requested: list[dict[str, str]] | str | None) -> list[str]:
@@ -245,6 +218,8 @@ class CloudState:
                 self._activate(server)
             elif status == "ERROR":
                 self._fail(server, NO_VALID_HOST)
+            else:
+                self._schedule(server.ready_at, server.id)
             return server.id
 
     def get_server(self, server_id: str) -> Server:
@@ -269,27 +244,50 @@ class CloudState:
             server.task_state = "deleting"
             server.updated = self.now()
             server.gone_at = self._monotonic() + self.config.delete_seconds
+            self._schedule(server.gone_at, server.id)
 
     def set_locked(self, server_id: str, locked: bool) -> None:
         with self.lock:
             self.get_server(server_id).locked = locked
 
-    def advance(self) -> list[HookEvent]:
-        """Move servers along their lifecycle; returns the hooks to fire, in order."""
-        events = []
+    def _schedule(self, deadline: float, server_id: str) -> None:
+        heapq.heappush(self._due, (deadline, next(self._serial), server_id))
+
+    def settle(self) -> None:
+        """Move servers whose deadline passed along their lifecycle, and hand the hooks to fire to
+        the listener. Runs on the ticker and before every request, so no read sees a stale state."""
         with self.lock:
-            mono = self._monotonic()
-            for server in list(self.servers.values()):
-                if server.gone_at is not None:
-                    if mono >= server.gone_at:
-                        if server.status == "ACTIVE":
-                            events.append(HookEvent("on_deleted", self.name, server.name, server.id, server.first_address))
-                        self._remove(server)
-                elif server.status == "BUILD" and mono >= server.ready_at and not self.gate.faults.stuck_in_build:
-                    if self.gate.boot_fails(server.flavor.name):
-                        self._fail(server, NO_VALID_HOST)
-                    elif self._activate(server):
-                        events.append(HookEvent("on_active", self.name, server.name, server.id, server.first_address))
+            if not self._due and not self._stalled:
+                return
+            events = self._advance()
+            if events and self.listener is not None:
+                self.listener(events)  # under the lock, so hooks keep the lifecycle's order
+
+    def _advance(self) -> list[HookEvent]:
+        events = []
+        mono = self._monotonic()
+        stuck = self.gate.faults.stuck_in_build
+        if self._stalled and not stuck:
+            for server_id in self._stalled:
+                self._schedule(mono, server_id)
+            self._stalled.clear()
+        while self._due and self._due[0][0] <= mono:
+            _, _, server_id = heapq.heappop(self._due)
+            server = self.servers.get(server_id)
+            if server is None:
+                continue
+            if server.gone_at is not None:
+                if mono >= server.gone_at:
+                    if server.status == "ACTIVE":
+                        events.append(HookEvent("on_deleted", self.name, server.name, server.id, server.first_address))
+                    self._remove(server)
+            elif server.status == "BUILD":
+                if stuck:
+                    self._stalled.append(server_id)
+                elif self.gate.boot_fails(server.flavor.name):
+                    self._fail(server, NO_VALID_HOST)
+                elif self._activate(server):
+                    events.append(HookEvent("on_active", self.name, server.name, server.id, server.first_address))
         return events
 
     def _activate(self, server: Server) -> bool:
