@@ -1,0 +1,5 @@
+import sys
+
+from elastic.lab.cloud.cli import main
+
+sys.exit(main())
