@@ -14,6 +14,8 @@ Mismatches (a problem on a row):
 - duplicate: more than one live server for one node that is powered up.
 
 A POWERING_DOWN node is never flagged: its SuspendProgram is deleting, with or without a server.
+POWER_UP and POWER_DOWN (a power change requested, not yet started) count as POWERING_UP and
+POWERING_DOWN.
 Servers being deleted are shown but never count as live.
 """
 
@@ -90,9 +92,11 @@ def wants_server(state: NodeState | None) -> bool | None:
     None when either is normal (powering down: its SuspendProgram is running)."""
     if state is None:
         return False
-    if state.powering_up:
+    # POWER_UP / POWER_DOWN are requests (scontrol update state=power_up/power_down[_force])
+    # waiting for slurmctld's next power-save pass: treat them like the transition they start.
+    if state.powering_up or "POWER_UP" in state.flags:
         return True
-    if state.powering_down:
+    if state.powering_down or "POWER_DOWN" in state.flags:
         return None
     return not state.powered_down
 
@@ -132,7 +136,7 @@ def node_rows(node: str, pool: str | None, servers: Sequence[Server],
     elif len(live) > 1 and (want is True or slurm_nodes is None):
         problem = DUPLICATE
     elif want is True and not live:
-        if state is not None and state.powering_up:
+        if state is not None and (state.powering_up or "POWER_UP" in state.flags):
             note = "resume running: no server yet"
         else:
             problem = MISSING

@@ -155,6 +155,18 @@ def test_powering_up_node_without_server_is_not_a_mismatch(tmp_path):
     assert rows[0].note.startswith("resume running")
 
 
+def test_requested_power_changes_count_as_the_transition(tmp_path):
+    """POWER_UP (requested) is like POWERING_UP and POWER_DOWN like POWERING_DOWN: nothing flagged."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha")
+    cloud.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 7200)
+    nodes = slurm_nodes(cpu_001="IDLE+CLOUD+POWERED_DOWN+POWER_UP", cpu_002="IDLE+CLOUD+POWERED_DOWN+POWER_UP",
+                        cpu_003="IDLE+CLOUD+POWER_DOWN")
+    rows = status.rows(config, cloud.list_servers("test"), nodes)
+    assert problems(rows) == {}
+    assert rows[1].note.startswith("resume running")
+
+
 def test_two_servers_for_one_powered_up_node_are_duplicates(tmp_path):
     """Two live servers of one ALLOCATED node, even on two clouds, give two rows flagged duplicate."""
     config = make_config(tmp_path)
