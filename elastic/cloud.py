@@ -340,11 +340,17 @@ def classify_exception(exc: BaseException, *, cloud: str = "", action: str = "")
     from keystoneauth1 import exceptions as ksa
     from openstack import exceptions as sdk
 
+    import requests
+
     prefix = f"{action}: " if action else ""
+    unreachable = (ksa.ConnectTimeout, ksa.ConnectFailure, ksa.ConnectionError,
+                   requests.exceptions.ConnectionError, requests.exceptions.Timeout)
+    if any(isinstance(link, unreachable) for link in _chain(exc)):
+        # keystoneauth reports a reset during version discovery as a DiscoveryFailure (an
+        # "auth_url is wrong" message) raised while handling the connection error.
+        return CloudError(CloudErrorKind.TRANSIENT, f"{prefix}cannot reach the cloud ({type(exc).__name__})", cloud=cloud)
     if isinstance(exc, ksa.Unauthorized):
         return CloudError(CloudErrorKind.AUTH, f"{prefix}authentication failed", cloud=cloud, status=401)
-    if isinstance(exc, ksa.ConnectTimeout | ksa.ConnectFailure | ksa.ConnectionError):
-        return CloudError(CloudErrorKind.TRANSIENT, f"{prefix}cannot reach the cloud ({type(exc).__name__})", cloud=cloud)
     if isinstance(exc, ksa.DiscoveryFailure | ksa.EndpointNotFound | sdk.EndpointNotFound | sdk.ConfigException):
         return CloudError(CloudErrorKind.CONFIG, f"{prefix}{_first_line(exc)}", cloud=cloud)
     if isinstance(exc, ksa.HttpError) and not isinstance(exc, sdk.HttpException):
@@ -352,11 +358,16 @@ def classify_exception(exc: BaseException, *, cloud: str = "", action: str = "")
     if isinstance(exc, sdk.HttpException):
         detail = _first_line(exc.details or exc.message or exc)
         return _classify_status(exc.status_code, detail, prefix, cloud, exc.response)
-    import requests
-
-    if isinstance(exc, requests.exceptions.ConnectionError | requests.exceptions.Timeout):
-        return CloudError(CloudErrorKind.TRANSIENT, f"{prefix}cannot reach the cloud ({type(exc).__name__})", cloud=cloud)
     return CloudError(CloudErrorKind.TRANSIENT, f"{prefix}{type(exc).__name__}: {_first_line(exc)}", cloud=cloud)
+
+
+def _chain(exc: BaseException) -> Iterator[BaseException]:
+    seen: set[int] = set()
+    link: BaseException | None = exc
+    while link is not None and id(link) not in seen:
+        seen.add(id(link))
+        yield link
+        link = link.__cause__ or link.__context__
 
 
 def _classify_status(status: int | None, detail: str, prefix: str, cloud: str, response: Any) -> CloudError:

@@ -22,7 +22,7 @@ from elastic.errors import FALLBACK_KINDS, CloudError, CloudErrorKind, ConfigErr
 from elastic.power import placement
 from elastic.power.outcome import Failure, Outcome, failure_from, report_failures
 from elastic.power.release import delete_servers
-from elastic.power.retry import with_retries
+from elastic.power.retry import backoff_delay, with_retries
 from elastic.power.services import Services
 
 
@@ -169,7 +169,7 @@ def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[s
                               sleep=svc.sleep)
     except CloudError as error:
         svc.log.error("resume.resolve_failed", cloud=entry.cloud, pool=pool_name, kind=error.kind.value, error=str(error))
-        return {}, {node: failure_from(error.kind, str(error)) for node in nodes}
+        return {}, {node: failure_from(error) for node in nodes}
     try:
         requests = {node: _boot_request(node, pool_name, pool, entry, target, svc) for node in nodes}
     except ConfigError as error:
@@ -202,7 +202,7 @@ def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[s
         if isinstance(result, Server):
             started[node] = _Booting(result, pool_name, entry)
         else:
-            failed[node] = failure_from(result.kind, str(result))
+            failed[node] = failure_from(result)
             if result.kind in FALLBACK_KINDS:
                 svc.history.record_cloud_failure(entry.cloud, pool_name, result.kind.value, svc.clock())
     return started, failed
@@ -252,13 +252,16 @@ def _wait(booting: dict[str, _Booting], state: _Round, outcome: Outcome, svc: Se
         by_cloud: dict[str, list[str]] = defaultdict(list)
         for node, item in waiting.items():
             by_cloud[item.server.cloud].append(node)
+        pause = svc.config.timeouts.poll
         for cloud_name, members in by_cloud.items():
             try:
                 current = {s.id: s for s in svc.clouds[cloud_name].list_servers(svc.config.cluster, members)}
             except CloudError as error:
                 if not error.retryable:
                     raise
-                svc.log.warning("resume.poll_failed", cloud=cloud_name, error=str(error))
+                # Polling on through a 429 storm would only feed it: wait as long as asked.
+                pause = max(pause, backoff_delay(1, error))
+                svc.log.warning("resume.poll_failed", cloud=cloud_name, error=str(error), pause=pause)
                 continue
             for node in members:
                 verdict = _judge(node, waiting[node], current.get(waiting[node].server.id), svc)
@@ -279,7 +282,7 @@ def _wait(booting: dict[str, _Booting], state: _Round, outcome: Outcome, svc: Se
                                                         f"{svc.config.timeouts.boot:.0f}s"))
             break
         if waiting:
-            svc.sleep(svc.config.timeouts.poll)
+            svc.sleep(pause)
     return again
 
 
@@ -330,7 +333,7 @@ def _address_for(server: Server, item: _Booting, svc: Services) -> str | Failure
             return svc.clouds[server.cloud].attach_floating_ip(server, entry.floating_ip)
         except CloudError as error:
             _delete_quietly([server], svc, why="floating IP failed")
-            return failure_from(error.kind, str(error))
+            return failure_from(error)
     return placement.server_address(server, entry)
 
 

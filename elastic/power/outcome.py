@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from elastic.errors import CloudErrorKind, PERMANENT_KINDS
+from elastic.errors import PERMANENT_KINDS, CloudError
 
 # Slurm keeps the reason as typed; long reasons make `sinfo -R` unreadable.
 _REASON_MAX = 200
@@ -23,8 +23,10 @@ class Failure:
         return text if len(text) <= _REASON_MAX else text[: _REASON_MAX - 3] + "..."
 
 
-def failure_from(kind: CloudErrorKind, message: str) -> Failure:
-    return Failure(kind.value, message, permanent=kind in PERMANENT_KINDS)
+def failure_from(error: CloudError) -> Failure:
+    """The Failure a CloudError stands for; its reason names the cloud once and the kind once."""
+    message = f"{error.cloud}: {error.message}" if error.cloud else error.message
+    return Failure(error.kind.value, message, permanent=error.kind in PERMANENT_KINDS)
 
 
 @dataclass

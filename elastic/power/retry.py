@@ -1,42 +1,54 @@
-"""Retrying cloud calls that are safe to repeat, with backoff that honours Retry-After."""
+"""Retrying cloud calls that are safe to repeat, with jittered backoff that honours Retry-After."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import TypeVar
 
-from elastic.errors import CloudError
+from elastic.errors import CloudError, CloudErrorKind
 
 T = TypeVar("T")
 
+# A 429 storm passes if we wait; an unreachable cloud is better left for the pool's next cloud.
+ATTEMPTS = {CloudErrorKind.RATE_LIMITED: 8, CloudErrorKind.TRANSIENT: 4}
+
 
 def backoff_delay(attempt: int, error: CloudError, *, base: float = 1.0, cap: float = 30.0) -> float:
-    """Seconds to wait before attempt `attempt + 1` (attempt counts from 0)."""
+    """Seconds to wait before attempt `attempt + 1` (attempt counts from 0), before jitter."""
+    delay = min(base * (2 ** attempt), cap)
     if error.retry_after is not None:
-        return min(max(error.retry_after, 0.0), cap)
-    return min(base * (2 ** attempt), cap)
+        delay = max(delay, min(max(error.retry_after, 0.0), cap))
+    return delay
 
 
-def with_retries(call: Callable[[], T], *, sleep: Callable[[float], None], attempts: int = 4,
+def spread(delay: float) -> float:
+    """Up to half again as long, so threads that failed together do not retry together."""
+    return delay * random.uniform(1.0, 1.5)
+
+
+def with_retries(call: Callable[[], T], *, sleep: Callable[[float], None],
                  before_retry: Callable[[], T | None] | None = None,
-                 on_retry: Callable[[CloudError, float], None] | None = None) -> T:
-    """Run `call`; on a retryable CloudError wait and try again, at most `attempts` times in all.
+                 on_retry: Callable[[CloudError, float], None] | None = None,
+                 jitter: Callable[[float], float] = spread) -> T:
+    """Run `call`; on a retryable CloudError wait and try again, up to ATTEMPTS[kind] tries in all.
 
     `before_retry` runs before every retry and may return a result that makes the retry
     unnecessary: a create whose reply was lost has often succeeded, so look before resending.
     """
-    for attempt in range(attempts):
+    attempt = 0
+    while True:
         try:
             return call()
         except CloudError as error:
-            if not error.retryable or attempt == attempts - 1:
+            if not error.retryable or attempt + 1 >= ATTEMPTS.get(error.kind, 1):
                 raise
-            delay = backoff_delay(attempt, error)
+            delay = jitter(backoff_delay(attempt, error))
             if on_retry:
                 on_retry(error, delay)
             sleep(delay)
+            attempt += 1
             if before_retry is not None:
                 found = before_retry()
                 if found is not None:
                     return found
-    raise AssertionError("unreachable")  # the loop either returns or raises

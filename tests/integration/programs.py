@@ -96,7 +96,8 @@ def make_site(root: Path) -> Site:
     return Site(root=root, record=record)
 
 
-def config_text(site: Site, clouds_yaml: Path, *, clouds: dict[str, dict] | None = None, pools: str, extra: str = "") -> str:
+def config_text(site: Site, clouds_yaml: Path, *, clouds: dict[str, dict] | None = None, pools: str, extra: str = "",
+                boot_timeout: float = 30) -> str:
     clouds = clouds or {"lab": {}}
     cloud_lines = "\n".join(
         f"  {name}: {{clouds_yaml: {clouds_yaml}, max_parallel: 8, rate: 0, api_timeout: 10"
@@ -104,5 +105,5 @@ def config_text(site: Site, clouds_yaml: Path, *, clouds: dict[str, dict] | None
         for name, options in clouds.items())
     return (f"cluster: itest\nclouds:\n{cloud_lines}\npools:\n{textwrap.indent(textwrap.dedent(pools), '  ')}"
             f"slurm: {{scontrol: {site.root / 'scontrol'}}}\n"
-            f"timeouts: {{boot: 30, delete: 10, poll: 0.2, lock: 20}}\n"
+            f"timeouts: {{boot: {boot_timeout}, delete: 10, poll: 0.2, lock: 20}}\n"
             f"log_file: {site.log_file}\nstate_dir: {site.root / 'state'}\n{extra}")

@@ -174,6 +174,7 @@ def test_fifty_nodes_two_pools_two_clouds_one_out_of_quota(tmp_path):
 def test_rate_limit_storm_is_ridden_out(one_cloud):
     """Under a 429 storm the creates are retried with backoff and every node boots exactly once."""
     lab, site = one_cloud
+    site.write_config(config_text(site, site.root / "clouds.yaml", pools=ONE_POOL, boot_timeout=120))
     lab.set_faults("lab", rate_limit_per_second=3)
     result = site.run("resume", "cpu-[001-006]", timeout=300)
     assert result.returncode == 0, site.log_file.read_text()[-3000:]
