@@ -119,7 +119,9 @@ class Handler(BaseHTTPRequestHandler):
             "headers": {h: self.headers[h] for h in _RECORDED_HEADERS if h in self.headers}, "microversion": None,
         }
         response = self._answer(app, cloud, req, found, params, path_known, service)
+        payload = b""
         if response is not None:
+            payload = response.encoded()
             record["status"] = response.status
             if service == "compute" and "X-OpenStack-Nova-API-Version" in response.headers:
                 record["microversion"] = text(req.microversion)
@@ -129,7 +131,7 @@ class Handler(BaseHTTPRequestHandler):
         if response is None:
             self._drop()
         else:
-            self._send(response)
+            self._send(response, payload)
 
     def _answer(self, app: App, cloud: CloudState, req: Request, found, params, path_known, service) -> Response | None:
         """The response, or None to drop the connection unanswered."""
@@ -165,8 +167,8 @@ class Handler(BaseHTTPRequestHandler):
         host, port = self.server.server_address[:2]
         return f"{host}:{port}"
 
-    def _send(self, response: Response) -> None:
-        payload = response.encoded()
+    def _send(self, response: Response, payload: bytes | None = None) -> None:
+        payload = response.encoded() if payload is None else payload
         self.send_response(response.status)
         headers = {"Content-Type": "application/json", "x-openstack-request-id": f"req-{uuid.uuid4()}",
                    **response.headers}
