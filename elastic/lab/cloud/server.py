@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import socket
+import sys
 import struct
 import threading
 import time
@@ -56,6 +57,14 @@ class LabHTTPServer(ThreadingHTTPServer):
         with self._open_lock:
             self._open[request] = thread
         thread.start()
+
+    def handle_error(self, request, client_address) -> None:
+        # A client that hangs up mid-request is routine under load and outages: no traceback.
+        error = sys.exc_info()[1]
+        if isinstance(error, (ConnectionError, TimeoutError)):
+            log.debug("client %s went away: %s", client_address, error)
+        else:
+            log.exception("lab cloud: error while serving %s", client_address)
 
     def shutdown_request(self, request):
         with self._open_lock:
