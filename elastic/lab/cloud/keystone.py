@@ -44,7 +44,10 @@ def _domain_id(name: str) -> str:
 
 
 def _check_password(cloud: CloudState, identity: dict[str, Any]) -> bool:
-    user = (identity.get("password") or {}).get("user") or {}
+    password = identity.get("password")
+    user = password.get("user") if isinstance(password, dict) else None
+    if not isinstance(user, dict):
+        return False
     auth = cloud.config.auth
     if user.get("password") != auth["password"]:
         return False
@@ -73,14 +76,15 @@ def _application_credential(cloud: CloudState, identity: dict[str, Any]) -> dict
 
 def issue(cloud: CloudState, req: Request) -> Response:
     body = req.json(keystone_error)
-    identity = body.get("auth", {}).get("identity") if isinstance(body, dict) else None
+    auth = body.get("auth") if isinstance(body, dict) else None
+    identity = auth.get("identity") if isinstance(auth, dict) else None
     if not isinstance(identity, dict) or not isinstance(identity.get("methods"), list):
         raise keystone_error(400, "Expecting to find identity in auth. The server could not comply with the request "
                                   "since it is either malformed or otherwise incorrect. The client is assumed to be in error.")
     methods = identity["methods"]
     cred = None
     if methods == ["password"]:
-        ok = _check_password(cloud, identity) and _check_scope(cloud, body["auth"].get("scope"))
+        ok = _check_password(cloud, identity) and _check_scope(cloud, auth.get("scope"))
     elif methods == ["application_credential"]:
         cred = _application_credential(cloud, identity)
         ok = cred is not None

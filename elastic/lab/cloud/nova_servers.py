@@ -146,7 +146,7 @@ def _boot_spec(cloud: CloudState, req: Request, server: dict[str, Any]) -> BootS
     if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("name"), str) for g in groups):
         raise _invalid("security_groups", groups, "must be a list of {'name': ...}")
     for count in ("min_count", "max_count"):
-        if int(server.get(count, 1) or 1) != 1:
+        if str(server.get(count, 1)) != "1":
             raise nova_error(400, f"{count} other than 1 is not supported by this emulator")
     description = server.get("description") if version >= (2, 19) else None
     tags = server.get("tags", []) if version >= (2, 52) else []
