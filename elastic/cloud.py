@@ -349,7 +349,8 @@ def classify_exception(exc: BaseException, *, cloud: str = "", action: str = "")
         # keystoneauth reports a reset during version discovery as a DiscoveryFailure (an
         # "auth_url is wrong" message) raised while handling the connection error.
         return CloudError(CloudErrorKind.TRANSIENT, f"{prefix}cannot reach the cloud ({type(exc).__name__})", cloud=cloud)
-    if isinstance(exc, ksa.Unauthorized):
+    # Connection.authorize() re-raises keystoneauth's Unauthorized as a bare SDKException.
+    if any(isinstance(link, ksa.Unauthorized) for link in _chain(exc)):
         return CloudError(CloudErrorKind.AUTH, f"{prefix}authentication failed", cloud=cloud, status=401)
     if isinstance(exc, ksa.DiscoveryFailure | ksa.EndpointNotFound | sdk.EndpointNotFound | sdk.ConfigException):
         return CloudError(CloudErrorKind.CONFIG, f"{prefix}{_first_line(exc)}", cloud=cloud)
