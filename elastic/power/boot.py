@@ -353,4 +353,8 @@ def _report_to_slurm(outcome: Outcome, svc: Services) -> None:
             svc.slurm.update_addresses(addresses)
         except SlurmError as error:
             svc.log.error("slurm.update_addresses", ok=False, error=str(error), nodes=sorted(addresses))
-    report_failures(outcome.failed, svc, transient_state="power_down_force")
+    # A node still POWERING_UP is not helped by `down` alone in 22.05: it stays POWERING_UP, and
+    # ResumeTimeout later calls ResumeFail for it. power_down_force first clears POWERING_UP and
+    # requeues the job; `down` after it keeps the node down~ with our reason (measured on 22.05.8).
+    report_failures(outcome.failed, svc, transient_state="power_down_force",
+                    permanent_states=("power_down_force", "down"))

@@ -53,25 +53,31 @@ class Outcome:
         return dict(grouped)
 
 
-def slurm_updates(failed: dict[str, Failure], *, transient_state: str) -> list[tuple[str, str, list[str]]]:
-    """Group failed nodes into as few scontrol calls as possible: (state, reason, nodes).
+def slurm_updates(failed: dict[str, Failure], *, transient_state: str,
+                  permanent_states: tuple[str, ...] = ("down",)) -> list[tuple[str, str, list[str]]]:
+    """Group failed nodes into as few scontrol calls as possible: (state, reason, nodes), in order.
 
-    Permanent failures go DOWN (a broken image or credential must not burn quota on every job);
+    Permanent failures end DOWN (a broken image or credential must not burn quota on every job);
     others get `transient_state`: for resume that is power_down_force, which requeues the job now
     instead of at ResumeTimeout and returns the node to idle~.
     """
-    groups: dict[tuple[str, str], list[str]] = defaultdict(list)
+    groups: dict[tuple[bool, str], list[str]] = defaultdict(list)
     for node, failure in sorted(failed.items()):
-        state = "down" if failure.permanent else transient_state
-        groups[(state, failure.reason)].append(node)
-    return [(state, reason, nodes) for (state, reason), nodes in groups.items()]
+        groups[(failure.permanent, failure.reason)].append(node)
+    calls = []
+    for (permanent, reason), nodes in groups.items():
+        for state in (permanent_states if permanent else (transient_state,)):
+            calls.append((state, reason, nodes))
+    return calls
 
 
-def report_failures(failed: dict[str, Failure], svc, *, transient_state: str) -> None:
+def report_failures(failed: dict[str, Failure], svc, *, transient_state: str,
+                    permanent_states: tuple[str, ...] = ("down",)) -> None:
     """Put every failed node in its Slurm state with its reason; a failing scontrol is logged."""
     from elastic.errors import SlurmError
 
-    for state, reason, nodes in slurm_updates(failed, transient_state=transient_state):
+    for state, reason, nodes in slurm_updates(failed, transient_state=transient_state,
+                                              permanent_states=permanent_states):
         try:
             svc.slurm.set_state(nodes, state, reason)
             svc.log.info("slurm.set_state", nodes=nodes, state=state, reason=reason)

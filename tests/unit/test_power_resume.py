@@ -142,8 +142,9 @@ def test_missing_image_sets_node_down_without_fallback(tmp_path):
     svc, clouds, slurm, _ = make_services(tmp_path)
     clouds["alpha"].images.clear()
     outcome = resume(["cpu-001"], svc)
-    assert slurm.state_of("cpu-001") == ("down", outcome.failed["cpu-001"].reason)
-    assert "image" in outcome.failed["cpu-001"].reason
+    reason = outcome.failed["cpu-001"].reason
+    assert slurm.states == [(("cpu-001",), "power_down_force", reason), (("cpu-001",), "down", reason)]
+    assert "image" in reason
     assert not any(op == "create" for op, _ in clouds["beta"].calls)
 
 
