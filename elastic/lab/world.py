@@ -9,6 +9,7 @@ import shutil
 import sys
 import textwrap
 import threading
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,6 +19,7 @@ from elastic.lab.slurm import LocalSlurm
 from elastic.slurmconf import node_lines, partition_lines
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
+ADDRESS_WAIT_SECONDS = 20
 
 DEFAULT_FLAVORS = [
     {"name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20},
@@ -67,6 +69,7 @@ class LabWorld:
 
     def __post_init__(self):
         self._hook_lock = threading.Lock()
+        self._stopping = False
 
     @property
     def etc(self) -> Path:
@@ -138,8 +141,23 @@ class LabWorld:
     def _on_active(self, cloud: str, name: str, server_id: str, address: str) -> None:
         if self.slurm is None or name in self.silent_nodes:
             return
+        # A real VM needs tens of seconds from ACTIVE to a running slurmd (cloud-init), so the
+        # resume program has long told Slurm the address. Here slurmd would start ~2 s after
+        # ACTIVE: wait for the address as a real boot would, or slurmctld may launch a job to
+        # the node's unresolvable name and hold it (launch_failed_requeued_held).
+        self._wait_for_address(name, address, timeout=ADDRESS_WAIT_SECONDS)
         with self._hook_lock:
             self.slurm.start_slurmd(name)
+
+    def _wait_for_address(self, name: str, address: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.slurm is not None and not self._stopping:
+            try:
+                if self.slurm.node_fields(name).get("NodeAddr") == address:
+                    return
+            except Exception:  # noqa: BLE001 - slurmctld restarting (reconfigure): look again
+                pass
+            time.sleep(0.2)
 
     def _on_deleted(self, cloud: str, name: str, server_id: str, address: str) -> None:
         if self.slurm is None:
@@ -148,6 +166,7 @@ class LabWorld:
             self.slurm.stop_slurmd(name)
 
     def stop(self) -> None:
+        self._stopping = True
         if self.slurm is not None:
             self.slurm.stop()
         if self.cloud is not None:

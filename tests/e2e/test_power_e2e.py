@@ -24,14 +24,24 @@ cpu:
 """
 
 
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.5):
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.5, world: LabWorld | None = None):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         value = predicate()
         if value:
             return value
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}" + (explain(world) if world else ""))
+
+
+def explain(world: LabWorld) -> str:
+    """Slurm's and the cloud's view, and the end of elastic's log, for a failure message."""
+    parts = ["", world.slurm.run("scontrol", "-o", "show", "job", check=False),
+             world.slurm.run("scontrol", "-o", "show", "node", check=False),
+             repr({c: [(s["name"], s["status"]) for s in world.cloud.servers(c)] for c in world.clouds})]
+    if world.log_file.exists():
+        parts.append("\n".join(world.log_file.read_text().splitlines()[-15:]))
+    return "\n".join(parts)
 
 
 def live_servers(world: LabWorld, cloud: str = "lab") -> list[dict]:
@@ -149,7 +159,8 @@ def test_permanent_failure_sets_node_down_and_job_runs_elsewhere(world):
     wait_for(lambda: w.slurm.node_state("bad-1").startswith("DOWN") and powered_down(w, "bad-1"), 60,
              "bad-1 to be down~ (DOWN and powered down, not still POWERING_UP)")
     assert node_field(w, "bad-1", "Reason").startswith("elastic: not-found: lab: image 'no-such-image'")
-    wait_for(lambda: job_state(w, job) == "COMPLETED", 240, "the requeued job to complete")
+    # Slurm holds a requeued job for about two minutes (BeginTime) before it may start again.
+    wait_for(lambda: job_state(w, job) == "COMPLETED", 240, "the requeued job to complete", world=w)
     assert job_node(w, job) == "good-1"
     assert [s["name"] for s in live_servers(w)] == ["good-1"]
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 import pwd
+import shutil
 import stat
 import subprocess
+import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -79,6 +82,7 @@ class LocalSlurm:
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> LocalSlurm:
+        self.layout = dataclasses.replace(self.layout, short=Path(tempfile.mkdtemp(prefix="elastic-slurmd-")))
         try:
             self._write_files()
             self._start_munged()
@@ -98,6 +102,8 @@ class LocalSlurm:
                 daemon = getattr(self, attr)
                 if daemon is not None:
                     procs.stop(daemon)
+            if self.layout.short is not None:
+                shutil.rmtree(self.layout.short, ignore_errors=True)
 
     def __enter__(self) -> LocalSlurm:
         return self.start()

@@ -28,9 +28,15 @@ SCONTROL = "/usr/bin/scontrol"
 
 @dataclass(frozen=True)
 class Layout:
-    """Where everything of one cluster lives, all under `workdir`."""
+    """Where everything of one cluster lives: under `workdir`, but slurmd spools under `short`.
+
+    slurmstepd makes a Unix socket per job step in SlurmdSpoolDir/<node>/<node>_<job>.<step>, and a
+    socket path longer than 108 bytes is fatal ("Unix socket name exceeded maximum length", the job
+    is held as launch_failed_requeued_held); a pytest tmp_path is often that long.
+    """
 
     workdir: Path
+    short: Path | None = None
 
     @property
     def etc(self) -> Path:
@@ -58,7 +64,7 @@ class Layout:
 
     @property
     def spool(self) -> Path:
-        return self.workdir / "slurm" / "spool"
+        return self.short / "spool" if self.short else self.workdir / "slurm" / "spool"
 
     @property
     def run(self) -> Path:
