@@ -39,7 +39,7 @@ class Snapshot:
     jobs: dict[str, int]  # job state -> count
 
     def line_for(self, node: str) -> str:
-        return f"  {node:<8} {self.nodes.get(node, '?'):<34} {self.servers.get(node, '-'):<16}"
+        return f"  {node:<8} {self.nodes.get(node, '?'):<44} {self.servers.get(node, '-'):<16}"
 
 
 def take_snapshot(world: LabWorld, nodes: list[str], job_ids: list[int]) -> Snapshot:
@@ -109,7 +109,7 @@ def run_demo(*, keep: bool = False, out: TextIO = sys.stdout, jobs: int = 4,
 
 def _watch(world, nodes, job_ids, say, started, clock, *, until, limit: float, title: str) -> bool:
     say(f"--- {title} ---")
-    say(f"  {'node':<8} {'Slurm state':<34} {'server':<16}")
+    say(f"  {'node':<8} {'Slurm state':<44} {'server':<16}")
     last = None
     deadline = clock() + limit
     while clock() < deadline:
@@ -133,10 +133,12 @@ def _watch(world, nodes, job_ids, say, started, clock, *, until, limit: float, t
 def _request_summary(world: LabWorld) -> str:
     parts = []
     for cloud in world.clouds:
-        counts = world.cloud.request_counts(cloud)
-        creates = sum(v for k, v in counts.items() if k.startswith("POST") and k.endswith("/servers"))
-        deletes = sum(v for k, v in counts.items() if k.startswith("DELETE") and "/servers/" in k)
-        parts.append(f"{cloud}: {sum(counts.values())} API requests ({creates} creates, {deletes} deletes)")
+        records = world.cloud.requests(cloud)
+        creates = [r for r in records if r["endpoint"] == "POST /servers"]
+        accepted = sum(1 for r in creates if r["status"] == 202)
+        deletes = sum(1 for r in records if r["endpoint"] == "DELETE /servers/{id}")
+        parts.append(f"{cloud}: {len(records)} API requests ({accepted} servers created, "
+                     f"{len(creates) - accepted} creates refused, {deletes} deleted)")
     return "cloud traffic: " + "; ".join(parts)
 
 
