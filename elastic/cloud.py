@@ -193,7 +193,8 @@ class OpenStackCloud:
             # Nova's name filter is a regex search: anchor it, and still compare exactly below.
             query["name"] = "^(" + "|".join(_regex_escape(n) for n in sorted(names)) + ")$"
         with self._translated("list servers"):
-            raw = list(self._paged(lambda: self._c.compute.servers(details=True, **query)))
+            self._limiter.wait()
+            raw = list(self._c.compute.servers(details=True, **query))
         wanted = set(names) if names is not None else None
         servers = []
         for item in raw:
@@ -303,10 +304,6 @@ class OpenStackCloud:
         )
 
     # ---- helpers -----------------------------------------------------------------------------
-
-    def _paged(self, make: Callable[[], Iterator[Any]]) -> Iterator[Any]:
-        self._limiter.wait()
-        yield from make()
 
     def _server(self, item: Any, metadata: dict[str, str]) -> Server:
         fault = (item.fault or {}).get("message") if isinstance(item.fault, dict) else None

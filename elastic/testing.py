@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Callable, Collection, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from elastic.cloud import ACTIVE, BUILDING, ERROR, BootRequest, BootTarget, Flavor, Limits, Server, classify_fault, is_ours
@@ -208,5 +208,3 @@ class FakeClock:
         self.slept.append(seconds)
         self.now += seconds
 
-
-Sleeper = Callable[[float], None]

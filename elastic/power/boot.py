@@ -111,7 +111,7 @@ def _create_in_pool(pool_name: str, nodes: list[str], state: _Round, outcome: Ou
                if svc.history.cooling_down(e.cloud, pool_name, now, svc.config.clouds[e.cloud].cooldown)]
     booting: dict[str, _Booting] = {}
     left = list(nodes)
-    for entry in placement.cloud_order(pool_name, pool, cooling):
+    for entry in placement.cloud_order(pool, cooling):
         candidates = [n for n in left if entry.cloud not in state.tried[n]]
         if not candidates:
             continue

@@ -24,7 +24,7 @@ def choose_server(servers: Iterable[Server]) -> tuple[Server | None, list[Server
     return keep, [s for s in live if s is not keep]
 
 
-def cloud_order(pool_name: str, pool: Pool, cooling: Iterable[str]) -> list[PoolCloud]:
+def cloud_order(pool: Pool, cooling: Iterable[str]) -> list[PoolCloud]:
     """The pool's clouds in its order, those in cool-down after a quota or capacity failure last.
 
     A cooling cloud is still tried when nothing else is left: quota may have been freed since.

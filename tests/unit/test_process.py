@@ -35,7 +35,7 @@ def test_repair_reopens_a_closed_standard_fd(monkeypatch):
     try:
         os.close(0)
         process.repair_process()
-        assert os.path.samefile(f"/proc/self/fd/0", os.devnull)
+        assert os.path.samefile("/proc/self/fd/0", os.devnull)
         assert process._closed_at_start == {0}
         assert not process.started_detached()
     finally:
