@@ -48,10 +48,13 @@ class Recorder:
         self.log = log
 
     def calls(self) -> list[dict]:
-        """Each call as {"uid", "fds", "elastic_yaml", "argv", "env", "pid", "cwd", "sigblk", "resume_file"}."""
+        """Each finished call as {"uid", "fds", "elastic_yaml", "argv", "env", "pid", "cwd", "sigblk",
+        "resume_file"}. A call still being written (no "end" line yet) is left out, so a reader never
+        sees half a block."""
         calls: list[dict] = []
         if not self.log.exists():
             return calls
+        finished = 0
         for line in self.log.read_text().splitlines():
             kind, _, rest = line.partition(" ")
             if kind == "call":
@@ -68,7 +71,9 @@ class Recorder:
                 calls[-1]["sigblk"] = rest
             elif kind == "resume_file":
                 calls[-1]["resume_file"] = rest
-        return calls
+            elif kind == "end":
+                finished = len(calls)
+        return calls[:finished]
 
     def wait_calls(self, count: int = 1, timeout: float = 20) -> list[dict]:
         deadline = time.monotonic() + timeout
