@@ -3,7 +3,9 @@
 Each Slurm program is a short process, so memory between runs lives in one small JSON file in the
 state dir. Every change is one read-modify-write under a file lock, written to a temporary file
 and renamed over the old one, so a reader never sees half a file. A missing or unreadable file
-is an empty history: this is advice for the flows, never a reason to stop.
+is an empty history, and a change that cannot be saved (disk full, lock held too long) is
+reported through `on_error` and dropped: this is advice for the flows, never a reason to stop
+serving nodes.
 
 Times are passed in (`now`, from the flows' injected clock); nothing here reads a clock.
 """
@@ -15,11 +17,11 @@ import copy
 import json
 import os
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from elastic.errors import ConfigError
+from elastic.errors import ConfigError, LockTimeout
 from elastic.locks import exclusive_lock
 
 # A node that keeps failing is cut off long before this; the cap only bounds the file.
@@ -29,8 +31,9 @@ MAX_NODE_FAILURES = 100
 class History:
     """The FailureMemory of the flows, kept in `path` (JSON), guarded by `path`.lock."""
 
-    def __init__(self, path: Path, lock_timeout: float = 10):
+    def __init__(self, path: Path, on_error: Callable[[str], None], lock_timeout: float = 10):
         self.path = Path(path)
+        self.on_error = on_error
         self.lock_timeout = lock_timeout
 
     # ---- clouds: a pool's cloud that failed with quota/capacity is skipped for a while ----------
@@ -77,8 +80,17 @@ class History:
 
     @contextlib.contextmanager
     def _update(self) -> Iterator[dict[str, Any]]:
-        """One locked read-modify-write; the file is rewritten only when the data changed."""
-        with exclusive_lock(self.path.with_name(self.path.name + ".lock"), self.lock_timeout):
+        """One locked read-modify-write; the file is rewritten only when the data changed.
+
+        Without the lock the body still runs, on what could be read, and its change is dropped.
+        """
+        with contextlib.ExitStack() as held:
+            try:
+                held.enter_context(exclusive_lock(self.path.with_name(self.path.name + ".lock"), self.lock_timeout))
+            except (LockTimeout, ConfigError) as error:
+                self.on_error(f"history change not saved: {error}")
+                yield self._read()
+                return
             data = self._read()
             before = copy.deepcopy(data)
             yield data
@@ -109,7 +121,7 @@ class History:
                     os.unlink(temporary)
                 raise
         except OSError as exc:
-            raise ConfigError(f"cannot write history: {exc.strerror or exc}", where=str(self.path)) from None
+            self.on_error(f"history change not saved: {self.path}: cannot write history: {exc.strerror or exc}")
 
 
 def _empty() -> dict[str, Any]:

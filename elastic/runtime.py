@@ -39,7 +39,7 @@ def make_services(config: Config, log) -> Services:
         config=config,
         clouds=make_clouds(config),
         slurm=make_slurm(config),
-        history=History(config.history_path),
+        history=History(config.history_path, on_error=lambda message: log.error("history.unsaved", error=message)),
         log=log,
         clock=time.time,
         sleep=time.sleep,

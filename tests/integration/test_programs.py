@@ -232,6 +232,25 @@ def test_resume_fail_deletes_and_resumes_node(one_cloud):
     assert _state_updates(site.calls())["cpu-005"] == ("resume", None)
 
 
+def test_unwritable_history_is_logged_and_nodes_still_served(tmp_path):
+    """With history.json unwritable (a directory in its place), a quota fallback and a resume-fail
+    still do their work and exit 0; the lost history changes are logged as errors."""
+    with LabCloud({"clouds": {"east": lab_cloud(quotas={"instances": 1, "cores": 400, "ram": 1024000, "floating_ips": 50}),
+                              "west": lab_cloud()}}) as lab:
+        site = make_site(tmp_path / "site")
+        clouds_yaml = lab.write_clouds_yaml(site.root / "clouds.yaml")
+        site.write_config(config_text(site, clouds_yaml, clouds={"east": {}, "west": {}}, pools=TWO_POOLS_TWO_CLOUDS))
+        (site.root / "state" / "history.json").mkdir(parents=True)
+
+        assert site.run("resume", "cpu-[001-003]").returncode == 0, site.log_file.read_text()[-3000:]
+        assert len(_live(lab, "east")) == 1 and len(_live(lab, "west")) == 2
+        assert site.run("resume-fail", "cpu-001").returncode == 0, site.log_file.read_text()[-3000:]
+        assert _state_updates(site.calls())["cpu-001"] == ("resume", None)
+
+        unsaved = [e for e in site.log_events() if e["event"] == "history.unsaved"]
+        assert unsaved and all(e["level"] == "error" and "history.json" in e["error"] for e in unsaved)
+
+
 def test_concurrent_resume_and_suspend_leave_at_most_nothing(one_cloud):
     """A suspend racing a resume of the same node ends with no server left once both finish."""
     lab, site = one_cloud

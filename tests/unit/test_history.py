@@ -6,8 +6,8 @@ import threading
 
 import pytest
 
-from elastic.errors import ConfigError, LockTimeout
-from elastic.history import MAX_NODE_FAILURES, History
+from elastic.history import MAX_NODE_FAILURES
+from elastic.history import History as _History
 from elastic.locks import exclusive_lock
 
 NOW = 1_000_000.0
@@ -16,6 +16,15 @@ NOW = 1_000_000.0
 @pytest.fixture
 def path(tmp_path):
     return tmp_path / "state" / "history.json"
+
+
+def History(path, errors: list[str] | None = None, **kwargs) -> _History:
+    """A History whose reported errors land in `errors`; with none given, any error fails the test."""
+
+    def unexpected(message: str) -> None:
+        raise AssertionError(f"unexpected history error: {message}")
+
+    return _History(path, on_error=errors.append if errors is not None else unexpected, **kwargs)
 
 
 def test_missing_file_is_empty_and_reads_create_nothing(path):
@@ -117,24 +126,45 @@ def test_write_is_atomic_and_leaves_no_temporary(path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o644
 
 
-def test_failed_write_keeps_old_file_and_raises(path, mocker):
-    """When the rename fails the old history stays, the temporary is removed, and ConfigError names the file."""
-    history = History(path)
+def test_failed_write_keeps_old_file_and_is_reported_not_raised(path, mocker):
+    """When the rename fails the old history stays, the temporary is removed, and the error is
+    reported with the file's name; the caller goes on (history is advice, never a reason to stop)."""
+    errors: list[str] = []
+    history = History(path, errors)
     history.record_node_failure("cpu-001", NOW)
     before = path.read_text()
     mocker.patch("elastic.history.os.replace", side_effect=OSError(28, "No space left on device"))
-    with pytest.raises(ConfigError, match="history.json: cannot write history: No space left on device"):
-        history.record_node_failure("cpu-001", NOW + 1)
+
+    history.record_node_failure("cpu-001", NOW + 1)
+
     assert path.read_text() == before
     assert sorted(p.name for p in path.parent.iterdir()) == ["history.json", "history.json.lock"]
+    assert errors == [f"history change not saved: {path}: cannot write history: No space left on device"]
 
 
-def test_held_lock_times_out(path):
-    """A change waits for the file lock and raises LockTimeout when another process keeps it."""
-    history = History(path, lock_timeout=0.1)
+def test_held_lock_is_reported_and_the_change_dropped(path):
+    """A change waits for the file lock; when another process keeps it, the change is dropped and
+    reported, and reads still answer from the file."""
+    History(path).record_node_failure("cpu-001", NOW)
+    errors: list[str] = []
+    history = History(path, errors, lock_timeout=0.1)
     with exclusive_lock(path.with_name("history.json.lock"), timeout=1):
-        with pytest.raises(LockTimeout, match="history.json.lock"):
-            history.record_node_failure("cpu-001", NOW)
+        history.record_node_failure("cpu-001", NOW + 1)
+        assert history.node_failures("cpu-001", NOW + 2, 3600) == 1
+    assert len(errors) == 2 and all("history.json.lock" in e and "still held" in e for e in errors)
+    assert History(path).node_failures("cpu-001", NOW + 2, 3600) == 1
+
+
+def test_unwritable_state_dir_is_reported(tmp_path):
+    """A state dir that cannot be created (a file in the way) loses the change, not the run."""
+    (tmp_path / "state").write_text("not a directory")
+    errors: list[str] = []
+    history = History(tmp_path / "state" / "history.json", errors)
+
+    history.record_cloud_failure("kaizen", "cpu", "quota", NOW)
+
+    assert not history.cooling_down("kaizen", "cpu", NOW, 600)
+    assert errors and "not saved" in errors[0]
 
 
 def test_concurrent_records_are_not_lost(path):
