@@ -159,8 +159,8 @@ def test_permanent_failure_sets_node_down_and_job_runs_elsewhere(world):
     wait_for(lambda: w.slurm.node_state("bad-1").startswith("DOWN") and powered_down(w, "bad-1"), 60,
              "bad-1 to be down~ (DOWN and powered down, not still POWERING_UP)")
     assert node_field(w, "bad-1", "Reason").startswith("elastic: not-found: lab: image 'no-such-image'")
-    # Slurm holds a requeued job for about two minutes (BeginTime) before it may start again.
-    wait_for(lambda: job_state(w, job) == "COMPLETED", 240, "the requeued job to complete", world=w)
+    # Slurm holds a requeued job until its credentials expire (the lab's cred_expire) before it may start again.
+    wait_for(lambda: job_state(w, job) == "COMPLETED", 120, "the requeued job to complete", world=w)
     assert job_node(w, job) == "good-1"
     assert [s["name"] for s in live_servers(w)] == ["good-1"]
 

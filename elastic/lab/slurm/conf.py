@@ -200,6 +200,10 @@ def _override(lines: list[str], extra: Iterable[str]) -> list[str]:
     return out
 
 
+# Job credentials stay valid this long; a requeued job may start again after it.
+CRED_EXPIRE_SECONDS = 10
+
+
 def _daemon_lines(layout: Layout, ports: Ports, slurm_user: str) -> list[str]:
     return [
         "ClusterName=lab",
@@ -211,7 +215,9 @@ def _daemon_lines(layout: Layout, ports: Ports, slurm_user: str) -> list[str]:
         "AuthType=auth/munge",
         "CredType=cred/munge",
         # Every daemon and command reads the munge socket from here (SLURM_CONF is all they share).
-        f"AuthInfo=socket={layout.munge_socket}",
+        # cred_expire is also how long a requeued job waits to start again: 120 s by default,
+        # which a job requeued off a failed cloud node would spend pending.
+        f"AuthInfo=socket={layout.munge_socket},cred_expire={CRED_EXPIRE_SECONDS}",
         f"StateSaveLocation={layout.state}",
         # %n: each node's slurmd has its own spool, pid file and log on this one machine.
         f"SlurmdSpoolDir={layout.spool}/%n",
