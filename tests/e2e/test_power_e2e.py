@@ -90,11 +90,31 @@ def test_queued_jobs_boot_nodes_that_suspend_afterwards(world):
     """Three queued jobs boot three nodes and run; after SuspendTime the servers are gone and nodes idle~."""
     w = world(pools_yaml=CPU_POOL, power_save={"SuspendTime": 10})
     jobs = [submit(w, "-p", "cloud", "--wrap", "hostname") for _ in range(3)]
-    for job in jobs:
-        wait_for(lambda j=job: job_state(w, j) == "COMPLETED", 90, f"job {job} to complete")
-    assert sorted(s["name"] for s in w.cloud.servers("lab")) == ["cpu-1", "cpu-2", "cpu-3"]
-    assert {node_field(w, n, "NodeAddr") for n in ("cpu-1", "cpu-2", "cpu-3")} <= {
-        s["addresses"]["private"][0]["addr"] for s in w.cloud.servers("lab")}
+    # A node that finished early may already be suspending when the last job ends: note each
+    # server's address and each job's node while they run, not afterwards.
+    server_addresses: dict[str, str] = {}
+    ran_on: dict[int, str] = {}
+    node_addresses: dict[str, str] = {}  # Slurm's NodeAddr while the node was up
+
+    def all_completed() -> bool:
+        for server in w.cloud.servers("lab"):
+            if server["addresses"].get("private"):
+                server_addresses[server["name"]] = server["addresses"]["private"][0]["addr"]
+        for job in jobs:
+            fields = dict(f.split("=", 1) for f in w.slurm.run("scontrol", "-o", "show", "job", str(job)).split()
+                          if "=" in f)
+            if fields.get("BatchHost"):
+                ran_on[job] = fields["BatchHost"]
+        for node in ("cpu-1", "cpu-2", "cpu-3"):
+            fields = parse_node_line(w.slurm.run("scontrol", "-o", "show", "node", node).strip())
+            if "POWER" not in fields.get("State", "POWER") and fields.get("NodeAddr", node) != node:
+                node_addresses[node] = fields["NodeAddr"]
+        return all(job_state(w, j) == "COMPLETED" for j in jobs)
+
+    wait_for(all_completed, 90, "the 3 jobs to complete", world=w)
+    assert sorted(ran_on.values()) == ["cpu-1", "cpu-2", "cpu-3"]
+    assert sorted(server_addresses) == ["cpu-1", "cpu-2", "cpu-3"]
+    assert node_addresses == server_addresses  # resume told Slurm each server's address
     wait_for(lambda: all(powered_down(w, n) for n in ("cpu-1", "cpu-2", "cpu-3")), 90, "nodes to power down")
     wait_for(lambda: live_servers(w) == [], 30, "servers to be deleted")
     assert all("IDLE" in w.slurm.node_state(n) for n in ("cpu-1", "cpu-2", "cpu-3"))
