@@ -31,6 +31,7 @@ class MemoryCloud:
     servers: dict[str, Server] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     error_on_boot: dict[str, str] = field(default_factory=dict)  # node name -> fault message
+    stuck_in_build: set[str] = field(default_factory=set)  # node names whose servers never leave BUILD
 
     def __post_init__(self):
         self._ids = itertools.count(1)
@@ -64,7 +65,7 @@ class MemoryCloud:
             for server_id, server in list(self.servers.items()):
                 if server.deleting:
                     del self.servers[server_id]  # a delete is visible for one list, then gone
-                elif server.status == BUILDING:
+                elif server.status == BUILDING and server.name not in self.stuck_in_build:
                     self._polls[server_id] = self._polls.get(server_id, 0) + 1
                     if self._polls[server_id] >= self.boot_polls:
                         self.servers[server_id] = self._finish_boot(server)

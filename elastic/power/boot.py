@@ -3,8 +3,11 @@
 Rounds: under the nodes' locks, look at every cloud for servers already named for the nodes
 (adopt, replace, ignore), then create the rest on the pool's clouds in order, falling back on
 quota or capacity; release the locks and wait, polling one list per cloud. A server that ends in
-ERROR is deleted and its node tries the pool's next cloud in the next round. Every node not served
-in the end is put in a Slurm state whose reason says why.
+ERROR is deleted and its node tries the pool's next cloud in the next round. The addresses of the
+servers one poll finds ACTIVE go to Slurm in one scontrol call right then: a VM's slurmd may
+register within seconds, and must not find Slurm still resolving its bare name while a slower
+server of the batch boots. Every node not served in the end is put in a Slurm state whose reason
+says why.
 """
 
 from __future__ import annotations
@@ -249,32 +252,11 @@ def _wait(booting: dict[str, _Booting], state: _Round, outcome: Outcome, svc: Se
     again: dict[str, str] = {}
     waiting = dict(booting)
     while waiting:
-        by_cloud: dict[str, list[str]] = defaultdict(list)
-        for node, item in waiting.items():
-            by_cloud[item.server.cloud].append(node)
-        pause = svc.config.timeouts.poll
-        for cloud_name, members in by_cloud.items():
-            try:
-                current = {s.id: s for s in svc.clouds[cloud_name].list_servers(svc.config.cluster, members)}
-            except CloudError as error:
-                if not error.retryable:
-                    raise
-                # Polling on through a 429 storm would only feed it: wait as long as asked.
-                pause = max(pause, backoff_delay(1, error))
-                svc.log.warning("resume.poll_failed", cloud=cloud_name, error=str(error), pause=pause)
-                continue
-            for node in members:
-                verdict = _judge(node, waiting[node], current.get(waiting[node].server.id), svc)
-                if isinstance(verdict, _Pending):
-                    continue
-                item = waiting.pop(node)
-                if isinstance(verdict, _Served):
-                    outcome.served[node] = verdict.address
-                elif isinstance(verdict, _Cancelled):
-                    outcome.cancelled.add(node)
-                else:
-                    state.last_failure[node] = verdict
-                    again[node] = item.pool
+        served_now: dict[str, str] = {}
+        try:
+            pause = _poll_once(waiting, served_now, again, state, outcome, svc)
+        finally:
+            _send_addresses(served_now, svc)  # what one poll found reaches Slurm even if it failed half-way
         if waiting and svc.clock() >= deadline:
             for node, item in waiting.items():
                 _delete_quietly([item.server], svc, why="boot timeout")
@@ -284,6 +266,41 @@ def _wait(booting: dict[str, _Booting], state: _Round, outcome: Outcome, svc: Se
         if waiting:
             svc.sleep(pause)
     return again
+
+
+def _poll_once(waiting: dict[str, _Booting], served_now: dict[str, str], again: dict[str, str], state: _Round,
+               outcome: Outcome, svc: Services) -> float:
+    """One list per cloud; judge each waiting node, moving it out of `waiting` once decided.
+    Returns how long to pause before the next poll."""
+    by_cloud: dict[str, list[str]] = defaultdict(list)
+    for node, item in waiting.items():
+        by_cloud[item.server.cloud].append(node)
+    pause = svc.config.timeouts.poll
+    for cloud_name, members in by_cloud.items():
+        try:
+            current = {s.id: s for s in svc.clouds[cloud_name].list_servers(svc.config.cluster, members)}
+        except CloudError as error:
+            if not error.retryable:
+                raise
+            # Polling on through a 429 storm would only feed it: wait as long as asked.
+            pause = max(pause, backoff_delay(1, error))
+            svc.log.warning("resume.poll_failed", cloud=cloud_name, error=str(error), pause=pause)
+            continue
+        for node in members:
+            verdict = _judge(node, waiting[node], current.get(waiting[node].server.id), svc)
+            if isinstance(verdict, _Pending):
+                continue
+            item = waiting.pop(node)
+            if isinstance(verdict, _Served):
+                outcome.served[node] = verdict.address
+                if verdict.address:
+                    served_now[node] = verdict.address
+            elif isinstance(verdict, _Cancelled):
+                outcome.cancelled.add(node)
+            else:
+                state.last_failure[node] = verdict
+                again[node] = item.pool
+    return pause
 
 
 @dataclass(frozen=True)
@@ -346,13 +363,17 @@ def _delete_quietly(servers: list[Server], svc: Services, *, why: str) -> None:
     delete_servers(servers, svc, why=why)
 
 
+def _send_addresses(addresses: dict[str, str], svc: Services) -> None:
+    if not addresses or svc.config.slurm.addresses != "scontrol":
+        return
+    try:
+        svc.slurm.update_addresses(addresses)
+        svc.log.info("slurm.update_addresses", ok=True, nodes=sorted(addresses))
+    except SlurmError as error:
+        svc.log.error("slurm.update_addresses", ok=False, error=str(error), nodes=sorted(addresses))
+
+
 def _report_to_slurm(outcome: Outcome, svc: Services) -> None:
-    addresses = {n: a for n, a in outcome.served.items() if a}
-    if addresses and svc.config.slurm.addresses == "scontrol":
-        try:
-            svc.slurm.update_addresses(addresses)
-        except SlurmError as error:
-            svc.log.error("slurm.update_addresses", ok=False, error=str(error), nodes=sorted(addresses))
     # A node still POWERING_UP is not helped by `down` alone in 22.05: it stays POWERING_UP, and
     # ResumeTimeout later calls ResumeFail for it. power_down_force first clears POWERING_UP and
     # requeues the job; `down` after it keeps the node down~ with our reason (measured on 22.05.8).

@@ -162,9 +162,15 @@ def test_fifty_nodes_two_pools_two_clouds_one_out_of_quota(tmp_path):
         east, west = _live(lab, "east"), _live(lab, "west")
         assert len(east) == 10 and len(east) + len(west) == 50
         assert len({s["name"] for s in east + west}) == 50
-        (update,) = _address_updates(site.calls())
-        names = update[1].split("=", 1)[1].split(",")
-        addrs = dict(zip(names, update[2].split("=", 1)[1].split(",")))
+        updates = _address_updates(site.calls())
+        addrs: dict[str, str] = {}
+        for update in updates:  # one call per poll that found servers ACTIVE
+            names = update[1].split("=", 1)[1].split(",")
+            assert not set(names) & set(addrs), "an address was sent twice"
+            addrs.update(zip(names, update[2].split("=", 1)[1].split(",")))
+        assert len(addrs) == 50
+        polls = sum(lab.request_counts(c).get("GET /servers/detail", 0) for c in ("east", "west"))
+        assert len(updates) <= polls < 50
         gpu_on_west = [s["name"] for s in west if s["name"].startswith("gpu")]
         assert gpu_on_west and all(addrs[n].startswith("127.20.") for n in gpu_on_west)  # floating IPs
         assert site.run("suspend", "cpu-[001-030],gpu-[01-20]", timeout=300).returncode == 0

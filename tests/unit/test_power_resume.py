@@ -126,6 +126,52 @@ def test_error_with_no_valid_host_falls_back(tmp_path):
     assert clouds["alpha"].live() == [] and [s.name for s in clouds["beta"].live()] == ["cpu-001"]
 
 
+def _spy_addresses(svc, slurm) -> list[tuple[float, dict[str, str]]]:
+    """Each address update with the flow's clock time when it was sent."""
+    sent: list[tuple[float, dict[str, str]]] = []
+    record = slurm.update_addresses
+
+    def update_addresses(addrs, hostnames=None):
+        sent.append((svc.clock(), dict(addrs)))
+        record(addrs, hostnames)
+
+    slurm.update_addresses = update_addresses
+    return sent
+
+
+def test_address_reaches_slurm_while_a_slower_server_still_builds(tmp_path):
+    """A server stuck in BUILD does not hold back the address of one that is ACTIVE: a VM's slurmd
+    may register long before the slow one's boot deadline."""
+    svc, clouds, slurm, clock = make_services(tmp_path)
+    clouds["alpha"].stuck_in_build.add("cpu-002")
+    sent = _spy_addresses(svc, slurm)
+    start = clock.now
+
+    outcome = resume(["cpu-001", "cpu-002"], svc)
+
+    assert outcome.served.keys() == {"cpu-001"} and outcome.failed["cpu-002"].kind == "timeout"
+    [(when, addresses)] = sent
+    assert list(addresses) == ["cpu-001"] and when - start <= svc.config.timeouts.poll
+
+
+def test_addresses_found_in_one_poll_go_in_one_call_before_a_fallback_round(tmp_path):
+    """Nodes ACTIVE in the first round reach Slurm in one call, before the node that went ERROR
+    is booted again on the next cloud; that one follows in its own call."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].error_on_boot["cpu-003"] = "No valid host was found. There are not enough hosts available."
+    events: list[tuple[str, list[str]]] = []
+    update_addresses, create_on_beta = slurm.update_addresses, clouds["beta"].create_server
+    slurm.update_addresses = lambda addrs, hostnames=None: (events.append(("addresses", sorted(addrs))),
+                                                            update_addresses(addrs, hostnames))
+    clouds["beta"].create_server = lambda request: (events.append(("create on beta", [request.name])),
+                                                    create_on_beta(request))[1]
+
+    outcome = resume(["cpu-001", "cpu-002", "cpu-003"], svc)
+
+    assert outcome.exit_code == 0
+    assert events == [("addresses", ["cpu-001", "cpu-002"]), ("create on beta", ["cpu-003"]), ("addresses", ["cpu-003"])]
+
+
 def test_every_cloud_full_fails_node_with_power_down_force(tmp_path):
     """When every cloud is out of quota, the node gets power_down_force and a quota reason."""
     svc, clouds, slurm, _ = make_services(tmp_path)
