@@ -41,7 +41,13 @@ class SlurmError(ElasticError):
     """An scontrol call failed or printed something we cannot parse."""
 
 
-class LockTimeout(ElasticError):
+class LocalError(ElasticError):
+    """A fault of this machine, not of a cloud or of Slurm: a lock file or state dir that cannot be
+    opened or written, the open-file limit, a full disk. The flows fail closed on it: every node
+    they were handed gets a Slurm state with an `elastic: local: ...` reason."""
+
+
+class LockTimeout(LocalError):
     """Another elastic process held a node's lock for too long."""
 
 
@@ -49,7 +55,8 @@ class CloudErrorKind(str, enum.Enum):
     QUOTA = "quota"                # 403/413 quota exceeded on create
     CAPACITY = "capacity"          # server went ERROR with "No valid host", or 5xx NoValidHost
     RATE_LIMITED = "rate-limited"  # 429 / 413 overLimit
-    TRANSIENT = "transient"        # 5xx, connection refused/reset, timeout
+    TRANSIENT = "transient"        # 5xx, or an SDK failure we cannot place
+    UNREACHABLE = "unreachable"    # no HTTP answer: connection refused/reset, or no reply in time
     AUTH = "auth"                  # 401, bad credentials, unknown cloud in clouds.yaml
     NOT_FOUND = "not-found"        # 404 on a named resource (image, flavor, network)
     CONFLICT = "conflict"          # 409
@@ -58,7 +65,7 @@ class CloudErrorKind(str, enum.Enum):
 
 
 # Kinds worth another attempt on the same cloud after a pause.
-RETRYABLE_KINDS = frozenset({CloudErrorKind.RATE_LIMITED, CloudErrorKind.TRANSIENT})
+RETRYABLE_KINDS = frozenset({CloudErrorKind.RATE_LIMITED, CloudErrorKind.TRANSIENT, CloudErrorKind.UNREACHABLE})
 # Kinds that say "this cloud cannot take more now": try the pool's next cloud.
 FALLBACK_KINDS = frozenset({CloudErrorKind.QUOTA, CloudErrorKind.CAPACITY})
 # Kinds that no retry or other moment will fix: the admin must act.
@@ -76,8 +83,10 @@ class CloudError(ElasticError):
         cloud: str = "",
         status: int | None = None,
         retry_after: float | None = None,
+        timed_out: bool = False,
     ):
         self.kind = kind
+        self.timed_out = timed_out  # no reply within api_timeout: sending again costs as much again
         self.message = message
         self.cloud = cloud
         self.status = status
