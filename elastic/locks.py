@@ -3,18 +3,30 @@
 slurmctld puts no cap on concurrent programs: two resumes of one node, or a suspend of a node
 whose resume still runs, really happen. A flow holds its nodes' locks while it looks for and
 creates (or deletes) their servers, so the second process sees what the first one made.
+
+Every fault of this machine (a lock file we may not open, a symlink planted where a lock file
+should be, too many open files, a full or read-only disk) is a LocalError naming the file: the
+flows fail closed on it. Lock files are opened with O_NOFOLLOW (filelock's UnixFileLock does) and
+created 0640 in a lock dir created 0750.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import errno
+import resource
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import filelock
 
-from elastic.errors import ConfigError, LockTimeout
+from elastic.errors import LocalError, LockTimeout, UsageError
+
+LOCK_FILE_MODE = 0o640
+LOCK_DIR_MODE = 0o750
+# Open files a flow needs besides its node locks: the log, Python's own, openstacksdk's sockets,
+# pipes to scontrol, the history file.
+SPARE_OPEN_FILES = 256
 
 
 @contextlib.contextmanager
@@ -23,11 +35,14 @@ def node_locks(lock_dir: Path, names: Iterable[str], *, timeout: float) -> Itera
 
     Locks are taken in sorted order so two processes wanting overlapping sets cannot deadlock;
     every lock taken is released on exit, on an exception and when a later lock times out.
+    A name that cannot name a file is a UsageError; a set of nodes whose locks (one open file each,
+    held for the whole body) would not fit under the open-file limit is a LocalError before any
+    lock is taken.
     """
     wanted = sorted(set(names))
     for name in wanted:
-        if not name or os.sep in name or name in (".", ".."):
-            raise ValueError(f"{name!r} cannot name a lock file")
+        check_node_name(name)
+    _check_open_file_limit(len(wanted))
     _make_dir(Path(lock_dir))
     with contextlib.ExitStack() as held:
         for name in wanted:
@@ -43,25 +58,54 @@ def exclusive_lock(path: Path, timeout: float) -> Iterator[None]:
         yield
 
 
+def check_node_name(name: str) -> None:
+    """UsageError unless `name` can be a file name inside the lock dir (no '/', NUL, '', '.', '..')."""
+    if not name or "/" in name or "\0" in name or name in (".", ".."):
+        raise UsageError(f"node name {name!r} cannot name a lock file")
+
+
+def _check_open_file_limit(count: int) -> None:
+    soft, _hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    needed = count + SPARE_OPEN_FILES
+    if soft != resource.RLIM_INFINITY and needed > soft:
+        raise LocalError(f"locking {count} nodes needs {needed} open files for node locks, the limit is {soft}; "
+                         "raise LimitNOFILE for slurmctld")
+
+
 @contextlib.contextmanager
 def _locked(path: Path, timeout: float, what: str) -> Iterator[None]:
-    lock = filelock.FileLock(path, timeout=timeout)
+    # fallback_to_soft=False: on a filesystem without flock, filelock would silently switch to a
+    # lock by file existence, which a crashed run leaves behind; fail instead.
+    lock = filelock.FileLock(path, timeout=timeout, mode=LOCK_FILE_MODE, fallback_to_soft=False)
     try:
         lock.acquire()
     except filelock.Timeout:
         raise LockTimeout(f"{what}: lock {path} still held by another elastic process after {timeout:g}s") from None
-    except PermissionError:
-        # Typically a lock file left by an admin's run as root that SlurmUser cannot open.
-        raise ConfigError("cannot open the lock file: permission denied (created by another user?)",
-                          where=str(path)) from None
+    except OSError as exc:
+        raise LocalError(f"cannot open or lock {path}: {_strerror(exc)}{_hint(exc)}") from None
     try:
         yield
     finally:
         lock.release()
 
 
+def _strerror(exc: OSError) -> str:
+    return exc.strerror or str(exc) or type(exc).__name__
+
+
+def _hint(exc: OSError) -> str:
+    if isinstance(exc, PermissionError):
+        # Typically a lock file left by an admin's run as root that SlurmUser cannot open.
+        return " (created by another user?)"
+    if exc.errno == errno.ELOOP:
+        return " (the lock file is a symlink; remove it)"
+    if exc.errno in (errno.EMFILE, errno.ENFILE):
+        return " (raise LimitNOFILE for slurmctld)"
+    return ""
+
+
 def _make_dir(directory: Path) -> None:
     try:
-        directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+        directory.mkdir(mode=LOCK_DIR_MODE, parents=True, exist_ok=True)
     except OSError as exc:
-        raise ConfigError(f"cannot create lock directory: {exc.strerror or exc}", where=str(directory)) from None
+        raise LocalError(f"cannot create lock directory {directory}: {_strerror(exc)}") from None

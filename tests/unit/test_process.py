@@ -3,9 +3,21 @@
 from __future__ import annotations
 
 import os
+import resource
 import signal
+import stat
+
+import pytest
 
 from elastic import process
+
+
+@pytest.fixture(autouse=True)
+def restore_open_file_limit():
+    """repair_process raises the soft open-file limit: give the test process its own back."""
+    saved, setrlimit = resource.getrlimit(resource.RLIMIT_NOFILE), resource.setrlimit  # a test may patch it
+    yield
+    setrlimit(resource.RLIMIT_NOFILE, saved)
 
 
 def test_repair_unblocks_signals_inherited_from_slurmctld(monkeypatch):
@@ -41,3 +53,76 @@ def test_repair_reopens_a_closed_standard_fd(monkeypatch):
     finally:
         os.dup2(saved, 0)
         os.close(saved)
+
+
+def test_raise_open_file_limit_lifts_soft_to_hard():
+    """The soft RLIMIT_NOFILE is raised to the hard limit, and the new soft limit is returned."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    assert process.raise_open_file_limit() == hard
+    assert resource.getrlimit(resource.RLIMIT_NOFILE) == (hard, hard)
+
+
+def test_raise_open_file_limit_never_fails(monkeypatch):
+    """When setrlimit refuses, the old soft limit stays and is returned; no exception escapes."""
+    def refuse(*args):
+        raise OSError(1, "Operation not permitted")
+
+    monkeypatch.setattr(process.resource, "getrlimit", lambda which: (1024, 4096))
+    monkeypatch.setattr(process.resource, "setrlimit", refuse)
+    assert process.raise_open_file_limit() == 1024
+
+
+def test_raise_open_file_limit_with_infinite_hard_limit_uses_nr_open(monkeypatch):
+    """An infinite hard limit (refused by Linux for NOFILE) is taken as fs.nr_open."""
+    calls = []
+    monkeypatch.setattr(process.resource, "getrlimit", lambda which: (1024, resource.RLIM_INFINITY))
+    monkeypatch.setattr(process.resource, "setrlimit", lambda which, limits: calls.append(limits))
+    monkeypatch.setattr(process, "_nr_open", lambda: 1048576)
+    assert process.raise_open_file_limit() == 1048576
+    assert calls == [(1048576, resource.RLIM_INFINITY)]
+
+
+def test_repair_raises_the_open_file_limit():
+    """repair_process lifts the soft open-file limit, since a flow holds one lock file per node."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (min(256, hard), hard))
+    process.repair_process()
+    assert resource.getrlimit(resource.RLIMIT_NOFILE)[0] == hard
+
+
+def _detached_output(monkeypatch, log_file):
+    """Run send_output_to as if slurmctld had closed fd 2, with fd 2 saved and restored around it."""
+    saved = os.dup(2)
+    monkeypatch.setattr(process, "_closed_at_start", {2})
+    try:
+        null = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(null, 2)
+        os.close(null)
+        process.send_output_to(log_file)
+        os.write(2, b"to fd 2\n")
+        return os.readlink("/proc/self/fd/2")
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def test_send_output_to_points_closed_fds_at_the_log(tmp_path, monkeypatch):
+    """A closed fd 2 is pointed at the log file, created 0640 in a directory created 0750."""
+    log_file = tmp_path / "log" / "elastic.log"
+    old = os.umask(0o022)
+    try:
+        target = _detached_output(monkeypatch, log_file)
+    finally:
+        os.umask(old)
+    assert target == str(log_file) and log_file.read_text() == "to fd 2\n"
+    assert stat.S_IMODE(log_file.stat().st_mode) == 0o640
+    assert stat.S_IMODE(log_file.parent.stat().st_mode) == 0o750
+
+
+def test_send_output_to_does_not_follow_a_symlink(tmp_path, monkeypatch):
+    """A symlink at the log path is not followed: fd 2 stays on /dev/null and the target is not created."""
+    log_file, victim = tmp_path / "elastic.log", tmp_path / "victim"
+    log_file.symlink_to(victim)
+    assert _detached_output(monkeypatch, log_file) == os.devnull
+    assert not victim.exists()
