@@ -7,10 +7,12 @@ import dataclasses
 import math
 import random
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
-OUTAGES = ("reset", "timeout")
+OUTAGES = ("reset", "timeout", "blackhole")
+HOLDING = ("timeout", "blackhole")  # outages that hold a request unanswered
 
 
 @dataclass(frozen=True)
@@ -23,7 +25,7 @@ class Faults:
     no_valid_host_flavors: tuple[str, ...] = ()
     no_valid_host_fraction: float = 0.0
     stuck_in_build: bool = False
-    outage: str | None = None  # "reset" | "timeout" | None
+    outage: str | None = None  # "reset" | "timeout" | "blackhole" | None
     outage_timeout_seconds: float = 30.0
 
     @classmethod
@@ -82,7 +84,7 @@ def _check(key: str, value: Any, where: str) -> Any:
         return value
     if key == "outage":
         if value not in (None, *OUTAGES):
-            raise ValueError(f"{where}: {value!r} must be one of reset, timeout, or null")
+            raise ValueError(f"{where}: {value!r} must be one of reset, timeout, blackhole, or null")
         return value
     raise AssertionError(key)
 
@@ -101,6 +103,8 @@ class Verdict:
 class FaultGate:
     def __init__(self, faults: Faults):
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)  # held requests wait on it
+        self._released = False  # set by release(): the lab is stopping
         self._faults = faults
         self._random = random.Random(faults.seed)
         self._admitted: collections.deque[float] = collections.deque()
@@ -115,6 +119,7 @@ class FaultGate:
                 self._random = random.Random(faults.seed)
             self._faults = faults
             self._admitted.clear()
+            self._changed.notify_all()
 
     def admit(self, now: float) -> Verdict:
         with self._lock:
@@ -123,6 +128,8 @@ class FaultGate:
                 return Verdict(drop=True)
             if faults.outage == "timeout":
                 return Verdict(drop=True, delay=faults.outage_timeout_seconds)
+            if faults.outage == "blackhole":
+                return Verdict(drop=True, delay=math.inf)
             if faults.rate_limit_per_second is not None:
                 while self._admitted and self._admitted[0] <= now - 1.0:
                     self._admitted.popleft()
@@ -133,6 +140,26 @@ class FaultGate:
             if faults.error_rate and self._random.random() < faults.error_rate:
                 return Verdict(delay=faults.latency_seconds, status=self._random.choice(faults.error_statuses))
             return Verdict(delay=faults.latency_seconds)
+
+    def hold(self, delay: float) -> None:
+        """Hold a request of a timeout or blackhole outage unanswered: until `delay` passed, the
+        outage was lifted or changed, or release() was called, whichever comes first."""
+        if delay <= 0:
+            return
+        deadline = time.monotonic() + delay
+        with self._changed:
+            outage = self._faults.outage
+            while not self._released and self._faults.outage == outage:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return
+                self._changed.wait(None if math.isinf(remaining) else remaining)
+
+    def release(self) -> None:
+        """Let every held request go, now and from now on (the lab is stopping)."""
+        with self._changed:
+            self._released = True
+            self._changed.notify_all()
 
     def boot_fails(self, flavor_name: str) -> bool:
         """No valid host for this boot: the flavor is listed, or the dice say so."""

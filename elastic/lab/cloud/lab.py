@@ -58,6 +58,8 @@ class LabCloud:
         if self._http is None or self.stopping.is_set():
             return
         self.stopping.set()
+        for cloud in self.clouds.values():
+            cloud.gate.release()  # requests held by an outage end now, not when their hold runs out
         self._http.shutdown()
         self._http.server_close()
         self._http.close_connections()

@@ -148,7 +148,8 @@ class Handler(BaseHTTPRequestHandler):
         cloud.settle()
         verdict = cloud.gate.admit(time.monotonic())
         if verdict.drop:
-            app.stopping.wait(verdict.delay)
+            # Held (timeout, blackhole) until the delay passes, the outage is lifted or the lab stops.
+            cloud.gate.hold(verdict.delay)
             return None
         if verdict.status == 429:
             return _rate_limited(error, verdict.retry_after)

@@ -1,0 +1,69 @@
+"""Faults for fault-isolation work, seen through the real openstacksdk: a black-holed API, quota
+refused the pre-Juno way (413), Nova's network info cache lagging behind Neutron, credentials
+expiring mid-run, an image removed while servers run, and /limits usage."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import keystoneauth1.exceptions
+import pytest
+import requests
+
+from conftest import FAST
+
+pytestmark = pytest.mark.integration
+
+
+def chain(error: BaseException):
+    seen = []
+    while error is not None and error not in seen:
+        seen.append(error)
+        error = error.__cause__ or error.__context__
+    return seen
+
+
+# ---- 1. black hole --------------------------------------------------------------------------
+
+def test_blackhole_is_a_read_timeout_and_stop_does_not_wait(make_lab, sdk):
+    """outage: blackhole accepts the connection and never answers: api_timeout=2 ends in a read timeout after ~2 s, and stop() returns at once while the request is still held."""
+    lab = make_lab({"clouds": {"lab": dict(FAST)}})
+    conn = sdk(lab, api_timeout=2)
+    conn.authorize()
+    lab.set_faults("lab", outage="blackhole")
+    started = time.monotonic()
+    with pytest.raises(keystoneauth1.exceptions.ConnectTimeout) as caught:
+        list(conn.compute.servers())
+    assert 2 <= time.monotonic() - started < 6
+    # keystoneauth calls every timeout ConnectTimeout; underneath it is a read timeout: connected, no answer.
+    assert any(isinstance(link, requests.exceptions.ReadTimeout) for link in chain(caught.value))
+    assert lab.requests("lab")[-1]["endpoint"] != "GET /servers/detail"  # still held: not logged yet
+    started = time.monotonic()
+    lab.stop()
+    assert time.monotonic() - started < 2
+    assert lab.requests("lab")[-1]["endpoint"] == "GET /servers/detail" and lab.requests("lab")[-1]["status"] is None
+
+
+@pytest.mark.parametrize("outage", ["blackhole", "timeout"])
+def test_held_requests_end_when_the_outage_is_cleared(lab, outage):
+    """A request held by a blackhole or timeout outage is dropped unanswered as soon as the outage is cleared; later requests are served."""
+    lab.set_faults("lab", outage=outage, outage_timeout_seconds=60)
+    outcome: dict[str, object] = {}
+
+    def call() -> None:
+        try:
+            outcome["status"] = requests.get(f"{lab.url}/lab/identity/v3", timeout=30).status_code
+        except requests.ConnectionError as error:
+            outcome["error"] = error
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    time.sleep(0.5)
+    assert caller.is_alive()  # held
+    started = time.monotonic()
+    lab.clear_faults("lab")
+    caller.join(5)
+    assert not caller.is_alive() and time.monotonic() - started < 1
+    assert "error" in outcome and lab.requests("lab")[-1]["status"] is None
+    assert requests.get(f"{lab.url}/lab/identity/v3", timeout=5).status_code == 200
