@@ -7,6 +7,10 @@ slurmctld starts. An admin at a terminal also gets one readable line per event o
 Secrets never reach a log: values of keys that look like passwords, tokens, credentials, munge keys
 or user-data are masked, in nested dicts and lists too (design invariant 6).
 
+Logging never stops the work: a log file that cannot be opened (or is a symlink: it is opened with
+O_NOFOLLOW) or that fails a write later (disk full, I/O error) sends that line and every later one
+to stderr, after one warning line; when stderr fails too, lines are dropped.
+
 Nothing here touches structlog's global configuration: each call builds its own logger with
 `structlog.wrap_logger`, so configuring twice in one process (tests, the admin CLI) is safe.
 """
@@ -19,6 +23,7 @@ import os
 import re
 import secrets
 import sys
+import threading
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -39,8 +44,8 @@ def new_run_id() -> str:
 
 def configure_logging(*, log_file: Path | None, run_id: str, command: str, interactive: bool,
                       level: str = "info") -> FilteringBoundLogger:
-    """A logger bound to run_id and command, writing JSON lines to `log_file` (created 0640 with its
-    directory) and, when `interactive`, readable lines to stderr.
+    """A logger bound to run_id and command, writing JSON lines to `log_file` (created 0640, its
+    directory 0750) and, when `interactive`, readable lines to stderr.
 
     A log file that cannot be opened does not stop the program (slurmctld would then wait for
     ResumeTimeout on nodes nobody serves): the JSON lines go to stderr instead, after a warning.
@@ -48,7 +53,8 @@ def configure_logging(*, log_file: Path | None, run_id: str, command: str, inter
     if level not in LEVELS:
         raise ValueError(f"unknown log level {level!r}; one of {', '.join(LEVELS)}")
     file, file_error = _open_log(log_file) if log_file is not None else (None, None)
-    output = _Output(file=file, json_to_stderr=file is None and not interactive, console=interactive)
+    output = _Output(file=file, json_to_stderr=file is None and not interactive, console=interactive,
+                     log_file=log_file)
     logger = structlog.wrap_logger(
         output,
         processors=[
@@ -83,12 +89,18 @@ def _redact(value: Any) -> Any:
 
 def _open_log(path: Path) -> tuple[BinaryIO | None, str | None]:
     try:
-        path.parent.mkdir(mode=0o755, parents=True, exist_ok=True)
+        path.parent.mkdir(mode=0o750, parents=True, exist_ok=True)
         # Unbuffered append: each event is one write(2) with O_APPEND, so lines from concurrent
-        # programs interleave whole instead of mixing.
-        return open(path, "ab", buffering=0, opener=lambda p, flags: os.open(p, flags, 0o640)), None
+        # programs interleave whole instead of mixing. O_NOFOLLOW: a symlink planted at the log
+        # path must not make us append to whatever it points at.
+        return open(path, "ab", buffering=0,
+                    opener=lambda p, flags: os.open(p, flags | os.O_NOFOLLOW, 0o640)), None
     except OSError as exc:
-        return None, f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else str(exc)
+        return None, _os_error_text(exc)
+
+
+def _os_error_text(exc: OSError) -> str:
+    return f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else (exc.strerror or str(exc))
 
 
 def _render(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> tuple[tuple[str, dict], dict]:
@@ -132,23 +144,73 @@ def _short(value: Any) -> str:
 
 
 class _Output:
-    """The structlog "logger" at the end of the chain: gets the JSON line and the event per call."""
+    """The structlog "logger" at the end of the chain: gets the JSON line and the event per call.
 
-    def __init__(self, *, file: BinaryIO | None, json_to_stderr: bool, console: bool):
+    Never raises: a failed write to the log file moves this and every later line to stderr (after
+    one `logging.file_failed` warning), and a failed write to stderr is dropped.
+    """
+
+    def __init__(self, *, file: BinaryIO | None, json_to_stderr: bool, console: bool, log_file: Path | None = None):
         self._file = file
         self._json_to_stderr = json_to_stderr
         self._console = console
+        self._log_file = log_file
+        self._switch = threading.Lock()  # flows log from worker threads
 
     def write(self, json_line: str, event: dict) -> None:
-        if self._file is not None:
-            self._file.write((json_line + "\n").encode("utf-8"))
+        file = self._file
+        if file is not None:
+            try:
+                _write_all(file, (json_line + "\n").encode("utf-8"))
+            except (OSError, ValueError) as exc:
+                self._file_failed(file, exc, event)
+        self._to_stderr(json_line, event)
+
+    debug = info = msg = warning = warn = error = exception = critical = fatal = write
+
+    def _file_failed(self, file: BinaryIO, exc: Exception, event: dict) -> None:
+        with self._switch:
+            if self._file is not file:  # another thread already switched
+                return
+            self._file = None
+            self._json_to_stderr = not self._console
+        try:
+            file.close()
+        except (OSError, ValueError):
+            pass
+        error = _os_error_text(exc) if isinstance(exc, OSError) else str(exc)
+        warning = {key: event[key] for key in ("timestamp",) if key in event}
+        warning |= {"level": "warning", "event": "logging.file_failed"}
+        warning |= {key: event[key] for key in ("run_id", "command") if key in event}
+        warning |= {"log_file": str(self._log_file) if self._log_file else None, "error": error,
+                    "detail": "this and later lines go to stderr"}
+        self._to_stderr(json.dumps(warning, ensure_ascii=False), warning)
+
+    def _to_stderr(self, json_line: str, event: dict) -> None:
         stream = sys.stderr  # looked up per event: the CLI and tests may replace it
         if stream is None or not (self._json_to_stderr or self._console):
             return
-        if self._json_to_stderr:
-            stream.write(json_line + "\n")
-        if self._console:
-            stream.write(_console_line(event, colors=stream.isatty()) + "\n")
-        stream.flush()
+        try:
+            if self._json_to_stderr:
+                stream.write(json_line + "\n")
+            if self._console:
+                stream.write(_console_line(event, colors=_isatty(stream)) + "\n")
+            stream.flush()
+        except (OSError, ValueError):
+            pass  # stderr is gone too (a closed pipe, a full disk): nowhere left to say it
 
-    debug = info = msg = warning = warn = error = exception = critical = fatal = write
+
+def _write_all(file: BinaryIO, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        written = file.write(view)
+        if written is None:  # non-blocking file with nothing written: never for a log, but do not spin
+            raise OSError(0, "write made no progress")
+        view = view[written:]
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (OSError, ValueError):
+        return False

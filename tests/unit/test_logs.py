@@ -1,9 +1,12 @@
 from __future__ import annotations
 
+import contextlib
+import errno
 import io
 import json
 import os
 import stat
+import threading
 from datetime import datetime, timedelta
 from pathlib import Path
 
@@ -44,7 +47,7 @@ def test_values_json_cannot_hold_are_written_readably(tmp_path):
 
 
 def test_log_file_created_with_parent_dir_and_mode_0640(tmp_path):
-    """A missing log dir is created and the log file gets mode 0640."""
+    """A missing log dir is created 0750 and the log file gets mode 0640."""
     log_file = tmp_path / "var" / "log" / "elastic.log"
     old = os.umask(0o022)
     try:
@@ -52,6 +55,7 @@ def test_log_file_created_with_parent_dir_and_mode_0640(tmp_path):
     finally:
         os.umask(old)
     assert stat.S_IMODE(log_file.stat().st_mode) == 0o640
+    assert stat.S_IMODE(log_file.parent.stat().st_mode) == 0o750
 
 
 def test_appends_to_existing_log(tmp_path):
@@ -165,6 +169,135 @@ def test_unusable_log_file_falls_back_to_stderr(tmp_path, capsys):
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [e["event"] for e in events] == ["logging.file_unusable", "resume.start"]
     assert events[0]["level"] == "warning" and events[0]["error"] == f"File exists: {tmp_path / 'file'}"
+
+
+def test_symlink_at_log_path_is_refused(tmp_path, capsys):
+    """A symlink at log_file is not followed (O_NOFOLLOW): its target stays untouched and lines go to stderr."""
+    victim = tmp_path / "victim"
+    victim.write_text("precious\n")
+    (tmp_path / "elastic.log").symlink_to(victim)
+    _logger(tmp_path / "elastic.log").info("resume.start")
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [e["event"] for e in events] == ["logging.file_unusable", "resume.start"]
+    assert events[0]["error"] == f"Too many levels of symbolic links: {tmp_path / 'elastic.log'}"
+    assert victim.read_text() == "precious\n"
+
+
+def test_full_disk_moves_lines_to_stderr_after_one_warning(capsys):
+    """Writes to a full disk (/dev/full: ENOSPC) do not raise: one warning, then this and later lines go to stderr."""
+    log = _logger(Path("/dev/full"))
+    log.info("resume.start", count=2)
+    log.warning("resume.slow")
+    log.info("resume.done")
+    events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [e["event"] for e in events] == ["logging.file_failed", "resume.start", "resume.slow", "resume.done"]
+    warning = events[0]
+    assert (warning["level"], warning["log_file"], warning["error"]) == ("warning", "/dev/full", "No space left on device")
+    assert (warning["run_id"], warning["command"]) == ("r-1", "resume") and "timestamp" in warning
+    assert events[1]["count"] == 2
+
+
+class _FailingFile:
+    """A log file whose writes work `good` times, then fail with `code`."""
+
+    def __init__(self, code: int, good: int = 0):
+        self.code, self.good, self.lines, self.closed = code, good, [], False
+
+    def write(self, data) -> int:
+        if self.good <= 0:
+            raise OSError(self.code, os.strerror(self.code))
+        self.good -= 1
+        self.lines.append(bytes(data))
+        return len(data)
+
+    def close(self) -> None:
+        self.closed = True
+
+
+@pytest.mark.parametrize("code", [errno.EIO, errno.ENOSPC, errno.EBADF, errno.EDQUOT])
+def test_log_file_failing_later_moves_lines_to_stderr(tmp_path, monkeypatch, capsys, code):
+    """A log file that fails after a good line: the first line is in the file, the rest on stderr, the file closed."""
+    failing = _FailingFile(code, good=1)
+    monkeypatch.setattr("elastic.logs._open_log", lambda path: (failing, None))
+    log = _logger(tmp_path / "elastic.log")
+    log.info("first")
+    log.info("second", password=SECRET)
+    log.info("third")
+    assert [json.loads(line)["event"] for line in failing.lines] == ["first"] and failing.closed
+    err = capsys.readouterr().err
+    events = [json.loads(line) for line in err.splitlines()]
+    assert [e["event"] for e in events] == ["logging.file_failed", "second", "third"]
+    assert events[0]["error"] == os.strerror(code) and SECRET not in err
+
+
+def test_short_writes_are_completed(tmp_path, monkeypatch):
+    """A write that takes only part of the line is continued until the whole line is in the file."""
+    class Trickle:
+        def __init__(self):
+            self.data = b""
+
+        def write(self, data) -> int:
+            self.data += bytes(data[:5])
+            return min(5, len(data))
+
+    trickle = Trickle()
+    monkeypatch.setattr("elastic.logs._open_log", lambda path: (trickle, None))
+    _logger(tmp_path / "elastic.log").info("resume.start", nodes=["cpu-001"])
+    assert json.loads(trickle.data)["nodes"] == ["cpu-001"]
+
+
+class _BrokenStream(io.StringIO):
+    def write(self, text):
+        raise OSError(errno.EPIPE, os.strerror(errno.EPIPE))
+
+
+@pytest.mark.parametrize("stderr", ["broken pipe", "closed", "none", "/dev/full"])
+def test_log_file_and_stderr_both_failing_drop_lines_silently(monkeypatch, stderr):
+    """When stderr fails too (a broken pipe, a closed stream, None, a full disk) lines are dropped without raising."""
+    if stderr == "broken pipe":
+        stream = _BrokenStream()
+    elif stderr == "closed":
+        stream = io.StringIO()
+        stream.close()
+    elif stderr == "none":
+        stream = None
+    else:
+        stream = open("/dev/full", "w")  # noqa: SIM115 - buffered: the ENOSPC comes from flush
+    monkeypatch.setattr("sys.stderr", stream)
+    try:
+        for interactive in (False, True):
+            log = _logger(Path("/dev/full"), interactive=interactive)
+            log.info("resume.start")
+            log.error("resume.failed")
+    finally:
+        if stderr == "/dev/full":
+            with contextlib.suppress(OSError):
+                stream.close()  # its buffer cannot be flushed: close raises, and closes the fd all the same
+            assert stream.closed
+
+
+def test_interactive_file_failure_shows_readable_lines_only(capsys):
+    """At a terminal a failing log file adds the warning as a readable line; no JSON is mixed in."""
+    log = _logger(Path("/dev/full"), interactive=True)
+    log.info("resume.start")
+    log.info("resume.done")
+    lines = capsys.readouterr().err.splitlines()
+    assert [line.split()[2] for line in lines] == ["logging.file_failed", "resume.start", "resume.done"]
+    assert not any(line.startswith("{") for line in lines)
+    assert 'log_file=/dev/full error="No space left on device"' in lines[0]
+
+
+def test_concurrent_failures_warn_once(capsys):
+    """Threads logging at once to a failing file give exactly one warning and keep every line."""
+    log = _logger(Path("/dev/full"))
+    threads = [threading.Thread(target=lambda i=i: [log.info("tick", thread=i, n=n) for n in range(20)])
+               for i in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(10)
+    events = [json.loads(line)["event"] for line in capsys.readouterr().err.splitlines()]
+    assert events.count("logging.file_failed") == 1 and events.count("tick") == 160
 
 
 def test_no_log_file_and_not_interactive_writes_json_to_stderr(capsys):
