@@ -8,6 +8,7 @@ import threading
 import time
 
 import keystoneauth1.exceptions
+import openstack.exceptions
 import pytest
 import requests
 
@@ -67,3 +68,43 @@ def test_held_requests_end_when_the_outage_is_cleared(lab, outage):
     assert not caller.is_alive() and time.monotonic() - started < 1
     assert "error" in outcome and lab.requests("lab")[-1]["status"] is None
     assert requests.get(f"{lab.url}/lab/identity/v3", timeout=5).status_code == 200
+
+
+# ---- 2. quota refused as pre-Juno Nova did (413) -------------------------------------------------
+
+def boot(conn, name: str, **extra):
+    flavor = conn.compute.find_flavor("m1.small")
+    image = conn.image.find_image("debian-12")
+    network = conn.network.find_network("private")
+    return conn.compute.create_server(name=name, flavor_id=flavor.id, image_id=image.id,
+                                      networks=[{"uuid": network.id}], **extra)
+
+
+def test_quota_status_413_refuses_like_pre_juno_nova(make_lab, sdk):
+    """With quota_status 413 (here from config) an over-quota create is 413 overLimit with Retry-After: 0 in header and body and Havana's message; 403 is the default."""
+    lab = make_lab({"clouds": {"old": {**FAST, "quotas": {"instances": 1}, "faults": {"quota_status": 413}},
+                               "new": {**FAST, "quotas": {"instances": 1}}}})
+    old, new = sdk(lab, "old"), sdk(lab, "new")
+    boot(old, "n1")
+    with pytest.raises(openstack.exceptions.HttpException) as caught:
+        boot(old, "n2")
+    assert caught.value.status_code == 413
+    assert caught.value.response.headers["Retry-After"] == "0"
+    assert caught.value.response.json() == {"overLimit": {
+        "code": 413, "message": "Quota exceeded for instances: Requested 1, but already used 1 of 1 instances",
+        "retryAfter": "0"}}
+    too_much_metadata = {f"k{i}": "v" for i in range(129)}
+    with pytest.raises(openstack.exceptions.HttpException) as caught:
+        boot(old, "n3", metadata=too_much_metadata)
+    assert caught.value.status_code == 413 and "metadata items" in caught.value.response.json()["overLimit"]["message"]
+    boot(new, "n1")
+    with pytest.raises(openstack.exceptions.HttpException) as caught:
+        boot(new, "n2")
+    assert caught.value.status_code == 403 and "Retry-After" not in caught.value.response.headers
+    assert caught.value.response.json()["forbidden"]["message"].startswith("Quota exceeded for instances: Requested 1")
+    assert lab.set_faults("new", quota_status=413)["quota_status"] == 413
+    with pytest.raises(openstack.exceptions.HttpException) as caught:
+        boot(new, "n2")
+    assert caught.value.status_code == 413
+    with pytest.raises(ValueError, match="quota_status"):
+        lab.set_faults("new", quota_status=500)

@@ -27,6 +27,7 @@ class Faults:
     stuck_in_build: bool = False
     outage: str | None = None  # "reset" | "timeout" | "blackhole" | None
     outage_timeout_seconds: float = 30.0
+    quota_status: int = 403  # 413: Nova's quota refusals the pre-Juno way (overLimit, Retry-After: 0)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "faults") -> Faults:
@@ -81,6 +82,10 @@ def _check(key: str, value: Any, where: str) -> Any:
     if key == "stuck_in_build":
         if not isinstance(value, bool):
             raise ValueError(f"{where}: {value!r} must be true or false")
+        return value
+    if key == "quota_status":
+        if value not in (403, 413) or isinstance(value, bool):
+            raise ValueError(f"{where}: {value!r} must be 403 (Juno and later) or 413 (before Juno)")
         return value
     if key == "outage":
         if value not in (None, *OUTAGES):

@@ -11,7 +11,7 @@ import uuid
 from typing import Any
 from urllib.parse import urlencode
 
-from elastic.lab.cloud.messages import Request, Response, isotime, nova_error
+from elastic.lab.cloud.messages import ApiError, Request, Response, isotime, nova_error
 from elastic.lab.cloud.model import BootSpec, Server
 from elastic.lab.cloud.state import CloudState, Conflict, Invalid, NotFound, QuotaExceeded
 
@@ -103,10 +103,21 @@ def create(cloud: CloudState, req: Request) -> Response:
     except Invalid as exc:
         raise nova_error(400, str(exc)) from None
     except QuotaExceeded as exc:
-        raise nova_error(403, exc.message) from None
+        raise quota_refused(cloud, exc) from None
     reply = {"id": server.id, "links": _links(req, server.id), "OS-DCF:diskConfig": "MANUAL",
              "security_groups": [{"name": g} for g in server.security_groups], "adminPass": secrets.token_urlsafe(9)}
     return Response(202, {"server": reply}, {"Location": f"{compute_base(req)}/servers/{server.id}"})
+
+
+def quota_refused(cloud: CloudState, over: QuotaExceeded | str) -> ApiError:
+    """Nova's quota refusal: 403 forbidden (Juno on); with the fault quota_status 413, pre-Juno's
+    413 overLimit with Retry-After: 0 in the header and, as a string, in the body."""
+    if cloud.gate.faults.quota_status == 413:
+        message = over.legacy_message if isinstance(over, QuotaExceeded) else over
+        error = nova_error(413, message, {"Retry-After": "0"})
+        error.response.body["overLimit"]["retryAfter"] = "0"
+        return error
+    return nova_error(403, over.message if isinstance(over, QuotaExceeded) else over)
 
 
 def _invalid(field: str, value: Any, why: str):
@@ -138,7 +149,7 @@ def _boot_spec(cloud: CloudState, req: Request, server: dict[str, Any]) -> BootS
     user_data = server.get("user_data")
     if user_data is not None:
         _check_user_data(user_data)
-    metadata = _metadata(server.get("metadata", {}))
+    metadata = _metadata(cloud, server.get("metadata", {}))
     key_name = server.get("key_name")
     if key_name is not None and not isinstance(key_name, str):
         raise _invalid("key_name", key_name, "not a string")
@@ -192,7 +203,7 @@ def _check_user_data(user_data: Any) -> None:
         raise _invalid("user_data", user_data[:40], "is not a 'base64'") from None
 
 
-def _metadata(metadata: Any) -> dict[str, str]:
+def _metadata(cloud: CloudState, metadata: Any) -> dict[str, str]:
     if not isinstance(metadata, dict):
         raise _invalid("metadata", metadata, "is not of type 'object'")
     for key, value in metadata.items():
@@ -203,7 +214,7 @@ def _metadata(metadata: Any) -> dict[str, str]:
         if len(value) > 255:
             raise _invalid(f"metadata.{key}", value[:40] + "...", "is too long (maximum 255)")
     if len(metadata) > MAX_METADATA_ITEMS:
-        raise nova_error(403, f"Maximum number of metadata items exceeds {MAX_METADATA_ITEMS}")
+        raise quota_refused(cloud, f"Maximum number of metadata items exceeds {MAX_METADATA_ITEMS}")
     return dict(metadata)
 
 
@@ -333,11 +344,11 @@ def _metadata_write(cloud: CloudState, req: Request, id: str, *, replace: bool) 
     body = req.json()
     if not isinstance(body, dict) or "metadata" not in body:
         raise _invalid("metadata", body, "'metadata' is a required property")
-    new = _metadata(body["metadata"])
+    new = _metadata(cloud, body["metadata"])
     with cloud.lock:
         server = _get(cloud, id)
         merged = new if replace else {**server.metadata, **new}
-        _metadata(merged)
+        _metadata(cloud, merged)
         server.metadata = dict(merged)
         server.updated = cloud.now()
         return Response(200, {"metadata": dict(server.metadata)})
@@ -357,10 +368,10 @@ def metadata_item_put(cloud: CloudState, req: Request, id: str, key: str) -> Res
         raise _invalid("meta", meta, "must hold exactly one item")
     if key not in meta:
         raise nova_error(400, "Request body and URI mismatch")
-    _metadata(meta)
+    _metadata(cloud, meta)
     with cloud.lock:
         server = _get(cloud, id)
-        _metadata({**server.metadata, **meta})
+        _metadata(cloud, {**server.metadata, **meta})
         server.metadata[key] = meta[key]
     return Response(200, {"meta": dict(meta)})
 

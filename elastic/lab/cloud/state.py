@@ -48,6 +48,12 @@ class QuotaExceeded(Exception):
         return (f"Quota exceeded for {join(self.overs)}: Requested {join(self.requested)}, "
                 f"but already used {join(self.used)} of {join(self.allowed)} {join(self.overs)}")
 
+    @property
+    def legacy_message(self) -> str:
+        """Pre-Juno Nova's TooManyInstances: every exceeded resource named, the numbers of the first."""
+        return (f"Quota exceeded for {','.join(self.overs)}: Requested {self.requested[0]}, "
+                f"but already used {self.used[0]} of {self.allowed[0]} {self.overs[0]}")
+
 
 class CloudState:
     def __init__(self, config: CloudConfig, *, clock: Callable[[], float] = time.time,
