@@ -108,3 +108,33 @@ def test_quota_status_413_refuses_like_pre_juno_nova(make_lab, sdk):
     assert caught.value.status_code == 413
     with pytest.raises(ValueError, match="quota_status"):
         lab.set_faults("new", quota_status=500)
+
+
+# ---- 3. Nova's network info cache behind Neutron -----------------------------------------------
+
+def floating(server) -> list[str]:
+    return [a["addr"] for entries in (server.addresses or {}).values() for a in entries
+            if a.get("OS-EXT-IPS:type") == "floating"]
+
+
+def test_floating_ip_cache_lag_hides_floating_ips_from_nova_not_neutron(lab, sdk, eventually):
+    """With floating_ip_cache_lag true Nova's show and list detail omit a floating IP Neutron has associated; a number shows it that many seconds after association; clearing shows it."""
+    conn = sdk(lab)
+    server = conn.compute.wait_for_server(boot(conn, "n1"), wait=10, interval=0.05)
+    port = next(iter(conn.network.ports(device_id=server.id)))
+    public = conn.network.find_network("public")
+    lab.set_faults("lab", floating_ip_cache_lag=True)
+    fip = conn.network.create_ip(floating_network_id=public.id, port_id=port.id)
+    assert [i.floating_ip_address for i in conn.network.ips(port_id=port.id)] == [fip.floating_ip_address]
+    assert conn.network.get_ip(fip.id).fixed_ip_address == port.fixed_ips[0]["ip_address"]
+    assert [p.id for p in conn.network.ports(device_id=server.id)] == [port.id]
+    assert floating(conn.compute.get_server(server.id)) == []
+    assert floating(next(iter(conn.compute.servers(details=True)))) == []
+    assert fip.floating_ip_address in str(lab.servers("lab")[0]["addresses"])  # the lab's own view is the truth
+    lab.clear_faults("lab")
+    assert floating(conn.compute.get_server(server.id)) == [fip.floating_ip_address]
+    conn.network.update_ip(fip, port_id=None)
+    lab.set_faults("lab", floating_ip_cache_lag=0.5)
+    conn.network.update_ip(fip, port_id=port.id)
+    assert floating(conn.compute.get_server(server.id)) == []
+    eventually(lambda: floating(conn.compute.get_server(server.id)) == [fip.floating_ip_address], timeout=3)

@@ -27,6 +27,9 @@ class Faults:
     stuck_in_build: bool = False
     outage: str | None = None  # "reset" | "timeout" | "blackhole" | None
     outage_timeout_seconds: float = 30.0
+    # Nova's network info cache behind Neutron: True hides floating IPs from Nova's server views;
+    # a number N shows each only N seconds after its association (a cache heal).
+    floating_ip_cache_lag: bool | float = False
     quota_status: int = 403  # 413: Nova's quota refusals the pre-Juno way (overLimit, Retry-After: 0)
 
     @classmethod
@@ -83,6 +86,12 @@ def _check(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, bool):
             raise ValueError(f"{where}: {value!r} must be true or false")
         return value
+    if key == "floating_ip_cache_lag":
+        if isinstance(value, bool):
+            return value
+        if not isinstance(value, (int, float)) or not 0 <= value < math.inf:
+            raise ValueError(f"{where}: {value!r} must be true, false, or a number of seconds >= 0")
+        return float(value)
     if key == "quota_status":
         if value not in (403, 413) or isinstance(value, bool):
             raise ValueError(f"{where}: {value!r} must be 403 (Juno and later) or 413 (before Juno)")

@@ -90,6 +90,7 @@ class FloatingIp:
     created: float
     port_id: str | None = None
     fixed_ip: str | None = None
+    associated_at: float | None = None  # monotonic
 
 
 @dataclass

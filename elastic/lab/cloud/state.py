@@ -330,7 +330,7 @@ class CloudState:
         # Neutron keeps the floating IP allocated, only disassociated, when its port goes away.
         for fip in self.floating_ips.values():
             if fip.port_id == port.id:
-                fip.port_id = fip.fixed_ip = None
+                fip.port_id = fip.fixed_ip = fip.associated_at = None
         self.networks[port.network_id].subnet.release(port.ip)
         del self.ports[port.id]
 
@@ -373,7 +373,7 @@ class CloudState:
             if fip is None:
                 raise NotFound("floatingip", fip_id)
             if port_id is None:
-                fip.port_id = fip.fixed_ip = None
+                fip.port_id = fip.fixed_ip = fip.associated_at = None
                 return fip
             port = self.ports.get(port_id)
             if port is None:
@@ -383,6 +383,8 @@ class CloudState:
                 raise Conflict(f"Cannot associate floating IP {fip.address} ({fip.id}) with port {port_id} using fixed "
                                f"IP {port.ip}, as that fixed IP already has a floating IP on external network "
                                f"{other.network_id}.")
+            if fip.port_id != port.id:
+                fip.associated_at = self._monotonic()
             fip.port_id, fip.fixed_ip = port.id, port.ip
             return fip
 
@@ -395,6 +397,15 @@ class CloudState:
 
     def floating_ip_for_port(self, port_id: str) -> FloatingIp | None:
         return next((f for f in self.floating_ips.values() if f.port_id == port_id), None)
+
+    def in_nova_cache(self, fip: FloatingIp) -> bool:
+        """Does Nova's network info cache show this associated floating IP yet (floating_ip_cache_lag)?"""
+        lag = self.gate.faults.floating_ip_cache_lag
+        if lag is False:
+            return True
+        if lag is True or fip.associated_at is None:
+            return False
+        return self._monotonic() - fip.associated_at >= lag
 
 
 def _mac(cloud: str, serial: int) -> str:
