@@ -138,3 +138,59 @@ def test_floating_ip_cache_lag_hides_floating_ips_from_nova_not_neutron(lab, sdk
     conn.network.update_ip(fip, port_id=port.id)
     assert floating(conn.compute.get_server(server.id)) == []
     eventually(lambda: floating(conn.compute.get_server(server.id)) == [fip.floating_ip_address], timeout=3)
+
+
+# ---- 4. credentials expiring mid-run -------------------------------------------------------------
+
+def password_auth(lab, cloud: str = "lab") -> requests.Response:
+    auth = lab.clouds[cloud].config.auth
+    body = {"auth": {"identity": {"methods": ["password"], "password": {"user": {
+        "name": auth["username"], "password": auth["password"], "domain": {"name": auth["user_domain_name"]}}}},
+        "scope": {"project": {"name": auth["project_name"], "domain": {"name": auth["project_domain_name"]}}}}}
+    return requests.post(f"{lab.auth_url(cloud)}/auth/tokens", json=body, timeout=5)
+
+
+def test_expired_credentials_fail_every_token_and_every_new_authentication(lab, sdk):
+    """expire_credentials: old tokens get 401 from every service, POST /v3/auth/tokens is 401 with Keystone's body, the SDK raises Unauthorized; restore_credentials lets the SDK re-authenticate, the old token stays revoked."""
+    conn = sdk(lab)
+    conn.authorize()
+    old_token = conn.auth_token
+    lab.expire_credentials("lab")
+    assert lab.faults("lab")["auth_fails"] is True
+    for path in ("/compute/v2.1/servers", "/image/v2/images", "/network/v2.0/networks"):
+        answer = requests.get(f"{lab.url}/lab{path}", headers={"X-Auth-Token": old_token}, timeout=5)
+        assert answer.status_code == 401 and answer.headers["WWW-Authenticate"].startswith("Keystone uri=")
+        assert answer.json()["error"]["code"] == 401
+    refused = password_auth(lab)
+    assert refused.status_code == 401 and "X-Subject-Token" not in refused.headers
+    assert refused.json() == {"error": {"code": 401, "title": "Unauthorized",
+                                        "message": "The request you have made requires authentication."}}
+    assert refused.headers["WWW-Authenticate"] == f'Keystone uri="{lab.url}/lab/identity"'
+    with pytest.raises(keystoneauth1.exceptions.Unauthorized):
+        list(conn.compute.servers())
+    lab.restore_credentials("lab")
+    assert list(conn.compute.servers()) == [] and conn.auth_token != old_token
+    assert requests.get(f"{lab.url}/lab/compute/v2.1/servers", headers={"X-Auth-Token": old_token},
+                        timeout=5).status_code == 401
+
+
+def test_revoked_tokens_are_401_and_the_sdk_reauthenticates(lab, sdk):
+    """revoke_tokens: the old token is 401 everywhere, authentication still works, so the SDK's next call re-authenticates and succeeds."""
+    conn = sdk(lab)
+    conn.authorize()
+    old_token = conn.auth_token
+    assert lab.revoke_tokens("lab") == 1
+    assert requests.get(f"{lab.url}/lab/network/v2.0/ports", headers={"X-Auth-Token": old_token},
+                        timeout=5).status_code == 401
+    lab.reset_requests()
+    assert list(conn.network.ports()) == []
+    assert lab.request_counts("lab")["POST /identity/v3/auth/tokens"] == 1 and conn.auth_token != old_token
+
+
+def test_auth_fails_from_the_control_endpoint(lab, sdk):
+    """POST /_lab/faults/<cloud> {"auth_fails": true} refuses authentication; DELETE clears it."""
+    requests.post(f"{lab.url}/_lab/faults/lab", json={"auth_fails": True}, timeout=5).raise_for_status()
+    assert password_auth(lab).status_code == 401
+    requests.delete(f"{lab.url}/_lab/faults/lab", timeout=5).raise_for_status()
+    assert password_auth(lab).status_code == 201
+    assert list(sdk(lab).compute.servers()) == []

@@ -30,6 +30,9 @@ class Faults:
     # Nova's network info cache behind Neutron: True hides floating IPs from Nova's server views;
     # a number N shows each only N seconds after its association (a cache heal).
     floating_ip_cache_lag: bool | float = False
+    # Credentials expired: Keystone refuses every authentication (401) and no token is valid; the
+    # tokens held when it was set stay revoked after it is cleared.
+    auth_fails: bool = False
     quota_status: int = 403  # 413: Nova's quota refusals the pre-Juno way (overLimit, Retry-After: 0)
 
     @classmethod
@@ -82,7 +85,7 @@ def _check(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
             raise ValueError(f"{where}: {value!r} must be a list of flavor names")
         return tuple(value)
-    if key == "stuck_in_build":
+    if key in ("stuck_in_build", "auth_fails"):
         if not isinstance(value, bool):
             raise ValueError(f"{where}: {value!r} must be true or false")
         return value

@@ -90,9 +90,10 @@ def issue(cloud: CloudState, req: Request) -> Response:
         ok = cred is not None
     else:
         ok = False
-    if not ok:
-        raise keystone_error(401, _UNAUTHORIZED)
-    token = cloud.issue_token(methods, cred)
+    token = cloud.issue_token(methods, cred) if ok else None  # None also while the fault auth_fails holds
+    if token is None:
+        # Keystone hides why (wrong secret, expired credential) and points at itself.
+        raise keystone_error(401, _UNAUTHORIZED, {"WWW-Authenticate": f'Keystone uri="{req.base_url}/identity"'})
     return Response(201, {"token": _token_body(cloud, req, token)}, {"X-Subject-Token": token.id})
 
 

@@ -130,12 +130,27 @@ class LabCloud:
                                               age_seconds=age_seconds)
 
     def set_faults(self, cloud: str, **faults: Any) -> dict[str, Any]:
-        gate = self._cloud(cloud).gate
-        gate.replace(gate.faults.merged(faults, where=f"faults of {cloud}"))
-        return gate.faults.as_dict()
+        state = self._cloud(cloud)
+        with state.lock:
+            state.apply_faults(state.gate.faults.merged(faults, where=f"faults of {cloud}"))
+            return state.gate.faults.as_dict()
 
     def clear_faults(self, cloud: str) -> None:
-        self._cloud(cloud).gate.replace(Faults())
+        self._cloud(cloud).apply_faults(Faults())
+
+    def expire_credentials(self, cloud: str) -> None:
+        """The cloud's credentials stop working mid-run: every token it issued is revoked and Keystone
+        answers each authentication with 401 until restore_credentials() (the fault auth_fails)."""
+        self.set_faults(cloud, auth_fails=True)
+
+    def restore_credentials(self, cloud: str) -> None:
+        """Authentication works again; the tokens revoked by expire_credentials() stay revoked."""
+        self.set_faults(cloud, auth_fails=False)
+
+    def revoke_tokens(self, cloud: str) -> int:
+        """Revoke every token of the cloud (services answer 401); new authentication still works, so
+        keystoneauth re-authenticates transparently. Returns how many were revoked."""
+        return self._cloud(cloud).revoke_tokens()
 
     def faults(self, cloud: str) -> dict[str, Any]:
         return self._cloud(cloud).gate.faults.as_dict()

@@ -75,9 +75,9 @@ def neutron_error(status: int, kind: str, message: str) -> ApiError:
     return ApiError(status, {"NeutronError": {"type": kind, "message": message, "detail": ""}})
 
 
-def keystone_error(status: int, message: str) -> ApiError:
+def keystone_error(status: int, message: str, headers: dict[str, str] | None = None) -> ApiError:
     title = _KEYSTONE_TITLES.get(status, "Error")
-    return ApiError(status, {"error": {"code": status, "title": title, "message": message}})
+    return ApiError(status, {"error": {"code": status, "title": title, "message": message}}, headers)
 
 
 def glance_error(status: int, message: str) -> ApiError:

@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable
 
 from elastic.lab.cloud.config import CloudConfig, FlavorSpec
-from elastic.lab.cloud.faults import FaultGate
+from elastic.lab.cloud.faults import FaultGate, Faults
 from elastic.lab.cloud.model import (BootSpec, FloatingIp, Flavor, HookEvent, Image, Network, Port, Server, Subnet,
                                      Token, new_id, stable_id)
 
@@ -95,8 +95,11 @@ class CloudState:
 
     # ---- tokens ----------------------------------------------------------------------------
 
-    def issue_token(self, methods: list[str], application_credential: dict[str, str] | None = None) -> Token:
+    def issue_token(self, methods: list[str], application_credential: dict[str, str] | None = None) -> Token | None:
+        """A new token, or None while the fault auth_fails refuses every authentication."""
         with self.lock:
+            if self.gate.faults.auth_fails:
+                return None
             now = self.now()
             for stale in [t for t in self.tokens.values() if t.expires <= now]:
                 del self.tokens[stale.id]
@@ -108,7 +111,22 @@ class CloudState:
     def token_valid(self, token_id: str | None) -> bool:
         with self.lock:
             token = self.tokens.get(token_id or "")
-            return token is not None and token.expires > self.now()
+            return token is not None and token.expires > self.now() and not self.gate.faults.auth_fails
+
+    def revoke_tokens(self) -> int:
+        """Every token issued so far is invalid from now on (a password change, a revocation event)."""
+        with self.lock:
+            count = len(self.tokens)
+            self.tokens.clear()
+            return count
+
+    def apply_faults(self, faults: Faults) -> None:
+        """Replace the faults; auth_fails turning on revokes every token, as when the credential
+        behind them expires or its password changes."""
+        with self.lock:
+            if faults.auth_fails and not self.gate.faults.auth_fails:
+                self.tokens.clear()
+            self.gate.replace(faults)
 
     # ---- catalogue -------------------------------------------------------------------------
 
