@@ -194,3 +194,32 @@ def test_auth_fails_from_the_control_endpoint(lab, sdk):
     requests.delete(f"{lab.url}/_lab/faults/lab", timeout=5).raise_for_status()
     assert password_auth(lab).status_code == 201
     assert list(sdk(lab).compute.servers()) == []
+
+
+# ---- 5. an image removed while servers run -------------------------------------------------------
+
+def test_removed_image_fails_creates_the_way_nova_does(lab, sdk):
+    """After remove_image a create with the old image id is Nova's 400 badRequest "Can not find requested image" (boot from volume: Nova's InvalidBDMImage), find_image by name finds nothing, and a server already running from it still shows it."""
+    conn = sdk(lab)
+    running = conn.compute.wait_for_server(boot(conn, "n1"), wait=10, interval=0.05)
+    image_id = conn.image.find_image("debian-12").id
+    flavor_id = conn.compute.find_flavor("m1.small").id
+    network_id = conn.network.find_network("private").id
+    lab.remove_image("lab", "debian-12")
+    assert conn.image.find_image("debian-12") is None
+    assert list(conn.image.images(name="debian-12")) == []
+    with pytest.raises(openstack.exceptions.NotFoundException):
+        conn.image.get_image(image_id)
+    with pytest.raises(openstack.exceptions.BadRequestException) as caught:
+        conn.compute.create_server(name="n2", flavor_id=flavor_id, image_id=image_id, networks=[{"uuid": network_id}])
+    assert caught.value.response.json() == {"badRequest": {"code": 400, "message": "Can not find requested image"}}
+    with pytest.raises(openstack.exceptions.BadRequestException) as caught:
+        conn.compute.create_server(name="n3", flavor_id=flavor_id, image_id="", networks=[{"uuid": network_id}],
+                                   block_device_mapping=[{"boot_index": 0, "uuid": image_id, "source_type": "image",
+                                                          "destination_type": "volume", "volume_size": 10,
+                                                          "delete_on_termination": True}])
+    assert caught.value.response.json()["badRequest"]["message"] == (
+        f"Block Device Mapping is Invalid: failed to get image {image_id}.")
+    assert [s["name"] for s in lab.servers("lab")] == ["n1"]
+    shown = conn.compute.get_server(running.id)
+    assert shown.status == "ACTIVE" and shown.image.id == image_id

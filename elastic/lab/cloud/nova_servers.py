@@ -175,7 +175,8 @@ def _check_boot_volume(cloud: CloudState, mappings: Any) -> None:
         raise nova_error(400, "Block Device Mapping is Invalid: Boot sequence for the instance and image/block device "
                               "mapping combination is not valid.")
     if boot.get("source_type") == "image" and boot.get("uuid") not in cloud.images:
-        raise nova_error(400, f"Image {boot.get('uuid')} could not be found.")
+        # Nova's InvalidBDMImage (block_device.get_bdm_image_metadata), not its ImageNotFound.
+        raise nova_error(400, f"Block Device Mapping is Invalid: failed to get image {boot.get('uuid')}.")
 
 
 def _network_list(networks: Any) -> list[dict[str, str]]:
