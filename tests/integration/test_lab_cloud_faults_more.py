@@ -223,3 +223,34 @@ def test_removed_image_fails_creates_the_way_nova_does(lab, sdk):
     assert [s["name"] for s in lab.servers("lab")] == ["n1"]
     shown = conn.compute.get_server(running.id)
     assert shown.status == "ACTIVE" and shown.image.id == image_id
+
+
+# ---- 6. /limits usage ----------------------------------------------------------------------------
+
+def test_limits_usage_follows_creates_and_deletes(lab, sdk, eventually):
+    """GET /limits totalInstancesUsed, totalCoresUsed and totalRAMUsed count each server from its create (BUILD, ACTIVE, ERROR alike) until its delete completes."""
+    conn = sdk(lab)
+    lab.set_quota("lab", instances=5, cores=10, ram=20480)
+
+    def used():
+        absolute = conn.compute.get_limits().absolute
+        return (absolute.instances_used, absolute.total_cores_used, absolute.total_ram_used,
+                absolute.instances, absolute.total_cores, absolute.total_ram)
+
+    assert used() == (0, 0, 0, 5, 10, 20480)
+    lab.set_faults("lab", stuck_in_build=True)
+    small = boot(conn, "small")  # m1.small: 1 vCPU, 2048 MB
+    assert used() == (1, 1, 2048, 5, 10, 20480)  # counted while still in BUILD
+    lab.clear_faults("lab")
+    medium = conn.compute.create_server(name="medium", flavor_id=conn.compute.find_flavor("m1.medium").id,
+                                        image_id=conn.image.find_image("debian-12").id,
+                                        networks=[{"uuid": conn.network.find_network("private").id}])
+    lab.set_faults("lab", no_valid_host_flavors=["m1.small"])
+    broken = boot(conn, "broken")
+    assert conn.compute.wait_for_server(broken, status="ERROR", failures=[], wait=10, interval=0.05).status == "ERROR"
+    assert used() == (3, 4, 8192, 5, 10, 20480)
+    conn.compute.delete_server(medium)
+    eventually(lambda: used()[:3] == (2, 2, 4096))
+    for server in (small, broken):
+        conn.compute.delete_server(server)
+    eventually(lambda: used()[:3] == (0, 0, 0))
