@@ -28,7 +28,9 @@ META_NODE = "elastic_node"
 META_POOL = "elastic_pool"
 
 Name = Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")]
-Seconds = Annotated[float, Field(gt=0)]
+# Finite only: YAML reads `.inf` and `.nan` as floats. An infinite timeout or cooldown would make a
+# flow wait (or skip a cloud) forever; nan gets "should be a finite number", not a puzzling bound.
+Seconds = Annotated[float, Field(gt=0, allow_inf_nan=False)]
 
 
 class _Model(BaseModel):
@@ -44,8 +46,8 @@ class CloudConfig(_Model):
     region: str | None = None
     max_parallel: Annotated[int, Field(ge=1, le=256)] = 8
     api_timeout: Seconds = 60
-    rate: Annotated[float, Field(ge=0)] = 10  # requests per second we allow ourselves; 0 = no cap
-    cooldown: Annotated[float, Field(ge=0)] = 600  # skip this cloud for a pool after quota/capacity
+    rate: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10  # requests per second we allow ourselves; 0 = no cap
+    cooldown: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 600  # skip this cloud for a pool after quota/capacity
 
 
 class SlurmNode(_Model):
