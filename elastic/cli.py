@@ -65,6 +65,9 @@ def _read_resume_file_now() -> tuple[str | None, str | None]:
 
 def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_text: str | None = None,
               resume_file_error: str | None = None) -> int:
+    """One program run: bad input (config, hostlist) is refused with exit 2 and no side effect;
+    from then on the run fails closed: whatever breaks, every node gets a Slurm state whose reason
+    starts with `elastic:` (exit 1)."""
     from elastic.config import config_from_env
 
     interactive = not process.started_detached() and sys.stderr.isatty()
@@ -78,24 +81,51 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
     log = logs.configure_logging(log_file=config.log_file, run_id=logs.new_run_id(), command=command,
                                  interactive=interactive, level=config.log_level)
     try:
-        nodes = hostlists.expand(hostlist)
+        # Slurm never asks for more nodes than slurm.conf has, which elastic slurm-conf writes from
+        # the pools: a longer hostlist is a mistake, refused before it is expanded.
+        nodes = hostlists.expand(hostlist, limit=max(len(config.node_owners), 1))
         jobs = _jobs_of(resume_file_text, resume_file_error, log)
-        from elastic.runtime import make_services
-
-        services = make_services(config, log)
-    except (UsageError, ConfigError, SlurmError) as error:
+    except UsageError as error:
         log.error(f"{command}.refused", error=str(error))
         return _fatal(error)
     log.info(f"{command}.start", nodes=nodes, count=len(nodes), jobs=jobs)
-    from elastic import power
+    try:
+        from elastic import power
+        from elastic.runtime import make_services
 
-    flow: Callable = {"resume": power.resume, "suspend": power.suspend, "resume-fail": power.resume_fail}[command]
-    outcome = flow(nodes, services)
+        services = make_services(config, log)
+        flow: Callable = {"resume": power.resume, "suspend": power.suspend, "resume-fail": power.resume_fail}[command]
+        outcome = flow(nodes, services)
+    except Exception as error:  # noqa: BLE001 - fail closed: a local fault or our own bug
+        return _fail_closed(command, nodes, error, config, log)
     log.info(f"{command}.done", served=len(outcome.served), failed=outcome.failures_by_kind(),
-             cancelled=sorted(outcome.cancelled), exit=outcome.exit_code)
+             cancelled=sorted(outcome.cancelled), deferred=outcome.deferred, exit=outcome.exit_code)
     if interactive or not process.started_detached():
         _print_outcome(outcome)
     return outcome.exit_code
+
+
+# The state a node gets when its run broke: resume requeues the job now (the node returns to idle~);
+# after suspend or resume-fail nobody knows whether the server is gone, so the node stays DOWN.
+_FAIL_CLOSED_STATES = {"resume": ("power_down_force",), "suspend": ("down",), "resume-fail": ("down",)}
+
+
+def _fail_closed(command: str, nodes: list[str], error: Exception, config, log) -> int:
+    from elastic.power.outcome import internal_failure
+    from elastic.runtime import make_slurm
+
+    failure = internal_failure(error)
+    log.error(f"{command}.failed_closed", nodes=nodes, reason=failure.reason, exc_info=not isinstance(error, ElasticError))
+    states = _FAIL_CLOSED_STATES[command]
+    try:
+        slurm = make_slurm(config)
+        for state in states:
+            slurm.set_state(nodes, state, failure.reason)
+        log.info("slurm.set_state", nodes=nodes, state=",".join(states), reason=failure.reason)
+    except SlurmError as slurm_error:
+        log.error("slurm.set_state", ok=False, nodes=nodes, state=",".join(states), error=str(slurm_error))
+    print(f"elastic: error: {failure.reason}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _jobs_of(text: str | None, error: str | None, log) -> list[dict]:
@@ -120,6 +150,9 @@ def _print_outcome(outcome) -> None:
         print(f"{node}: ok{' ' + address if address else ''}", file=sys.stderr)
     for node in sorted(outcome.cancelled):
         print(f"{node}: cancelled (deleted while booting)", file=sys.stderr)
+    for node, clouds in sorted(outcome.deferred.items()):
+        print(f"{node}: delete deferred on {', '.join(clouds)} (not answering; retried by the next run "
+              "or elastic reconcile)", file=sys.stderr)
     for node, failure in sorted(outcome.failed.items()):
         print(f"{node}: failed: {failure.reason}", file=sys.stderr)
 

@@ -125,6 +125,7 @@ class Cloud(Protocol):
     def release_floating_ips(self, server_id: str) -> None: ...
     def flavor(self, name: str) -> Flavor: ...
     def limits(self) -> Limits: ...
+    def probe(self, timeout: float) -> None: ...
 
 
 def is_ours(server_metadata: Mapping[str, str], cluster: str) -> bool:
@@ -145,24 +146,35 @@ class OpenStackCloud:
 
     # ---- connection --------------------------------------------------------------------------
 
-    def connect(self) -> None:
+    def connect(self, timeout: float | None = None) -> None:
+        """Authenticate and discover the endpoints, each request waiting at most `timeout` seconds
+        (api_timeout when None); later requests wait api_timeout."""
         with self._connect_lock:
             if self._conn is not None:
                 return
             with self._translated("connect"):
-                self._conn = self._build_connection()
+                conn = self._build_connection()
+                # keystoneauth reads Session.timeout on every request.
+                conn.session.timeout = float(timeout if timeout is not None else self._config.api_timeout)
                 # Authenticate and build the proxies once, before any worker thread uses them.
-                self._conn.authorize()
-                for proxy in (self._conn.compute, self._conn.network, self._conn.image):
+                conn.authorize()
+                for proxy in (conn.compute, conn.network, conn.image):
                     proxy.get_endpoint()
+                conn.session.timeout = float(self._config.api_timeout)
+                self._conn = conn
+
+    def probe(self, timeout: float) -> None:
+        """Is the cloud answering? Keystone and each service's discovery, `timeout` seconds each.
+        A connected cloud answered already."""
+        self.connect(timeout)
 
     def _build_connection(self) -> Any:
         import openstack
         from openstack.config import loader
 
-        if not self._config.clouds_yaml.is_file():
-            raise CloudError(CloudErrorKind.CONFIG, f"clouds.yaml {self._config.clouds_yaml} is not a readable file",
-                             cloud=self.name)
+        for what, path in (("clouds.yaml", self._config.clouds_yaml), ("secure.yaml", self._config.secure_yaml)):
+            if path is not None and not path.is_file():
+                raise CloudError(CloudErrorKind.CONFIG, f"{what} {path} is not a readable file", cloud=self.name)
         # Under slurmctld there is no HOME and the cwd is arbitrary: name the files, ignore OS_* vars.
         config = loader.OpenStackConfig(
             config_files=[str(self._config.clouds_yaml)],
@@ -340,15 +352,24 @@ def classify_exception(exc: BaseException, *, cloud: str = "", action: str = "")
     import requests
 
     prefix = f"{action}: " if action else ""
-    unreachable = (ksa.ConnectTimeout, ksa.ConnectFailure, ksa.ConnectionError,
-                   requests.exceptions.ConnectionError, requests.exceptions.Timeout)
-    if any(isinstance(link, unreachable) for link in _chain(exc)):
+    chain = list(_chain(exc))
+    # keystoneauth raises ConnectTimeout for every timeout, connecting or waiting for the reply.
+    if any(isinstance(link, ksa.ConnectTimeout | requests.exceptions.Timeout) for link in chain):
+        return CloudError(CloudErrorKind.UNREACHABLE, f"{prefix}no answer in time", cloud=cloud, final=True)
+    unreachable = (ksa.ConnectFailure, ksa.ConnectionError, requests.exceptions.ConnectionError)
+    if any(isinstance(link, unreachable) for link in chain):
         # keystoneauth reports a reset during version discovery as a DiscoveryFailure (an
         # "auth_url is wrong" message) raised while handling the connection error.
-        return CloudError(CloudErrorKind.TRANSIENT, f"{prefix}cannot reach the cloud ({type(exc).__name__})", cloud=cloud)
+        return CloudError(CloudErrorKind.UNREACHABLE, f"{prefix}cannot connect ({type(exc).__name__})", cloud=cloud)
     # Connection.authorize() re-raises keystoneauth's Unauthorized as a bare SDKException.
-    if any(isinstance(link, ksa.Unauthorized) for link in _chain(exc)):
+    if any(isinstance(link, ksa.Unauthorized) for link in chain):
         return CloudError(CloudErrorKind.AUTH, f"{prefix}authentication failed", cloud=cloud, status=401)
+    # A 5xx or 429 during version discovery is wrapped in a DiscoveryFailure too: the server's
+    # trouble, not a wrong auth_url.
+    busy = next((link for link in chain if isinstance(link, ksa.HttpError) and link is not exc
+                 and (link.http_status or 0) in (429, *range(500, 600))), None)
+    if busy is not None and not isinstance(exc, ksa.HttpError | sdk.HttpException):
+        return _classify_status(busy.http_status, _first_line(busy), prefix, cloud, busy.response)
     if isinstance(exc, ksa.DiscoveryFailure | ksa.EndpointNotFound | sdk.EndpointNotFound | sdk.ConfigException):
         return CloudError(CloudErrorKind.CONFIG, f"{prefix}{_first_line(exc)}", cloud=cloud)
     if isinstance(exc, ksa.HttpError) and not isinstance(exc, sdk.HttpException):
@@ -377,8 +398,9 @@ def _classify_status(status: int | None, detail: str, prefix: str, cloud: str, r
         # Nova answers 403 both for quota and for policy; only the message tells them apart.
         kind = CloudErrorKind.QUOTA if quota_words else CloudErrorKind.AUTH
     elif status == 413:
-        # Pre-Juno Nova used 413 for quota; 413 overLimit with Retry-After is a rate limit.
-        kind = CloudErrorKind.QUOTA if quota_words and retry_after is None else CloudErrorKind.RATE_LIMITED
+        # Pre-Juno Nova answered quota with 413 overLimit "Quota exceeded ..." and Retry-After: 0;
+        # a 413 without quota words is a rate limit (an old rate-limit middleware or a proxy).
+        kind = CloudErrorKind.QUOTA if quota_words else CloudErrorKind.RATE_LIMITED
     elif status == 429:
         kind = CloudErrorKind.RATE_LIMITED
     elif status == 404:
@@ -388,10 +410,10 @@ def _classify_status(status: int | None, detail: str, prefix: str, cloud: str, r
         kind = CloudErrorKind.QUOTA if quota_words else CloudErrorKind.CONFLICT
     elif status == 400:
         kind = CloudErrorKind.CONFIG
-    elif status is not None and status >= 500:
-        kind = CloudErrorKind.TRANSIENT
     else:
-        kind = CloudErrorKind.TRANSIENT
+        kind = CloudErrorKind.TRANSIENT  # 5xx, and whatever else we cannot place
+    if kind is CloudErrorKind.QUOTA:
+        retry_after = None  # waiting does not free quota
     return CloudError(kind, f"{prefix}{detail}", cloud=cloud, status=status, retry_after=retry_after)
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from elastic import hostlists
 from elastic.errors import ConfigError, UsageError
@@ -48,6 +48,8 @@ class CloudConfig(_Model):
     api_timeout: Seconds = 60
     rate: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10  # requests per second we allow ourselves; 0 = no cap
     cooldown: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 600  # skip this cloud for a pool after quota/capacity
+    # A cloud that gave no answer is probed by the next runs with this timeout until it answers.
+    probe_timeout: Seconds = 10
 
 
 class SlurmNode(_Model):
@@ -192,15 +194,21 @@ class Config(_Model):
                 owner[node] = pool_name
         return self
 
+    _owners: tuple[Any, dict[str, str]] | None = PrivateAttr(default=None)
+
+    @property
+    def node_owners(self) -> dict[str, str]:
+        """Node name -> its pool's name, expanded once per `pools` (a model_copy may replace them)."""
+        if self._owners is None or self._owners[0] is not self.pools:
+            self._owners = (self.pools, {node: name for name, pool in self.pools.items() for node in pool.node_names})
+        return self._owners[1]
+
     def pool_of(self, node: str) -> str | None:
-        for pool_name, pool in self.pools.items():
-            if node in pool.node_names:
-                return pool_name
-        return None
+        return self.node_owners.get(node)
 
     def split_by_pool(self, nodes: typing.Iterable[str]) -> tuple[dict[str, list[str]], list[str]]:
         """Group nodes by pool; the second value lists nodes that are in no pool."""
-        owner = {node: name for name, pool in self.pools.items() for node in pool.node_names}
+        owner = self.node_owners
         by_pool: dict[str, list[str]] = {}
         unknown: list[str] = []
         for node in nodes:

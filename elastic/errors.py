@@ -83,10 +83,12 @@ class CloudError(ElasticError):
         cloud: str = "",
         status: int | None = None,
         retry_after: float | None = None,
-        timed_out: bool = False,
+        final: bool = False,
     ):
         self.kind = kind
-        self.timed_out = timed_out  # no reply within api_timeout: sending again costs as much again
+        # No retry in this run will help: the cloud gave no reply within api_timeout (sending again
+        # costs as much again), or it is known to be down for this run.
+        self.final = final
         self.message = message
         self.cloud = cloud
         self.status = status
@@ -95,7 +97,7 @@ class CloudError(ElasticError):
 
     @property
     def retryable(self) -> bool:
-        return self.kind in RETRYABLE_KINDS
+        return self.kind in RETRYABLE_KINDS and not self.final
 
     def __str__(self) -> str:
         where = f"{self.cloud}: " if self.cloud else ""

@@ -1,4 +1,10 @@
-"""What one run leaves for the next: cloud failures (for a cool-down) and node resume failures.
+"""What one run leaves for the next, in one small JSON file in the state dir:
+
+- clouds: a pool's cloud that refused with quota/capacity (for a cool-down);
+- health: clouds that did not answer (a circuit breaker: the next runs probe them briefly);
+- problems: a cloud's permanent errors per pool (auth, config, a missing image), for status/check;
+- pending: deletes that could not happen (the cloud did not answer), retried when it does;
+- nodes: node resume failures (ResumeFail's repeated-failure policy).
 
 Each Slurm program is a short process, so memory between runs lives in one small JSON file in the
 state dir. Every change is one read-modify-write under a file lock, written to a temporary file
@@ -21,7 +27,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from elastic.errors import ConfigError, LockTimeout
+from elastic.errors import ElasticError
 from elastic.locks import exclusive_lock
 
 # A node that keeps failing is cut off long before this; the cap only bounds the file.
@@ -54,13 +60,84 @@ class History:
             if not pools:
                 data["clouds"].pop(cloud, None)
 
+    # ---- health: a cloud that did not answer is probed briefly by the next runs ------------------
+
+    def clouds_down(self) -> dict[str, dict[str, Any]]:
+        """{cloud: {"since": t, "error": text}} for clouds whose last call got no answer."""
+        return self._read()["health"]
+
+    def mark_cloud_down(self, cloud: str, error: str, now: float) -> None:
+        with self._update() as data:
+            since = data["health"].get(cloud, {}).get("since", now)
+            data["health"][cloud] = {"since": since, "error": error, "at": now}
+
+    def mark_cloud_up(self, cloud: str) -> None:
+        with self._update() as data:
+            data["health"].pop(cloud, None)
+
+    # ---- problems: permanent errors of a cloud for a pool, until it serves the pool again -------
+
+    def problems(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{cloud: {pool: {"kind", "error", "at"}}}."""
+        return self._read()["problems"]
+
+    def record_problem(self, cloud: str, pool: str, kind: str, error: str, now: float) -> None:
+        with self._update() as data:
+            data["problems"].setdefault(cloud, {})[pool] = {"kind": kind, "error": error, "at": now}
+
+    def clear_problem(self, cloud: str, pool: str) -> None:
+        with self._update() as data:
+            pools = data["problems"].get(cloud, {})
+            pools.pop(pool, None)
+            if not pools:
+                data["problems"].pop(cloud, None)
+
+    # ---- pending deletes: servers that may sit on a cloud that did not answer ------------------
+
+    def pending_deletes(self) -> dict[str, dict[str, dict[str, Any]]]:
+        """{node: {cloud: {"since": t, "why": text}}}: every server of ours named for the node on that
+        cloud is to be deleted (none may be adopted) once the cloud answers."""
+        return self._read()["pending"]
+
+    def add_pending_deletes(self, entries: dict[str, dict[str, str]], now: float) -> None:
+        """`entries`: {node: {cloud: why}}; an entry already pending keeps its first time and why."""
+        if not any(entries.values()):
+            return
+        with self._update() as data:
+            for node, clouds in entries.items():
+                for cloud, why in clouds.items():
+                    data["pending"].setdefault(node, {}).setdefault(cloud, {"since": now, "why": why})
+
+    def clear_pending_deletes(self, node_clouds: dict[str, list[str]]) -> None:
+        if not any(cloud in self._read()["pending"].get(node, {}) for node, clouds in node_clouds.items()
+                   for cloud in clouds):
+            return
+        with self._update() as data:
+            for node, clouds in node_clouds.items():
+                entry = data["pending"].get(node, {})
+                for cloud in clouds:
+                    entry.pop(cloud, None)
+                if not entry:
+                    data["pending"].pop(node, None)
+
     # ---- nodes: repeated resume failures leave a node DOWN instead of burning quota -------------
 
     def record_node_failure(self, node: str, now: float) -> None:
+        self.record_node_failures([node], now)
+
+    def record_node_failures(self, nodes: list[str], now: float, window_seconds: float | None = None) -> dict[str, int]:
+        """Count one failure for each node, in one locked write; returns each node's failures within
+        `window_seconds` before `now` (all kept ones when None), older ones being forgotten."""
+        counts: dict[str, int] = {}
         with self._update() as data:
-            times = data["nodes"].setdefault(node, [])
-            times.append(now)
-            del times[:-MAX_NODE_FAILURES]
+            for node in dict.fromkeys(nodes):
+                times = data["nodes"].setdefault(node, [])
+                if window_seconds is not None:
+                    times[:] = [t for t in times if now - t < window_seconds]
+                times.append(now)
+                del times[:-MAX_NODE_FAILURES]
+                counts[node] = len(times)
+        return counts
 
     def node_failures(self, node: str, now: float, window_seconds: float) -> int:
         """Failures of `node` within `window_seconds` before `now`; older ones are forgotten."""
@@ -87,7 +164,7 @@ class History:
         with contextlib.ExitStack() as held:
             try:
                 held.enter_context(exclusive_lock(self.path.with_name(self.path.name + ".lock"), self.lock_timeout))
-            except (LockTimeout, ConfigError) as error:
+            except ElasticError as error:
                 self.on_error(f"history change not saved: {error}")
                 yield self._read()
                 return
@@ -107,11 +184,11 @@ class History:
     def _write(self, data: dict[str, Any]) -> None:
         directory = self.path.parent
         try:
-            directory.mkdir(mode=0o755, parents=True, exist_ok=True)
+            directory.mkdir(mode=0o750, parents=True, exist_ok=True)
             fd, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=directory)
             try:
                 with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                    os.fchmod(handle.fileno(), 0o644)
+                    os.fchmod(handle.fileno(), 0o640)
                     json.dump({"version": 1, **data}, handle, sort_keys=True)
                     handle.flush()
                     os.fsync(handle.fileno())
@@ -125,7 +202,7 @@ class History:
 
 
 def _empty() -> dict[str, Any]:
-    return {"clouds": {}, "nodes": {}}
+    return {"clouds": {}, "nodes": {}, "health": {}, "problems": {}, "pending": {}}
 
 
 def _valid(raw: Any) -> dict[str, Any]:
@@ -142,6 +219,30 @@ def _valid(raw: Any) -> dict[str, Any]:
                     for pool, entry in pools.items() if isinstance(entry, dict) and _is_number(entry.get("at"))}
             if kept:
                 data["clouds"][cloud] = kept
+    health = raw.get("health")
+    if isinstance(health, dict):
+        data["health"] = {cloud: {"since": float(entry["since"]), "error": str(entry.get("error", "")),
+                                  "at": float(entry.get("at", entry["since"]))}
+                          for cloud, entry in health.items()
+                          if isinstance(entry, dict) and _is_number(entry.get("since"))
+                          and _is_number(entry.get("at", entry.get("since")))}
+    problems = raw.get("problems")
+    if isinstance(problems, dict):
+        for cloud, pools in problems.items():
+            if isinstance(pools, dict):
+                kept = {pool: {"kind": str(entry.get("kind", "")), "error": str(entry.get("error", "")),
+                               "at": float(entry["at"])}
+                        for pool, entry in pools.items() if isinstance(entry, dict) and _is_number(entry.get("at"))}
+                if kept:
+                    data["problems"][cloud] = kept
+    pending = raw.get("pending")
+    if isinstance(pending, dict):
+        for node, clouds in pending.items():
+            if isinstance(clouds, dict):
+                kept = {cloud: {"since": float(entry["since"]), "why": str(entry.get("why", ""))}
+                        for cloud, entry in clouds.items() if isinstance(entry, dict) and _is_number(entry.get("since"))}
+                if kept:
+                    data["pending"][node] = kept
     nodes = raw.get("nodes")
     if isinstance(nodes, dict):
         for node, times in nodes.items():

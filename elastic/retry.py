@@ -10,8 +10,9 @@ from elastic.errors import CloudError, CloudErrorKind
 
 T = TypeVar("T")
 
-# A 429 storm passes if we wait; an unreachable cloud is better left for the pool's next cloud.
-ATTEMPTS = {CloudErrorKind.RATE_LIMITED: 8, CloudErrorKind.TRANSIENT: 4}
+# A 429 storm passes if we wait; a refused connection is tried once more, then the cloud is left
+# for the pool's next one (a cloud that gives no reply at all is never asked twice: CloudError.final).
+ATTEMPTS = {CloudErrorKind.RATE_LIMITED: 8, CloudErrorKind.TRANSIENT: 4, CloudErrorKind.UNREACHABLE: 2}
 
 
 def backoff_delay(attempt: int, error: CloudError, *, base: float = 1.0, cap: float = 30.0) -> float:
@@ -30,11 +31,14 @@ def spread(delay: float) -> float:
 def with_retries(call: Callable[[], T], *, sleep: Callable[[float], None],
                  before_retry: Callable[[], T | None] | None = None,
                  on_retry: Callable[[CloudError, float], None] | None = None,
-                 jitter: Callable[[float], float] = spread) -> T:
+                 jitter: Callable[[float], float] = spread,
+                 give_up_at: float | None = None, clock: Callable[[], float] | None = None) -> T:
     """Run `call`; on a retryable CloudError wait and try again, up to ATTEMPTS[kind] tries in all.
 
     `before_retry` runs before every retry and may return a result that makes the retry
     unnecessary: a create whose reply was lost has often succeeded, so look before resending.
+    With `give_up_at` (and `clock`), no retry starts at or after that time: the last error is
+    raised instead, so the caller reports the real cause rather than a timeout.
     """
     attempt = 0
     while True:
@@ -44,6 +48,8 @@ def with_retries(call: Callable[[], T], *, sleep: Callable[[float], None],
             if not error.retryable or attempt + 1 >= ATTEMPTS.get(error.kind, 1):
                 raise
             delay = jitter(backoff_delay(attempt, error))
+            if give_up_at is not None and clock is not None and clock() + delay >= give_up_at:
+                raise
             if on_retry:
                 on_retry(error, delay)
             sleep(delay)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from elastic.cloud import OpenStackCloud
 from elastic.config import Config
-from elastic.errors import ConfigError
+from elastic.errors import LocalError
 from elastic.history import History
 from elastic.locks import node_locks
 from elastic.power.services import Services
@@ -26,10 +26,10 @@ def make_clouds(config: Config) -> dict[str, OpenStackCloud]:
 
 def ensure_state_dir(config: Config) -> Path:
     try:
-        config.lock_dir.mkdir(parents=True, exist_ok=True, mode=0o755)
+        config.state_dir.mkdir(parents=True, exist_ok=True, mode=0o750)
+        config.lock_dir.mkdir(exist_ok=True, mode=0o750)
     except OSError as exc:
-        raise ConfigError(f"cannot create state_dir: {exc.strerror or exc}", where=str(config.source or ""),
-                          key="state_dir") from None
+        raise LocalError(f"cannot create state_dir {config.state_dir}: {exc.strerror or exc}") from None
     return config.state_dir
 
 

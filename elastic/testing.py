@@ -11,6 +11,7 @@ import itertools
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from typing import Any
 
 from elastic.cloud import ACTIVE, BUILDING, ERROR, BootRequest, BootTarget, Flavor, Limits, Server, classify_fault, is_ours
 from elastic.errors import CloudError, CloudErrorKind
@@ -109,6 +110,9 @@ class MemoryCloud:
     def release_floating_ips(self, server_id: str) -> None:
         self._record("release_floating_ips", server_id)
 
+    def probe(self, timeout: float) -> None:
+        self._record("probe", f"{timeout:g}")
+
     def flavor(self, name: str) -> Flavor:
         self._record("flavor", name)
         if name not in self.flavors:
@@ -177,6 +181,54 @@ class MemoryHistory:
 
     cloud_failures: dict[tuple[str, str], float] = field(default_factory=dict)
     node_failure_times: dict[str, list[float]] = field(default_factory=dict)
+    down: dict[str, dict[str, Any]] = field(default_factory=dict)
+    cloud_problems: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    pending: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+
+    def clouds_down(self) -> dict[str, dict[str, Any]]:
+        return self.down
+
+    def mark_cloud_down(self, cloud: str, error: str, now: float) -> None:
+        self.down[cloud] = {"since": self.down.get(cloud, {}).get("since", now), "error": error, "at": now}
+
+    def mark_cloud_up(self, cloud: str) -> None:
+        self.down.pop(cloud, None)
+
+    def problems(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return self.cloud_problems
+
+    def record_problem(self, cloud: str, pool: str, kind: str, error: str, now: float) -> None:
+        self.cloud_problems.setdefault(cloud, {})[pool] = {"kind": kind, "error": error, "at": now}
+
+    def clear_problem(self, cloud: str, pool: str) -> None:
+        self.cloud_problems.get(cloud, {}).pop(pool, None)
+        if not self.cloud_problems.get(cloud, True):
+            self.cloud_problems.pop(cloud)
+
+    def pending_deletes(self) -> dict[str, dict[str, dict[str, Any]]]:
+        return self.pending
+
+    def add_pending_deletes(self, entries: dict[str, dict[str, str]], now: float) -> None:
+        for node, clouds in entries.items():
+            for cloud, why in clouds.items():
+                self.pending.setdefault(node, {}).setdefault(cloud, {"since": now, "why": why})
+
+    def clear_pending_deletes(self, node_clouds: dict[str, list[str]]) -> None:
+        for node, clouds in node_clouds.items():
+            for cloud in clouds:
+                self.pending.get(node, {}).pop(cloud, None)
+            if not self.pending.get(node, True):
+                self.pending.pop(node)
+
+    def record_node_failures(self, nodes: list[str], now: float, window_seconds: float | None = None) -> dict[str, int]:
+        counts = {}
+        for node in dict.fromkeys(nodes):
+            times = self.node_failure_times.setdefault(node, [])
+            if window_seconds is not None:
+                times[:] = [t for t in times if now - t < window_seconds]
+            times.append(now)
+            counts[node] = len(times)
+        return counts
 
     def record_cloud_failure(self, cloud: str, pool: str, kind: str, now: float) -> None:
         self.cloud_failures[(cloud, pool)] = now

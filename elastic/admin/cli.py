@@ -135,6 +135,23 @@ def _clouds(config):
     return make_clouds(config)
 
 
+def _history(config):
+    """The state dir's history, read by status and reconcile; a change it cannot save is said once."""
+    from elastic.history import History
+
+    return History(config.history_path, on_error=lambda message: print(f"elastic: warning: {message}", file=sys.stderr))
+
+
+def _fleet(config, history, log=None):
+    from elastic import logs
+    from elastic.fleet import Fleet
+
+    if log is None:
+        log = logs.configure_logging(log_file=None, run_id=logs.new_run_id(), command="admin", interactive=False,
+                                     level="error")
+    return Fleet(config, _clouds(config), history, log=log)
+
+
 def _slurm(config):
     from elastic.runtime import make_slurm
 
@@ -173,31 +190,36 @@ def status_command(args: argparse.Namespace) -> int:
 
     config = _load(args)
     pools = _pools(config, args.pool)
-    clouds = _clouds(config)
+    history = _history(config)
+    fleet = _fleet(config, history)
     try:
         slurm = _slurm(config)
     except SlurmError as error:
         slurm, slurm_error = None, str(error)
     else:
         slurm_error = None
-    try:
-        snapshot = status.collect(config, clouds, slurm, _node_names(config, pools))
-    except CloudError as error:
-        raise _explained(error, config) from None
+    snapshot = status.collect(config, fleet, slurm, _node_names(config, pools), pending=history.pending_deletes())
     slurm_error = slurm_error or snapshot.slurm_error
     known = snapshot.nodes is not None
     now = time.time()
-    table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools)
+    table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools, unseen=snapshot.unseen,
+                             pending=snapshot.pending)
+    clouds = status.cloud_lines(config, snapshot.unseen, history, now)
     if args.json:
         print(json.dumps({"cluster": config.cluster, "time": now, "slurm_error": slurm_error,
+                          "clouds_unseen": {c: str(e) for c, e in snapshot.unseen.items()},
+                          "cloud_problems": history.problems(), "pending_deletes": history.pending_deletes(),
                           "rows": [row.to_json(now, known) for row in table_rows]}, indent=2))
     else:
         if not known:
             print(f"elastic: warning: Slurm not asked ({slurm_error}): only duplicate servers are flagged",
                   file=sys.stderr)
         sys.stdout.write(status.render(table_rows, now, slurm_known=known))
+        for line in clouds:
+            print(line)
         print(status.summary(table_rows))
-    return EXIT_FOUND if any(row.problem for row in table_rows) else EXIT_OK
+    trouble = any(row.problem for row in table_rows) or snapshot.unseen or history.pending_deletes()
+    return EXIT_FOUND if trouble else EXIT_OK
 
 
 # ---- reconcile -----------------------------------------------------------------------------------
@@ -206,64 +228,66 @@ def status_command(args: argparse.Namespace) -> int:
 def reconcile_command(args: argparse.Namespace) -> int:
     config = _load(args)
     pools = _pools(config, args.pool)
-    clouds = _clouds(config)
     slurm = _slurm(config)
     if not args.apply:
-        return _reconcile(config, clouds, slurm, pools, apply=False)
+        return _reconcile(config, slurm, pools, apply=False)
     from elastic.locks import exclusive_lock
 
     lock_path = config.state_dir / "reconcile.lock"
     try:
         with exclusive_lock(lock_path, timeout=1):
-            return _reconcile(config, clouds, slurm, pools, apply=True)
+            return _reconcile(config, slurm, pools, apply=True)
     except LockTimeout:
         raise LockTimeout(f"another `elastic reconcile --apply` is running (lock {lock_path})") from None
 
 
-def _reconcile(config, clouds, slurm, pools: list[str] | None, *, apply: bool) -> int:
+def _reconcile(config, slurm, pools: list[str] | None, *, apply: bool) -> int:
+    from elastic import logs
     from elastic.admin import reconcile, status
 
-    try:
-        snapshot = status.collect(config, clouds, slurm, _node_names(config, pools), need_slurm=True)
-    except CloudError as error:
-        raise _explained(error, config) from None
+    history = _history(config)
+    log = None
+    if apply:
+        from elastic.runtime import ensure_state_dir
+
+        ensure_state_dir(config)
+        log = logs.configure_logging(log_file=config.log_file, run_id=logs.new_run_id(), command="reconcile",
+                                     interactive=False, level=config.log_level)
+    fleet = _fleet(config, history, log)
+    snapshot = status.collect(config, fleet, slurm, _node_names(config, pools), need_slurm=True,
+                              pending=history.pending_deletes())
     now = time.time()
-    table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools)
-    repairs = reconcile.plan(table_rows, now, config.reconcile.grace)
+    for cloud, error in snapshot.unseen.items():
+        print(f"elastic: warning: {_explained(error, config)}: its servers get no repair now", file=sys.stderr)
+    table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools, unseen=snapshot.unseen,
+                             pending=snapshot.pending)
+    repairs = reconcile.plan(table_rows, now, config.reconcile.grace, pending=snapshot.pending, unseen=snapshot.unseen)
+    blind = EXIT_FOUND if snapshot.unseen else EXIT_OK
     if not repairs:
         print("nothing to repair")
-        return EXIT_OK
+        return blind
     sys.stdout.write(reconcile.render_plan(repairs, now))
     due = [r for r in repairs if r.ready]
     if not apply:
         print(f"{len(due)} repairs due, {len(repairs) - len(due)} waiting; nothing changed (use --apply)")
-        return EXIT_FOUND if due else EXIT_OK
+        return EXIT_FOUND if due else blind
     if not due:
-        return EXIT_OK
-    result = _apply(config, clouds, slurm, repairs)
+        return blind
+    result = _apply(config, fleet, slurm, repairs, history, log)
     print()
     sys.stdout.write(reconcile.render_result(result))
-    return EXIT_FOUND if result.failed else EXIT_OK
+    return EXIT_FOUND if result.failed else blind
 
 
-def _apply(config, clouds, slurm, repairs):
-    from elastic import logs
+def _apply(config, fleet, slurm, repairs, history, log):
     from elastic.admin import reconcile
     from elastic.locks import node_locks
-    from elastic.runtime import ensure_state_dir
 
-    ensure_state_dir(config)
-    log = logs.configure_logging(log_file=config.log_file, run_id=logs.new_run_id(), command="reconcile",
-                                 interactive=False, level=config.log_level)
     log.info("reconcile.start", repairs=[{"action": r.action, "node": r.node, "problem": r.problem,
                                           "server": r.server.id if r.server else None, "wait": r.wait or None}
                                          for r in repairs])
     locks = functools.partial(node_locks, config.lock_dir, timeout=config.timeouts.lock)
-    try:
-        result = reconcile.apply(config, clouds, slurm, repairs, locks=locks, log=log)
-    except CloudError as error:
-        log.error("reconcile.refused", error=str(error))
-        raise _explained(error, config) from None
+    result = reconcile.apply(config, fleet, slurm, repairs, locks=locks, log=log, history=history)
     log.info("reconcile.done", done=len(result.done), failed=len(result.failed), skipped=len(result.skipped))
     return result
 

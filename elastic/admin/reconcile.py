@@ -7,6 +7,9 @@
   BUILD, as a resume would adopt.
 - missing: `power_down_force` the node with an `elastic:` reason. Its jobs are requeued now (the
   server is gone, so they are too) and the node returns to idle~.
+- pending: delete the server at once (no grace period: a suspend or resume-fail already meant to
+  delete it when its cloud did not answer), then forget the pending delete; a pending delete on
+  a cloud that answers and shows no server for the node is forgotten.
 
 Applying re-reads each node's servers and Slurm state under the node's lock (the lock resume and
 suspend take) and carries out only the repairs the fresh look still asks for: between the first
@@ -19,40 +22,41 @@ from __future__ import annotations
 import contextlib
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
 from typing import Any, cast
 
 from elastic.admin import status
 from elastic.admin.table import duration, format_table
-from elastic.cloud import ACTIVE, Cloud, Server
+from elastic.cloud import ACTIVE, Server
 from elastic.config import Config
 from elastic.errors import LockTimeout, SlurmError
+from elastic.fleet import Fleet
 from elastic.power import placement
-from elastic.power.release import delete_servers
-from elastic.power.services import Services
 
 DELETE = "delete"
 POWER_DOWN = "power_down"
+FORGET = "forget"
 REASON = "elastic: reconcile: server vanished"
 
 
 @dataclass(frozen=True)
 class Repair:
-    action: str  # DELETE or POWER_DOWN
+    action: str  # DELETE, POWER_DOWN or FORGET
     node: str
     problem: str  # the status mismatch this repairs
     server: Server | None = None
     wait: str = ""  # why it is not due yet; empty when it may be applied
+    cloud: str | None = None  # FORGET: the cloud whose pending delete is settled
 
     @property
     def ready(self) -> bool:
         return not self.wait
 
     @property
-    def key(self) -> tuple[str, str, str | None]:
-        return self.action, self.node, self.server.id if self.server else None
+    def key(self) -> tuple[str, str, str | None, str | None]:
+        return self.action, self.node, self.server.id if self.server else None, self.cloud
 
 
 @dataclass
@@ -62,15 +66,23 @@ class Result:
     skipped: list[tuple[Repair, str]] = field(default_factory=list)
 
 
-def plan(table_rows: Iterable[status.Row], now: float, grace: float) -> list[Repair]:
-    """The repairs for the flagged rows, in row order; those not due yet carry `wait`."""
+def plan(table_rows: Iterable[status.Row], now: float, grace: float, *,
+         pending: Mapping[str, Mapping[str, Any]] | None = None, unseen: Collection[str] = ()) -> list[Repair]:
+    """The repairs for the flagged rows, in row order; those not due yet carry `wait`.
+    `pending`: History's pending deletes; `unseen`: clouds that did not answer."""
     by_node: dict[str, list[status.Row]] = defaultdict(list)
     for row in table_rows:
         by_node[row.node].append(row)
     repairs: list[Repair] = []
     for node, node_rows in by_node.items():
-        problem = next((row.problem for row in node_rows if row.problem), None)
-        live = [row.server for row in node_rows if row.server is not None and not row.server.deleting]
+        condemned = [row.server for row in node_rows if row.problem == status.PENDING and row.server is not None]
+        repairs.extend(Repair(DELETE, node, status.PENDING, server) for server in condemned)
+        for cloud in sorted((pending or {}).get(node, {})):
+            if cloud not in unseen and not any(s.cloud == cloud for s in condemned):
+                repairs.append(Repair(FORGET, node, status.PENDING, cloud=cloud))
+        problem = next((row.problem for row in node_rows if row.problem and row.problem != status.PENDING), None)
+        live = [row.server for row in node_rows if row.server is not None and not row.server.deleting
+                and row.problem != status.PENDING]
         if problem == status.ORPHAN:
             repairs.extend(_delete(node, problem, server, now, grace) for server in live)
         elif problem == status.DUPLICATE:
@@ -108,12 +120,13 @@ def _delete(node: str, problem: str, server: Server, now: float, grace: float) -
     return Repair(DELETE, node, problem, server, wait)
 
 
-def apply(config: Config, clouds: Mapping[str, Cloud], slurm, repairs: Sequence[Repair], *,
+def apply(config: Config, fleet: Fleet, slurm, repairs: Sequence[Repair], *,
           locks: Callable[[Iterable[str]], ContextManager[None]], log: Any,
-          clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep) -> Result:
+          clock: Callable[[], float] = time.time, history: Any | None = None) -> Result:
     """Carry out the due repairs, each node under its lock and only if a fresh look still wants it.
 
-    A CloudError or SlurmError while taking the fresh look propagates: nothing is changed then.
+    A SlurmError while taking the fresh look propagates: nothing is changed then. A cloud that
+    does not answer the fresh look gets no repair.
     """
     result = Result()
     due = [r for r in repairs if r.ready]
@@ -128,13 +141,13 @@ def apply(config: Config, clouds: Mapping[str, Cloud], slurm, repairs: Sequence[
             held.append(node)
         if not held:
             return result
-        fresh = status.collect(config, clouds, slurm, held, need_slurm=True)
-        by_node: dict[str, list[Server]] = defaultdict(list)
-        for server in fresh.servers:
-            by_node[server.name].append(server)
-        fresh_rows = [row for node in held
-                      for row in status.node_rows(node, config.pool_of(node), by_node.get(node, []), fresh.nodes)]
-        still = {r.key for r in plan(fresh_rows, clock(), config.reconcile.grace) if r.ready}
+        pending = history.pending_deletes() if history is not None else {}
+        fresh = status.collect(config, fleet, slurm, held, need_slurm=True, pending=pending)
+        fresh_rows = status.rows(config, fresh.servers, fresh.nodes, pools=None, unseen=fresh.unseen,
+                                 pending=fresh.pending)
+        fresh_rows = [row for row in fresh_rows if row.node in held]
+        still = {r.key for r in plan(fresh_rows, clock(), config.reconcile.grace, pending=fresh.pending,
+                                     unseen=fresh.unseen) if r.ready}
         todo = []
         for repair in due:
             if repair.node not in held:
@@ -143,24 +156,29 @@ def apply(config: Config, clouds: Mapping[str, Cloud], slurm, repairs: Sequence[
                 todo.append(repair)
             else:
                 result.skipped.append((repair, "no longer needed: the node or its servers changed"))
-        _run(todo, config, clouds, slurm, result, log=log, clock=clock, sleep=sleep)
+        _run(todo, fleet, slurm, result, log=log, history=history)
     return result
 
 
-def _run(todo: Sequence[Repair], config: Config, clouds: Mapping[str, Cloud], slurm, result: Result, *,
-         log: Any, clock: Callable[[], float], sleep: Callable[[float], None]) -> None:
+def _run(todo: Sequence[Repair], fleet: Fleet, slurm, result: Result, *, log: Any, history: Any | None) -> None:
     deletes = [r for r in todo if r.action == DELETE]
+    settled: dict[str, list[str]] = defaultdict(list)
     if deletes:
-        # delete_servers needs no failure history; it only deletes and logs.
-        services = Services(config=config, clouds=clouds, slurm=slurm, history=cast(Any, None), log=log,
-                            clock=clock, sleep=sleep)
-        failures = delete_servers([cast(Server, r.server) for r in deletes], services, why="reconcile")
+        deletion = fleet.delete([cast(Server, r.server) for r in deletes], why="reconcile")
         for repair in deletes:
-            failure = failures.get(repair.node)
-            if failure is not None:
-                result.failed.append((repair, failure.message))
+            failed = deletion.failed.get(cast(Server, repair.server).id)
+            if failed is not None:
+                result.failed.append((repair, f"delete on {failed[1].cloud} failed: {failed[1].message}"))
             else:
                 result.done.append(repair)
+                if repair.problem == status.PENDING:
+                    settled[repair.node].append(cast(Server, repair.server).cloud)
+    for repair in todo:
+        if repair.action == FORGET:
+            settled[repair.node].append(cast(str, repair.cloud))
+            result.done.append(repair)
+    if settled and history is not None:
+        history.clear_pending_deletes(dict(settled))
     downs = [r for r in todo if r.action == POWER_DOWN]
     if downs:
         names = [r.node for r in downs]
@@ -177,7 +195,9 @@ def _run(todo: Sequence[Repair], config: Config, clouds: Mapping[str, Cloud], sl
 def describe(repair: Repair) -> str:
     if repair.action == POWER_DOWN:
         return "power_down_force the node (its server is gone)"
-    what = "no powered-up node" if repair.problem == status.ORPHAN else "duplicate"
+    if repair.action == FORGET:
+        return f"forget the pending delete on {repair.cloud} (no server there)"
+    what = {status.ORPHAN: "no powered-up node", status.PENDING: "its delete was pending"}.get(repair.problem, "duplicate")
     return f"delete server ({what})"
 
 
@@ -187,7 +207,7 @@ def render_plan(repairs: Sequence[Repair], now: float) -> str:
         server = r.server
         age = duration(now - server.created) if server is not None and server.created is not None else None
         body.append([r.action if r.ready else "wait", r.node, server.id if server else None,
-                     server.cloud if server else None, server.status if server else None, age,
+                     server.cloud if server else r.cloud, server.status if server else None, age,
                      describe(r) + (f"; not yet: {r.wait}" if r.wait else "")])
     return format_table(["ACTION", "NODE", "SERVER", "CLOUD", "STATUS", "AGE", "WHY"], body)
 

@@ -13,6 +13,11 @@ Mismatches (a problem on a row):
   tell a slow resume from a dead one.
 - duplicate: more than one live server for one node that is powered up.
 
+- pending: a server a suspend or resume-fail could not delete because its cloud did not answer
+  (History's pending deletes); reconcile deletes it at once, with no grace period.
+
+A cloud that does not answer is reported on its own line; a node whose pool uses it is not judged
+missing (its server may be there), and its other clouds' servers are judged as usual.
 A POWERING_DOWN node is never flagged: its SuspendProgram is deleting, with or without a server.
 POWER_UP and POWER_DOWN (a power change requested, not yet started) count as POWERING_UP and
 POWERING_DOWN.
@@ -22,23 +27,28 @@ Servers being deleted are shown but never count as live.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from elastic.admin.table import duration, format_table
-from elastic.cloud import Cloud, Server
+from elastic.cloud import Server
 from elastic.config import Config
-from elastic.errors import SlurmError
+from elastic.errors import CloudError, SlurmError
+from elastic.fleet import Fleet
+from elastic.hostlists import compress
 from elastic.slurm import NodeState
 
 ORPHAN = "orphan"
 MISSING = "missing"
 DUPLICATE = "duplicate"
+PENDING = "pending"
 
 PROBLEM_TEXT = {
     ORPHAN: "orphan: server without a powered-up node",
     MISSING: "missing: powered-up node without a server",
     DUPLICATE: "duplicate: several servers for one node",
+    PENDING: "pending: its delete failed earlier (cloud did not answer)",
 }
 
 
@@ -49,6 +59,8 @@ class Snapshot:
     servers: tuple[Server, ...]
     nodes: Mapping[str, NodeState] | None  # None: Slurm could not be asked
     slurm_error: str | None = None
+    unseen: Mapping[str, CloudError] = field(default_factory=dict)  # clouds that did not answer
+    pending: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)  # node -> cloud -> entry
 
 
 @dataclass(frozen=True)
@@ -102,72 +114,90 @@ def wants_server(state: NodeState | None) -> bool | None:
 
 
 def rows(config: Config, servers: Iterable[Server], slurm_nodes: Mapping[str, NodeState] | None, *,
-         pools: Sequence[str] | None = None) -> list[Row]:
+         pools: Sequence[str] | None = None, unseen: Collection[str] = (),
+         pending: Mapping[str, Mapping[str, Any]] | None = None) -> list[Row]:
     """The status rows, pools in YAML order, then servers of nodes that are in no pool.
 
     `slurm_nodes` None means Slurm could not be asked: only duplicates can be judged then.
+    `unseen`: clouds that did not answer; `pending`: History's pending deletes.
     """
+    pending = pending or {}
     selected = list(pools) if pools is not None else list(config.pools)
     by_node: dict[str, list[Server]] = defaultdict(list)
     for server in servers:
         by_node[server.name].append(server)
     out: list[Row] = []
     for pool_name in selected:
+        blind = [entry.cloud for entry in config.pools[pool_name].clouds if entry.cloud in unseen]
         for node in config.pools[pool_name].node_names:
-            out.extend(node_rows(node, pool_name, by_node.get(node, []), slurm_nodes))
+            out.extend(node_rows(node, pool_name, by_node.get(node, []), slurm_nodes, blind=blind,
+                                 pending=pending.get(node)))
     for node in sorted(by_node):
         if config.pool_of(node) is not None:
             continue
         if pools is not None and not any(s.pool in selected for s in by_node[node]):
             continue
-        out.extend(node_rows(node, None, by_node[node], slurm_nodes))
+        out.extend(node_rows(node, None, by_node[node], slurm_nodes, blind=list(unseen), pending=pending.get(node)))
     return out
 
 
 def node_rows(node: str, pool: str | None, servers: Sequence[Server],
-              slurm_nodes: Mapping[str, NodeState] | None) -> list[Row]:
+              slurm_nodes: Mapping[str, NodeState] | None, *, blind: Sequence[str] = (),
+              pending: Mapping[str, Any] | None = None) -> list[Row]:
+    """One node's rows. `blind`: clouds of its scope that did not answer; `pending`: cloud ->
+    entry of its pending deletes."""
     state = slurm_nodes.get(node) if slurm_nodes is not None else None
-    live = [s for s in servers if not s.deleting]
+    pending = pending or {}
+    condemned = [s for s in servers if not s.deleting and s.cloud in pending]
+    live = [s for s in servers if not s.deleting and s.cloud not in pending]
     want = wants_server(state) if slurm_nodes is not None else None
     problem: str | None = None
-    note = ""
+    notes = []
     if want is False and live:
         problem = ORPHAN
     elif len(live) > 1 and (want is True or slurm_nodes is None):
         problem = DUPLICATE
     elif want is True and not live:
         if state is not None and (state.powering_up or "POWER_UP" in state.flags):
-            note = "resume running: no server yet"
+            notes.append("resume running: no server yet")
+        elif blind:
+            notes.append(f"server unknown: {', '.join(blind)} not answering")
         else:
             problem = MISSING
+    waiting = sorted(c for c in pending if c in blind)
+    if waiting:
+        notes.append(f"delete pending on {', '.join(waiting)} (not answering)")
+    note = "; ".join(notes)
     if not servers:
         return [Row(node, pool, state, None, problem, note)]
     ordered = sorted(servers, key=lambda s: (s.deleting, -(s.created or 0.0), s.cloud, s.id))
-    return [Row(node, pool, state, server, None if server.deleting and problem != MISSING else problem,
+    return [Row(node, pool, state, server,
+                PENDING if server in condemned else (None if server.deleting and problem != MISSING else problem),
                 "deleting" if server.deleting else note)
             for server in ordered]
 
 
-def collect(config: Config, clouds: Mapping[str, Cloud], slurm, names: Iterable[str] | None = None, *,
-            need_slurm: bool = False) -> Snapshot:
-    """List our servers on every cloud (a CloudError propagates: no cloud, no status), then ask Slurm.
+def collect(config: Config, fleet: Fleet, slurm, names: Iterable[str] | None = None, *,
+            need_slurm: bool = False, pending: Mapping[str, Mapping[str, Any]] | None = None) -> Snapshot:
+    """List our servers on the clouds, in parallel (a cloud that does not answer is reported in
+    `unseen`), then ask Slurm.
 
     Servers are read before Slurm: a node whose resume starts between the two reads is POWERING_UP
     by the time Slurm is read, so its new server is never judged against a stale powered-down state.
     """
     wanted = sorted(set(names)) if names is not None else None
-    servers: list[Server] = []
-    for cloud in clouds.values():
-        servers.extend(cloud.list_servers(config.cluster, wanted))
+    sighting = fleet.find(wanted)
+    servers = tuple(s for found in sighting.servers.values() for s in found)
+    pending = {node: dict(entry) for node, entry in (pending or {}).items() if wanted is None or node in wanted}
     if slurm is None:
-        return Snapshot(tuple(servers), None, "no Slurm")
+        return Snapshot(servers, None, "no Slurm", sighting.unseen, pending)
     try:
         nodes = slurm.nodes(wanted)
     except SlurmError as error:
         if need_slurm:
             raise
-        return Snapshot(tuple(servers), None, str(error))
-    return Snapshot(tuple(servers), nodes)
+        return Snapshot(servers, None, str(error), sighting.unseen, pending)
+    return Snapshot(servers, nodes, None, sighting.unseen, pending)
 
 
 def render(table_rows: Sequence[Row], now: float, *, slurm_known: bool) -> str:
@@ -198,5 +228,27 @@ def summary(table_rows: Sequence[Row]) -> str:
     servers = sum(1 for row in table_rows if row.server is not None and not row.server.deleting)
     if not counts:
         return f"{nodes} nodes, {servers} live servers, no mismatches"
-    found = ", ".join(f"{len(counts[k])} {k}" for k in (ORPHAN, MISSING, DUPLICATE) if counts[k])
+    found = ", ".join(f"{len(counts[k])} {k}" for k in (ORPHAN, MISSING, DUPLICATE, PENDING) if counts[k])
     return f"{nodes} nodes, {servers} live servers; mismatches: {found} (elastic reconcile shows the repairs)"
+
+
+def cloud_lines(config: Config, unseen: Mapping[str, CloudError], history: Any | None, now: float) -> list[str]:
+    """One line per cloud that needs an admin's eye: not answering now, down since an earlier
+    run, a pool's permanent error on it, deletes pending on it."""
+    down = history.clouds_down() if history is not None else {}
+    problems = history.problems() if history is not None else {}
+    pending = history.pending_deletes() if history is not None else {}
+    lines = []
+    for cloud in config.clouds:
+        parts = []
+        if cloud in unseen:
+            since = down.get(cloud, {}).get("since")
+            parts.append(f"not answering{f' for {duration(now - since)}' if since else ''}: {unseen[cloud].message}")
+        for pool, entry in sorted(problems.get(cloud, {}).items()):
+            parts.append(f"pool {pool}: {entry['kind']}: {entry['error']} ({duration(now - entry['at'])} ago)")
+        waiting = sorted(node for node, clouds in pending.items() if cloud in clouds)
+        if waiting:
+            parts.append(f"{len(waiting)} delete(s) pending: {compress(waiting)}")
+        if parts:
+            lines.append(f"cloud {cloud}: " + "; ".join(parts))
+    return lines

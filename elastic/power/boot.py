@@ -21,11 +21,11 @@ from dataclasses import dataclass, field
 from elastic import userdata
 from elastic.cloud import ACTIVE, ERROR, BootRequest, Cloud, Server
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, Pool, PoolCloud
-from elastic.errors import FALLBACK_KINDS, CloudError, CloudErrorKind, ConfigError, SlurmError
+from elastic.errors import FALLBACK_KINDS, PERMANENT_KINDS, CloudError, CloudErrorKind, ConfigError, SlurmError
+from elastic.fleet import Fleet, Sighting
 from elastic.power import placement
-from elastic.power.outcome import Failure, Outcome, failure_from, report_failures
-from elastic.power.release import delete_servers
-from elastic.power.retry import backoff_delay, with_retries
+from elastic.power.outcome import Failure, Outcome, failure_from, internal_failure, report_failures
+from elastic.retry import backoff_delay, with_retries
 from elastic.power.services import Services
 
 
@@ -41,7 +41,25 @@ class _Round:
     """State carried across rounds of one resume run."""
 
     tried: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # node -> clouds
-    last_failure: dict[str, Failure] = field(default_factory=dict)
+    failures: dict[str, dict[str, Failure]] = field(default_factory=lambda: defaultdict(dict))  # node -> cloud ->
+    served_pools: set[tuple[str, str]] = field(default_factory=set)  # (cloud, pool) that served a node
+
+    def note(self, node: str, cloud: str, failure: Failure) -> None:
+        self.tried[node].add(cloud)
+        self.failures[node].pop(cloud, None)
+        self.failures[node][cloud] = failure  # last tried last
+
+    def verdict(self, node: str, default: Failure) -> Failure:
+        """The node's failure across every cloud it tried: the last cloud's kind, the others named
+        too; permanent (DOWN) only when every cloud failed permanently."""
+        failures = self.failures.get(node)
+        if not failures:
+            return default
+        *others, last = failures.values()
+        if not others:
+            return last
+        also = "; ".join(f"{f.kind} on {cloud}" for cloud, f in list(failures.items())[:-1])
+        return Failure(last.kind, f"{last.message} (also {also})", permanent=all(f.permanent for f in failures.values()))
 
 
 def resume(nodes: Sequence[str], svc: Services) -> Outcome:
@@ -53,18 +71,20 @@ def resume(nodes: Sequence[str], svc: Services) -> Outcome:
     pending = {node: pool for pool, members in by_pool.items() for node in members}
     deadline = svc.clock() + config.timeouts.boot
     state = _Round()
+    timeout = Failure("timeout", "no server became ACTIVE in time")
     try:
+        fleet = svc.fleet()
         while pending:
-            booting = _place_round(pending, state, outcome, svc)
-            pending = _wait(booting, state, outcome, svc, deadline)
+            booting = _place_round(pending, state, outcome, fleet, svc, deadline)
+            pending = _wait(booting, state, outcome, fleet, svc, deadline)
             for node in list(pending):
                 if svc.clock() >= deadline:
-                    outcome.fail([node], state.last_failure.get(node) or Failure("timeout", "no server became ACTIVE in time"))
+                    outcome.fail([node], state.verdict(node, timeout))
                     pending.pop(node)
     except Exception as exc:  # fail closed: no node may sit in POWERING_UP until ResumeTimeout
         svc.log.exception("resume.internal_error", error=str(exc))
         unserved = [n for n in nodes if n not in outcome.served and n not in outcome.failed]
-        outcome.fail(unserved, Failure("internal", f"{type(exc).__name__}: {exc}"))
+        outcome.fail(unserved, internal_failure(exc))
     _report_to_slurm(outcome, svc)
     return outcome
 
@@ -72,75 +92,90 @@ def resume(nodes: Sequence[str], svc: Services) -> Outcome:
 # ---- placing: look, adopt, create ----------------------------------------------------------
 
 
-def _place_round(pending: dict[str, str], state: _Round, outcome: Outcome, svc: Services) -> dict[str, _Booting]:
+def _place_round(pending: dict[str, str], state: _Round, outcome: Outcome, fleet: Fleet, svc: Services,
+                 deadline: float) -> dict[str, _Booting]:
     booting: dict[str, _Booting] = {}
     with svc.locks(sorted(pending)):
-        existing = _existing_servers(sorted(pending), svc)
+        sighting = fleet.find(sorted(pending))
+        for node, clouds in fleet.blind_spots(pending, sighting).items():
+            # A server of the node may sit on a cloud we cannot see: creating there could make a
+            # second one, so that cloud is out for this node in this run.
+            for cloud in clouds:
+                state.note(node, cloud, failure_from(sighting.unseen[cloud]))
+        condemned = _condemned(pending, sighting, fleet, svc)
         to_create: dict[str, list[str]] = defaultdict(list)
+        stale: list[Server] = []
         for node, pool_name in pending.items():
-            keep, stale = placement.choose_server(existing.get(node, []))
-            _delete_quietly(stale, svc, why="replaced" if keep is None else "duplicate")
+            usable = [s for s in sighting.of(node) if s.cloud not in condemned.get(node, ())]
+            keep, extra = placement.choose_server(usable)
+            stale += extra
             if keep is not None:
                 svc.log.info("resume.adopt", node=node, cloud=keep.cloud, server=keep.id, status=keep.status)
-                entry = _entry_for(svc.config.pools[pool_name], keep.cloud)
-                booting[node] = _Booting(keep, pool_name, entry)
+                booting[node] = _Booting(keep, pool_name, _entry_for(svc.config.pools[pool_name], keep.cloud))
             else:
                 to_create[pool_name].append(node)
+        fleet.delete(stale, why="replaced or duplicate")  # failures are logged; reconcile finds them again
         for pool_name, members in to_create.items():
-            booting.update(_create_in_pool(pool_name, members, state, outcome, svc))
+            booting.update(_create_in_pool(pool_name, members, state, outcome, fleet, svc, deadline))
     return booting
 
 
-def _existing_servers(nodes: list[str], svc: Services) -> dict[str, list[Server]]:
-    found: dict[str, list[Server]] = defaultdict(list)
-    for name, cloud in svc.clouds.items():
-        try:
-            servers = with_retries(lambda c=cloud: c.list_servers(svc.config.cluster, nodes), sleep=svc.sleep)
-        except CloudError as error:
-            # Not seeing a cloud risks a duplicate there, which suspend and reconcile clean up;
-            # refusing to boot anywhere would fail the user's job for sure.
-            svc.log.warning("resume.list_failed", cloud=name, kind=error.kind.value, error=str(error))
-            continue
-        for server in servers:
-            found[server.name].append(server)
-    return found
+def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet, svc: Services) -> dict[str, set[str]]:
+    """Servers that a suspend could not delete (the cloud did not answer) are deleted now, never
+    adopted: their slurmd predates this resume. Returns, per node, the clouds where such a delete
+    is still due; the node does not boot there in this run."""
+    marked = {node: set(clouds) for node, clouds in svc.history.pending_deletes().items() if node in pending}
+    if not marked:
+        return {}
+    doomed = [s for node, clouds in marked.items() for s in sighting.of(node) if s.cloud in clouds]
+    deletion = fleet.delete(doomed, why="pending delete")
+    still: dict[str, set[str]] = defaultdict(set)
+    for server, _ in deletion.failed.values():
+        still[server.name].add(server.cloud)
+    for node, clouds in marked.items():
+        still[node] |= {c for c in clouds if c in sighting.unseen}
+    svc.history.clear_pending_deletes({node: sorted(clouds - still[node]) for node, clouds in marked.items()})
+    return {node: clouds for node, clouds in still.items() if clouds}
 
 
-def _create_in_pool(pool_name: str, nodes: list[str], state: _Round, outcome: Outcome,
-                    svc: Services) -> dict[str, _Booting]:
+def _create_in_pool(pool_name: str, nodes: list[str], state: _Round, outcome: Outcome, fleet: Fleet,
+                    svc: Services, deadline: float) -> dict[str, _Booting]:
     pool = svc.config.pools[pool_name]
     now = svc.clock()
-    cooling = [e.cloud for e in pool.clouds
-               if svc.history.cooling_down(e.cloud, pool_name, now, svc.config.clouds[e.cloud].cooldown)]
+    problems = svc.history.problems()
+    down = svc.history.clouds_down()
+    later = [e.cloud for e in pool.clouds
+             if svc.history.cooling_down(e.cloud, pool_name, now, svc.config.clouds[e.cloud].cooldown)
+             or pool_name in problems.get(e.cloud, {}) or e.cloud in down]
     booting: dict[str, _Booting] = {}
     left = list(nodes)
-    for entry in placement.cloud_order(pool, cooling):
+    for entry in placement.cloud_order(pool, later):
+        if svc.clock() >= deadline:
+            break  # no create starts after the boot deadline
         candidates = [n for n in left if entry.cloud not in state.tried[n]]
         if not candidates:
             continue
-        room = _room_on(entry, pool_name, svc)
+        room = _room_on(entry, pool_name, fleet, svc)
         if room is not None:
             room = max(room - _count_on(booting, entry.cloud), 0)
         go, over = placement.split(candidates, room)
         for node in over:
-            state.last_failure[node] = Failure("limit", f"pool {pool_name} reached max_nodes on {entry.cloud}")
-        started, failed = _create_on_cloud(pool_name, pool, entry, go, svc)
+            state.note(node, entry.cloud, Failure("limit", f"pool {pool_name} reached max_nodes on {entry.cloud}"))
+        started, failed = _create_on_cloud(pool_name, pool, entry, go, fleet, svc, deadline)
         booting.update(started)
-        for node in go:
+        for node in started:
             state.tried[node].add(entry.cloud)
         for node, failure in failed.items():
-            state.last_failure[node] = failure
-            if failure.permanent:
-                outcome.fail([node], failure)
-        left = [n for n in left if n not in booting and n not in outcome.failed]
+            state.note(node, entry.cloud, failure)
+        left = [n for n in left if n not in booting]
         if not left:
             break
-    for node in left:
-        outcome.fail([node], state.last_failure.get(node) or Failure("capacity", "no configured cloud could take it"))
+    for node in left:  # every cloud of the pool tried, or the boot deadline passed
+        outcome.fail([node], state.verdict(node, Failure("capacity", "no configured cloud could take it")))
     return booting
 
 
-def _room_on(entry: PoolCloud, pool_name: str, svc: Services) -> int | None:
+def _room_on(entry: PoolCloud, pool_name: str, fleet: Fleet, svc: Services) -> int | None:
     """How many more of the pool's servers fit under entry.max_nodes (None: no cap).
 
     Counts every live server of the pool on that cloud, not only those of the nodes at hand: an
@@ -148,7 +183,7 @@ def _room_on(entry: PoolCloud, pool_name: str, svc: Services) -> int | None:
     """
     if entry.max_nodes is None:
         return None
-    cloud = svc.clouds[entry.cloud]
+    cloud = fleet.clouds[entry.cloud]
     try:
         servers = with_retries(lambda: cloud.list_servers(svc.config.cluster), sleep=svc.sleep)
     except CloudError as error:
@@ -162,23 +197,28 @@ def _count_on(booting: dict[str, _Booting], cloud: str) -> int:
     return sum(1 for b in booting.values() if b.server.cloud == cloud)
 
 
-def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[str],
-                     svc: Services) -> tuple[dict[str, _Booting], dict[str, Failure]]:
+def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[str], fleet: Fleet,
+                     svc: Services, deadline: float) -> tuple[dict[str, _Booting], dict[str, Failure]]:
+    """Create the nodes' servers on one cloud; a failure here sends a node to the pool's next cloud."""
     if not nodes:
         return {}, {}
-    cloud = svc.clouds[entry.cloud]
+    cloud = fleet.clouds[entry.cloud]
     try:
         target = with_retries(lambda: cloud.resolve_boot(pool.flavor_on(entry), pool.image_on(entry), entry.network),
-                              sleep=svc.sleep)
+                              sleep=svc.sleep, give_up_at=deadline, clock=svc.clock)
     except CloudError as error:
         svc.log.error("resume.resolve_failed", cloud=entry.cloud, pool=pool_name, kind=error.kind.value, error=str(error))
+        _remember_problem(error, entry.cloud, pool_name, svc)
         return {}, {node: failure_from(error) for node in nodes}
     try:
         requests = {node: _boot_request(node, pool_name, pool, entry, target, svc) for node in nodes}
     except ConfigError as error:
-        return {}, {node: Failure("config", str(error), permanent=True) for node in nodes}
+        # The template's file:line only: a message could quote a user_data_vars value (a secret).
+        return {}, {node: Failure("config", f"user-data template {error.where}", permanent=True) for node in nodes}
 
-    def create(node: str) -> tuple[str, Server | CloudError]:
+    def create(node: str) -> tuple[str, Server | CloudError | None]:
+        if svc.clock() >= deadline:
+            return node, None  # no create starts after the boot deadline
         started = time.monotonic()
         try:
             server = with_retries(
@@ -187,6 +227,7 @@ def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[s
                 before_retry=lambda: _find_live(cloud, node, svc),
                 on_retry=lambda err, delay: svc.log.warning("cloud.retry", cloud=entry.cloud, node=node,
                                                             kind=err.kind.value, delay=delay),
+                give_up_at=deadline, clock=svc.clock,
             )
         except CloudError as error:
             svc.log.warning("cloud.create", cloud=entry.cloud, node=node, ok=False, kind=error.kind.value,
@@ -201,14 +242,27 @@ def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[s
         results = list(pool_exec.map(create, nodes))
     started: dict[str, _Booting] = {}
     failed: dict[str, Failure] = {}
+    unanswered: dict[str, dict[str, str]] = {}
     for node, result in results:
         if isinstance(result, Server):
             started[node] = _Booting(result, pool_name, entry)
-        else:
+        elif isinstance(result, CloudError):
             failed[node] = failure_from(result)
             if result.kind in FALLBACK_KINDS:
                 svc.history.record_cloud_failure(entry.cloud, pool_name, result.kind.value, svc.clock())
+            _remember_problem(result, entry.cloud, pool_name, svc)
+            if result.final and result.kind is CloudErrorKind.UNREACHABLE:
+                # The create may have reached Nova before the reply was lost: whatever it made is
+                # deleted by a later run (or reconcile) once the cloud answers.
+                unanswered[node] = {entry.cloud: f"create got no answer: {result.message}"}
+    svc.history.add_pending_deletes(unanswered, svc.clock())
     return started, failed
+
+
+def _remember_problem(error: CloudError, cloud: str, pool: str, svc: Services) -> None:
+    """A permanent error is the cloud's (or the pool's on that cloud): status and check show it."""
+    if error.kind in PERMANENT_KINDS:
+        svc.history.record_problem(cloud, pool, error.kind.value, error.message, svc.clock())
 
 
 def _find_live(cloud: Cloud, node: str, svc: Services) -> Server | None:
@@ -246,7 +300,7 @@ def _entry_for(pool: Pool, cloud: str) -> PoolCloud | None:
 # ---- waiting: one list per cloud per poll ---------------------------------------------------
 
 
-def _wait(booting: dict[str, _Booting], state: _Round, outcome: Outcome, svc: Services,
+def _wait(booting: dict[str, _Booting], state: _Round, outcome: Outcome, fleet: Fleet, svc: Services,
           deadline: float) -> dict[str, str]:
     """Poll until every booting node is served, cancelled or failed; return nodes to place again."""
     again: dict[str, str] = {}
@@ -254,14 +308,15 @@ def _wait(booting: dict[str, _Booting], state: _Round, outcome: Outcome, svc: Se
     while waiting:
         served_now: dict[str, str] = {}
         try:
-            pause = _poll_once(waiting, served_now, again, state, outcome, svc)
+            pause = _poll_once(waiting, served_now, again, state, outcome, fleet, svc)
         finally:
             _send_addresses(served_now, svc)  # what one poll found reaches Slurm even if it failed half-way
         if waiting and svc.clock() >= deadline:
+            fleet.delete([item.server for item in waiting.values()], why="boot timeout")
             for node, item in waiting.items():
-                _delete_quietly([item.server], svc, why="boot timeout")
-                outcome.fail([node], Failure("timeout", f"server on {item.server.cloud} not ACTIVE within "
-                                                        f"{svc.config.timeouts.boot:.0f}s"))
+                state.note(node, item.server.cloud, Failure(
+                    "timeout", f"server on {item.server.cloud} not ACTIVE within {svc.config.timeouts.boot:.0f}s"))
+                outcome.fail([node], state.verdict(node, Failure("timeout", "no server became ACTIVE in time")))
             break
         if waiting:
             svc.sleep(pause)
@@ -269,25 +324,34 @@ def _wait(booting: dict[str, _Booting], state: _Round, outcome: Outcome, svc: Se
 
 
 def _poll_once(waiting: dict[str, _Booting], served_now: dict[str, str], again: dict[str, str], state: _Round,
-               outcome: Outcome, svc: Services) -> float:
-    """One list per cloud; judge each waiting node, moving it out of `waiting` once decided.
-    Returns how long to pause before the next poll."""
+               outcome: Outcome, fleet: Fleet, svc: Services) -> float:
+    """One list per cloud, the clouds in parallel; judge each waiting node, moving it out of
+    `waiting` once decided. Returns how long to pause before the next poll."""
     by_cloud: dict[str, list[str]] = defaultdict(list)
     for node, item in waiting.items():
         by_cloud[item.server.cloud].append(node)
     pause = svc.config.timeouts.poll
-    for cloud_name, members in by_cloud.items():
-        try:
-            current = {s.id: s for s in svc.clouds[cloud_name].list_servers(svc.config.cluster, members)}
-        except CloudError as error:
-            if not error.retryable:
-                raise
-            # Polling on through a 429 storm would only feed it: wait as long as asked.
-            pause = max(pause, backoff_delay(1, error))
-            svc.log.warning("resume.poll_failed", cloud=cloud_name, error=str(error), pause=pause)
+    lost: dict[str, dict[str, str]] = {}
+    for cloud_name, result in fleet.poll(by_cloud).items():
+        members = by_cloud[cloud_name]
+        if isinstance(result, CloudError):
+            if result.retryable:
+                # Polling on through a 429 storm would only feed it: wait as long as asked.
+                pause = max(pause, backoff_delay(1, result))
+                svc.log.warning("resume.poll_failed", cloud=cloud_name, error=str(result), pause=pause)
+                continue
+            # The cloud stopped answering (or refuses us) while our servers boot there: they are
+            # deleted once it answers again, and these nodes try the pool's next cloud now.
+            svc.log.warning("resume.cloud_lost", cloud=cloud_name, nodes=members, error=str(result))
+            for node in members:
+                item = waiting.pop(node)
+                state.note(node, cloud_name, failure_from(result))
+                lost[node] = {cloud_name: f"lost while booting: {result.message}"}
+                again[node] = item.pool
             continue
+        current = {s.id: s for s in result}
         for node in members:
-            verdict = _judge(node, waiting[node], current.get(waiting[node].server.id), svc)
+            verdict = _judge(node, waiting[node], current.get(waiting[node].server.id), state, fleet, svc)
             if isinstance(verdict, _Pending):
                 continue
             item = waiting.pop(node)
@@ -298,8 +362,9 @@ def _poll_once(waiting: dict[str, _Booting], served_now: dict[str, str], again: 
             elif isinstance(verdict, _Cancelled):
                 outcome.cancelled.add(node)
             else:
-                state.last_failure[node] = verdict
+                state.note(node, item.server.cloud, verdict)
                 again[node] = item.pool
+    svc.history.add_pending_deletes(lost, svc.clock())
     return pause
 
 
@@ -318,7 +383,8 @@ class _Cancelled:
     pass
 
 
-def _judge(node: str, item: _Booting, server: Server | None, svc: Services) -> _Pending | _Served | _Cancelled | Failure:
+def _judge(node: str, item: _Booting, server: Server | None, state: _Round, fleet: Fleet,
+           svc: Services) -> _Pending | _Served | _Cancelled | Failure:
     """What one poll says about a booting node; a Failure sends it to the pool's next cloud."""
     if server is None or server.deleting:
         # Someone (a suspend for this node, an admin) deleted it while we waited.
@@ -329,38 +395,35 @@ def _judge(node: str, item: _Booting, server: Server | None, svc: Services) -> _
         svc.log.warning("resume.server_error", node=node, cloud=server.cloud, server=server.id, fault=server.fault)
         if kind in FALLBACK_KINDS:
             svc.history.record_cloud_failure(server.cloud, item.pool, kind.value, svc.clock())
-        _delete_quietly([server], svc, why="ERROR")
+        fleet.delete([server], why="ERROR")
         return Failure(kind.value, f"server went ERROR on {server.cloud}: {server.fault or 'no fault given'}")
     if server.status != ACTIVE:
         return _Pending()
-    address = _address_for(server, item, svc)
+    address = _address_for(server, item, fleet, svc)
     if isinstance(address, Failure):
         return address
     if address is None and svc.config.slurm.addresses == "scontrol":
         return _Pending()  # some clouds list the port a moment after ACTIVE
-    svc.history.clear_cloud_failure(server.cloud, item.pool)
+    if (server.cloud, item.pool) not in state.served_pools:
+        state.served_pools.add((server.cloud, item.pool))
+        svc.history.clear_cloud_failure(server.cloud, item.pool)
+        svc.history.clear_problem(server.cloud, item.pool)
     svc.log.info("resume.active", node=node, cloud=server.cloud, server=server.id, address=address)
     return _Served(address)
 
 
-def _address_for(server: Server, item: _Booting, svc: Services) -> str | Failure | None:
+def _address_for(server: Server, item: _Booting, fleet: Fleet, svc: Services) -> str | Failure | None:
     entry = item.entry
     if entry is not None and entry.floating_ip and server.floating_address() is None:
         try:
-            return svc.clouds[server.cloud].attach_floating_ip(server, entry.floating_ip)
+            return fleet.clouds[server.cloud].attach_floating_ip(server, entry.floating_ip)
         except CloudError as error:
-            _delete_quietly([server], svc, why="floating IP failed")
+            fleet.delete([server], why="floating IP failed")
             return failure_from(error)
     return placement.server_address(server, entry)
 
 
 # ---- cleanup and reporting ------------------------------------------------------------------
-
-
-def _delete_quietly(servers: list[Server], svc: Services, *, why: str) -> None:
-    # A failed delete is logged by delete_servers and left for suspend, resume-fail or
-    # reconcile: all of them find the server again by name and metadata.
-    delete_servers(servers, svc, why=why)
 
 
 def _send_addresses(addresses: dict[str, str], svc: Services) -> None:

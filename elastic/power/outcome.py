@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 from dataclasses import dataclass, field
 
-from elastic.errors import PERMANENT_KINDS, CloudError
+from elastic.errors import PERMANENT_KINDS, CloudError, LocalError
 
 # Slurm keeps the reason as typed; long reasons make `sinfo -R` unreadable.
 _REASON_MAX = 200
@@ -29,6 +29,13 @@ def failure_from(error: CloudError) -> Failure:
     return Failure(error.kind.value, message, permanent=error.kind in PERMANENT_KINDS)
 
 
+def internal_failure(exc: BaseException) -> Failure:
+    """The Failure for an exception no flow expected: a fault of this machine, or our own bug."""
+    if isinstance(exc, LocalError):
+        return Failure("local", str(exc))
+    return Failure("internal", f"{type(exc).__name__}: {exc}")
+
+
 @dataclass
 class Outcome:
     """Per node: served with an address (or None when Slurm learns it itself), or failed."""
@@ -36,6 +43,8 @@ class Outcome:
     served: dict[str, str | None] = field(default_factory=dict)
     failed: dict[str, Failure] = field(default_factory=dict)
     cancelled: set[str] = field(default_factory=set)  # deleted by a suspend while we booted it
+    # Served, but a delete could not happen yet: node -> clouds that did not answer (see History).
+    deferred: dict[str, list[str]] = field(default_factory=dict)
 
     def fail(self, nodes, failure: Failure) -> None:
         for node in nodes:

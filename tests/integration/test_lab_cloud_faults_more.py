@@ -254,3 +254,15 @@ def test_limits_usage_follows_creates_and_deletes(lab, sdk, eventually):
     for server in (small, broken):
         conn.compute.delete_server(server)
     eventually(lambda: used()[:3] == (0, 0, 0))
+
+
+def test_new_faults_validate_and_show_in_the_control_endpoint(lab):
+    """quota_status, floating_ip_cache_lag, auth_fails and outage: blackhole are checked with the key named, and GET /_lab/faults shows them."""
+    for bad in ({"quota_status": 500}, {"quota_status": True}, {"floating_ip_cache_lag": -1},
+                {"floating_ip_cache_lag": "yes"}, {"auth_fails": 1}, {"outage": "black hole"}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            lab.set_faults("lab", **bad)
+    lab.set_faults("lab", floating_ip_cache_lag=2, outage="blackhole")
+    shown = requests.get(f"{lab.url}/_lab/faults/lab", timeout=5).json()["faults"]
+    assert shown["floating_ip_cache_lag"] == 2.0 and shown["outage"] == "blackhole"
+    assert shown["quota_status"] == 403 and shown["auth_fails"] is False

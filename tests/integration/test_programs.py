@@ -196,7 +196,7 @@ def test_api_outage_fails_nodes_with_power_down_force(one_cloud):
     assert result.returncode == 1
     states = _state_updates(site.calls())
     assert set(states) == {"cpu-001", "cpu-002"}
-    assert all(state == "power_down_force" and reason.startswith("elastic: transient") for state, reason in states.values())
+    assert all(state == "power_down_force" and reason.startswith("elastic: unreachable: lab:") for state, reason in states.values())
     lab.clear_faults("lab")
     assert lab.servers("lab") == []
 

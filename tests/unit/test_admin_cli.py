@@ -93,16 +93,22 @@ def test_status_without_slurm_warns_and_still_shows_servers(site, capsys):
     assert captured.out.splitlines()[1].split()[:3] == ["cpu-001", "cpu", "?"]
 
 
-def test_unreachable_cloud_is_one_line_exit_2_and_nothing_changes(site, capsys):
-    """A cloud that cannot be listed stops status and reconcile --apply with one line; no delete, no Slurm update."""
+def test_unreachable_cloud_is_reported_and_changes_nothing_for_its_nodes(site, capsys):
+    """A cloud that does not answer is named on its own line (exit 1); a node whose pool uses it is
+    not judged missing, while an orphan on the cloud that answers is still repaired."""
     site.clouds["alpha"].add("cpu-001", metadata=ours("cpu-001"), created=0)
     site.slurm.node_states = slurm_nodes(cpu_002=IDLE)
-    for command in (["status"], ["reconcile", "--apply"]):
-        site.clouds["beta"].fail_next("list", CloudErrorKind.TRANSIENT, message="list servers: cannot reach the cloud")
-        assert run(site, *command) == 2
-        err = one_error_line(capsys)
-        assert "cloud beta: transient: list servers: cannot reach the cloud" in err and "reachable" in err
-    assert not any(op == "delete" for op, _ in site.clouds["alpha"].calls) and site.slurm.changes == []
+    site.clouds["beta"].fail_next("list", CloudErrorKind.UNREACHABLE, times=2, message="list servers: cannot connect")
+    assert run(site, "status") == 1
+    out = capsys.readouterr().out
+    assert "cloud beta: not answering" in out and "cannot connect" in out
+    (row,) = [line for line in out.splitlines() if line.startswith("cpu-002")]
+    assert "missing" not in row and "beta not answering" in row
+    site.clouds["beta"].fail_next("list", CloudErrorKind.UNREACHABLE, times=4, message="list servers: cannot connect")
+    assert run(site, "reconcile", "--apply") == 1
+    assert "beta: unreachable" in capsys.readouterr().err
+    assert [op for op, _ in site.clouds["alpha"].calls if op == "delete"] == ["delete"]
+    assert site.slurm.changes == []
 
 
 def test_reconcile_dry_run_changes_nothing_and_apply_repairs(site, capsys):

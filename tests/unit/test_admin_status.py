@@ -6,11 +6,13 @@ import json
 from dataclasses import dataclass, field
 
 import pytest
+import structlog
 
 from elastic.admin import status
 from elastic.cloud import ACTIVE, BUILDING, ERROR
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, load_config
 from elastic.errors import SlurmError
+from elastic.fleet import Fleet, NoMemory
 from elastic.slurm import NodeState
 from elastic.testing import MemoryCloud
 
@@ -236,11 +238,12 @@ def test_collect_reads_every_cloud_and_survives_slurm_failure(tmp_path):
     beta.add("gpu-1", metadata=ours("gpu-1", pool="gpu"))
     beta.add("cpu-002", metadata=ours("cpu-002", cluster="someone-else"))
     slurm = FakeSlurm(fail_reads=True)
-    snapshot = status.collect(config, {"alpha": alpha, "beta": beta}, slurm)
+    fleet = Fleet(config, {"alpha": alpha, "beta": beta}, NoMemory(), log=structlog.get_logger())
+    snapshot = status.collect(config, fleet, slurm)
     assert sorted(s.name for s in snapshot.servers) == ["cpu-001", "gpu-1"]
     assert snapshot.nodes is None and "Unable to contact" in snapshot.slurm_error
     with pytest.raises(SlurmError):
-        status.collect(config, {"alpha": alpha, "beta": beta}, slurm, need_slurm=True)
+        status.collect(config, fleet, slurm, need_slurm=True)
 
 
 def test_table_and_json_show_state_server_cloud_address_and_age(tmp_path):

@@ -120,10 +120,10 @@ def test_malformed_entries_are_dropped(path):
 
 
 def test_write_is_atomic_and_leaves_no_temporary(path):
-    """The file is replaced whole (mode 0644) and no temporary file is left beside it."""
+    """The file is replaced whole (mode 0640: no other local user reads it) and no temporary file is left beside it."""
     History(path).record_cloud_failure("kaizen", "cpu", "quota", NOW)
     assert sorted(p.name for p in path.parent.iterdir()) == ["history.json", "history.json.lock"]
-    assert stat.S_IMODE(path.stat().st_mode) == 0o644
+    assert stat.S_IMODE(path.stat().st_mode) == 0o640
 
 
 def test_failed_write_keeps_old_file_and_is_reported_not_raised(path, mocker):

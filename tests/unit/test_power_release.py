@@ -57,23 +57,40 @@ def test_suspend_deletes_every_duplicate(tmp_path):
     assert clouds["alpha"].live() == []
 
 
-def test_suspend_failure_sets_node_down_with_reason(tmp_path):
-    """A delete that keeps failing leaves the node DOWN with an elastic: reason and exit 1."""
+def test_suspend_defers_a_delete_the_cloud_keeps_failing_and_the_node_stays_powered_down(tmp_path):
+    """A delete that keeps failing with 5xx is the cloud's trouble: the node is not put DOWN, the
+    delete is pending, and the next suspend that reaches the cloud carries it out."""
     svc, clouds, slurm, _ = make_services(tmp_path)
     clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
-    clouds["alpha"].fail_next("delete", CloudErrorKind.TRANSIENT, times=10)
+    clouds["alpha"].fail_next("delete", CloudErrorKind.TRANSIENT, times=4)  # every try of one run
+    outcome = suspend(["cpu-001"], svc)
+    assert outcome.exit_code == 0 and outcome.deferred == {"cpu-001": ["alpha"]}
+    assert slurm.states == [] and "alpha" in svc.history.pending_deletes()["cpu-001"]
+    outcome = suspend(["cpu-001"], svc)
+    assert outcome.deferred == {} and clouds["alpha"].live() == [] and svc.history.pending_deletes() == {}
+
+
+def test_suspend_puts_a_node_down_when_the_cloud_refuses_its_delete(tmp_path):
+    """A delete the cloud answers with 409 (a locked server) leaves the node DOWN with an elastic: reason."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
+    clouds["alpha"].fail_next("delete", CloudErrorKind.CONFLICT, message="Instance is locked")
     outcome = suspend(["cpu-001"], svc)
     assert outcome.exit_code == 1
     state, reason = slurm.state_of("cpu-001")
-    assert state == "down" and reason.startswith("elastic: transient:")
+    assert state == "down" and reason.startswith("elastic: conflict: delete on alpha refused")
 
 
-def test_suspend_with_unreachable_cloud_does_not_claim_success(tmp_path):
-    """If a cloud cannot be listed, its nodes are reported failed, not silently 'gone'."""
+def test_suspend_with_unreachable_cloud_defers_only_nodes_that_use_it(tmp_path):
+    """A cloud that cannot be listed defers the deletes of nodes whose pool uses it, puts no node
+    DOWN, and leaves nodes of pools that do not use it untouched."""
     svc, clouds, slurm, _ = make_services(tmp_path)
-    clouds["beta"].fail_next("list", CloudErrorKind.TRANSIENT, times=10)
-    outcome = suspend(["cpu-001"], svc)
-    assert "cpu-001" in outcome.failed and slurm.state_of("cpu-001")[0] == "down"
+    clouds["beta"].add("gpu-1", metadata={**_meta("gpu-1"), META_POOL: "gpu"})
+    clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
+    clouds["alpha"].fail_next("list", CloudErrorKind.UNREACHABLE, times=10)
+    outcome = suspend(["cpu-001", "gpu-1"], svc)
+    assert outcome.deferred == {"cpu-001": ["alpha"]} and outcome.failed == {} and slurm.states == []
+    assert clouds["beta"].live() == [] and svc.history.pending_deletes().keys() == {"cpu-001"}
 
 
 def test_resume_fail_deletes_and_returns_node_to_service(tmp_path):

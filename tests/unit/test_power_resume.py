@@ -183,15 +183,39 @@ def test_every_cloud_full_fails_node_with_power_down_force(tmp_path):
     assert state == "power_down_force" and reason.startswith("elastic: quota:")
 
 
-def test_missing_image_sets_node_down_without_fallback(tmp_path):
-    """An unknown image is permanent: the node goes DOWN with an elastic: reason, no fallback."""
+def test_missing_image_on_the_first_cloud_falls_back_and_is_remembered(tmp_path):
+    """An image missing on the pool's first cloud is that cloud's problem: the node boots on the
+    next cloud, and the problem is recorded for status and check."""
     svc, clouds, slurm, _ = make_services(tmp_path)
     clouds["alpha"].images.clear()
     outcome = resume(["cpu-001"], svc)
+    assert outcome.served.keys() == {"cpu-001"} and slurm.states == []
+    assert [s.name for s in clouds["beta"].live()] == ["cpu-001"]
+    assert svc.history.problems()["alpha"]["cpu"]["kind"] == "not-found"
+
+
+def test_missing_image_on_every_cloud_sets_node_down(tmp_path):
+    """When no cloud of the pool can serve (image missing on each), the node goes DOWN with a
+    reason naming the last cloud's error and the other cloud's kind."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].images.clear()
+    clouds["beta"].images.clear()
+    outcome = resume(["cpu-001"], svc)
     reason = outcome.failed["cpu-001"].reason
     assert slurm.states == [(("cpu-001",), "power_down_force", reason), (("cpu-001",), "down", reason)]
-    assert "image" in reason
-    assert not any(op == "create" for op, _ in clouds["beta"].calls)
+    assert reason.startswith("elastic: not-found: beta: image") and "not-found on alpha" in reason
+    assert not any(op == "create" for op, _ in clouds["alpha"].calls + clouds["beta"].calls)
+
+
+def test_permanent_on_one_cloud_and_quota_on_the_other_is_not_down(tmp_path):
+    """A node that one cloud refuses permanently and the other for quota is not DOWN: the job is
+    requeued (power_down_force) and the node may be tried again later."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].images.clear()
+    clouds["beta"].instance_quota = 0
+    outcome = resume(["cpu-001"], svc)
+    assert not outcome.failed["cpu-001"].permanent
+    assert [state for _, state, _ in slurm.states] == ["power_down_force"]
 
 
 def test_rate_limit_is_retried_after_looking_for_the_server(tmp_path):

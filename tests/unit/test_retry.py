@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from elastic.errors import CloudError, CloudErrorKind
-from elastic.power.retry import ATTEMPTS, backoff_delay, with_retries
+from elastic.retry import ATTEMPTS, backoff_delay, with_retries
 
 
 def _failing(kind: CloudErrorKind, times: int, result="ok", retry_after=None):
