@@ -98,3 +98,84 @@ def test_encode_over_nova_limit():
     """Over 65535 encoded bytes is a ConfigError naming the size and the limit."""
     with pytest.raises(ConfigError, match="user-data is 65536 bytes base64-encoded; Nova accepts at most 65535"):
         encode_user_data("x" * 49152)
+
+
+SECRET = "S3cr3t-Munge-Key-9f2"
+SECRET_CONTEXT = {**CONTEXT, "munge_key": SECRET, "keys": {}, "pin": 48151623, "vault": {"db": {"password": SECRET}},
+                  "encoding": "ascii"}
+LEAKING = [
+    ("concatenate", "{{ munge_key + 1 }}", "template error: TypeError"),
+    ("pop-missing-key", "{{ {}.pop(munge_key) }}", "template error: KeyError"),
+    ("unknown-encoding", "{{ encoding.encode(munge_key) }}", "template error: LookupError"),
+    ("format-spec", '{{ "{0:{1}}".format(1, munge_key) }}', "template error: ValueError"),
+    ("not-a-mapping", "{{ munge_key | dictsort }}", "template error: AttributeError"),
+    ("int-filter", "{{ (munge_key | int(munge_key)) + 1 }}", "template error: TypeError"),
+    ("key-by-secret", "{{ keys[munge_key] }}", "template: 'dict object' has no such attribute (its name is a value"),
+    ("key-by-derived-secret", "{{ keys[munge_key | upper] }}", "template: 'dict object' has no such attribute"),
+    ("key-by-nested-secret", "{{ keys[vault.db.password] }}", "template: 'dict object' has no such attribute"),
+    ("attr-filter", "{{ munge_key | attr(munge_key) }}", "template: 'str object' has no such attribute"),
+    ("index-by-secret-number", "{{ [1, 2][pin] }}", "template: list object has no such element"),
+    ("include-by-secret", "{% include munge_key %}", "included template not found (its name is a value, not shown)"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), [case[1:] for case in LEAKING], ids=[case[0] for case in LEAKING])
+def test_error_never_quotes_a_variables_value(tmp_path, text, expected):
+    """Errors that Python or Jinja word with a variable's value say what failed and where, without the value."""
+    path = _template(tmp_path, "#cloud-config\n" + text + "\n")
+    with pytest.raises(ConfigError) as caught:
+        render_user_data(path, SECRET_CONTEXT)
+    error = caught.value
+    for shown in (str(error), repr(error), str(error.args)):
+        assert SECRET not in shown and SECRET.upper() not in shown and "48151623" not in shown
+    assert error.where == f"{path}:2" and error.message.startswith(expected), str(error)
+    assert error.__cause__ is None and error.__suppress_context__
+
+
+def test_type_error_gives_type_file_and_line_only(tmp_path):
+    """`{{ munge_key + 1 }}` gives only the exception type at file:line."""
+    path = _template(tmp_path, "a: 1\nb: {{ munge_key + 1 }}\n")
+    with pytest.raises(ConfigError) as caught:
+        render_user_data(path, SECRET_CONTEXT)
+    assert str(caught.value) == (f"{path}:2: template error: TypeError (details not shown: they may quote a "
+                                 "variable's value)")
+
+
+def test_error_in_included_template_hides_value_and_names_that_file(tmp_path):
+    """A value-quoting error inside an include is reported at the included file's line, without the value."""
+    included = _template(tmp_path, "ok\n{{ {}.pop(munge_key) }}\n", name="part.j2")
+    path = _template(tmp_path, "{% include 'part.j2' %}")
+    with pytest.raises(ConfigError) as caught:
+        render_user_data(path, SECRET_CONTEXT)
+    assert caught.value.where == f"{included}:2" and SECRET not in str(caught.value)
+
+
+@pytest.mark.parametrize(("text", "expected"), [
+    ("{{ keys['missing'] }}", "template: 'dict object' has no attribute 'missing'"),
+    ("{{ keys.missing }}", "template: 'dict object' has no attribute 'missing'"),
+    ("{{ [1, 2][5] }}", "template: list object has no element 5"),
+    ("{% macro m(param) %}{{ param }}{% endmacro %}{{ m() }}", "template: parameter 'param' was not provided"),
+    ("{{ munge_kee }}", "template: 'munge_kee' is undefined"),
+    ("{{ [] | first + 1 }}", "template: No first item, sequence was empty."),
+])
+def test_names_written_in_the_template_are_still_shown(tmp_path, text, expected):
+    """Undefined names, attributes and items written in the template are named, so the admin knows what to fix."""
+    path = _template(tmp_path, "x\n" + text + "\n")
+    with pytest.raises(ConfigError) as caught:
+        render_user_data(path, SECRET_CONTEXT)
+    assert (caught.value.where, caught.value.message) == (f"{path}:2", expected)
+
+
+def test_written_name_equal_to_a_value_is_hidden(tmp_path):
+    """A name written in the template is still hidden when some variable holds it as its value."""
+    path = _template(tmp_path, "{{ keys.hunter2 }}\n")
+    with pytest.raises(ConfigError) as caught:
+        render_user_data(path, {**SECRET_CONTEXT, "password": "hunter2"})
+    assert "hunter2" not in str(caught.value) and "has no such attribute" in str(caught.value)
+
+
+def test_recursion_is_a_config_error(tmp_path):
+    """Any exception a template raises (here RecursionError) is a ConfigError with its type, not a traceback."""
+    path = _template(tmp_path, "{% macro m() %}{{ m() }}{% endmacro %}{{ m() }}")
+    with pytest.raises(ConfigError, match="template error: RecursionError"):
+        render_user_data(path, CONTEXT)
