@@ -10,6 +10,7 @@ and hostlist work should not pay.
 from __future__ import annotations
 
 import datetime as dt
+import re
 import threading
 import time
 from collections.abc import Callable, Collection, Iterator, Mapping
@@ -364,19 +365,25 @@ def classify_exception(exc: BaseException, *, cloud: str = "", action: str = "")
     # Connection.authorize() re-raises keystoneauth's Unauthorized as a bare SDKException.
     if any(isinstance(link, ksa.Unauthorized) for link in chain):
         return CloudError(CloudErrorKind.AUTH, f"{prefix}authentication failed", cloud=cloud, status=401)
-    # A 5xx or 429 during version discovery is wrapped in a DiscoveryFailure too: the server's
-    # trouble, not a wrong auth_url.
+    # A 5xx or 429 during version discovery (or login) is wrapped in a DiscoveryFailure or a bare
+    # SDKException: the server's trouble, not a wrong auth_url.
     busy = next((link for link in chain if isinstance(link, ksa.HttpError) and link is not exc
                  and (link.http_status or 0) in (429, *range(500, 600))), None)
     if busy is not None and not isinstance(exc, ksa.HttpError | sdk.HttpException):
         return _classify_status(busy.http_status, _first_line(busy), prefix, cloud, busy.response)
-    if isinstance(exc, ksa.DiscoveryFailure | ksa.EndpointNotFound | sdk.EndpointNotFound | sdk.ConfigException):
+    if any(isinstance(link, ksa.DiscoveryFailure | ksa.EndpointNotFound | sdk.EndpointNotFound | sdk.ConfigException)
+           for link in chain):
         return CloudError(CloudErrorKind.CONFIG, f"{prefix}{_first_line(exc)}", cloud=cloud)
-    if isinstance(exc, ksa.HttpError) and not isinstance(exc, sdk.HttpException):
-        return _classify_status(exc.http_status, _first_line(exc), prefix, cloud, exc.response)
     if isinstance(exc, sdk.HttpException):
         detail = _first_line(exc.details or exc.message or exc)
         return _classify_status(exc.status_code, detail, prefix, cloud, exc.response)
+    if isinstance(exc, ksa.HttpError):
+        return _classify_status(exc.http_status, _first_line(exc), prefix, cloud, exc.response)
+    wrapped = next((link for link in chain if isinstance(link, ksa.HttpError)), None)
+    if wrapped is not None:
+        # Connection.authorize() wraps keystoneauth's client errors in a bare SDKException: a 4xx
+        # from Keystone while logging in means the auth settings are wrong.
+        return CloudError(CloudErrorKind.CONFIG, f"{prefix}{_first_line(exc)}", cloud=cloud, status=wrapped.http_status)
     return CloudError(CloudErrorKind.TRANSIENT, f"{prefix}{type(exc).__name__}: {_first_line(exc)}", cloud=cloud)
 
 
@@ -389,9 +396,15 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
         link = link.__cause__ or link.__context__
 
 
+# Nova's quota refusals: "Quota exceeded for instances", a port quota ("Maximum number of ports
+# exceeded"), unified limits ("Project X is over a limit for [Resource servers is over limit ...]");
+# Neutron's 409 "OverQuota".
+_QUOTA_WORDS = re.compile(r"quota|maximum number of \w+ exceeded|over (a )?limit for", re.IGNORECASE)
+
+
 def _classify_status(status: int | None, detail: str, prefix: str, cloud: str, response: Any) -> CloudError:
     retry_after = _retry_after(response)
-    quota_words = "quota" in detail.lower() or "overquota" in detail.lower()
+    quota_words = _QUOTA_WORDS.search(detail) is not None
     if status == 401:
         kind = CloudErrorKind.AUTH
     elif status == 403:

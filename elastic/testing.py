@@ -42,9 +42,11 @@ class MemoryCloud:
 
     # ---- test controls -----------------------------------------------------------------------
 
-    def fail_next(self, operation: str, kind: CloudErrorKind, times: int = 1, message: str = "injected") -> None:
+    def fail_next(self, operation: str, kind: CloudErrorKind, times: int = 1, message: str = "injected",
+                  final: bool = False) -> None:
+        """The next `times` calls of `operation` raise; `final` as for a call that got no answer in time."""
         self._failures.setdefault(operation, []).extend(
-            CloudError(kind, message, cloud=self.name) for _ in range(times))
+            CloudError(kind, message, cloud=self.name, final=final) for _ in range(times))
 
     def add(self, name: str, *, status: str = ACTIVE, metadata: Mapping[str, str] | None = None,
             created: float = 0.0, task_state: str | None = None) -> Server:

@@ -360,7 +360,7 @@ def cloud_fix(error: CloudError, config: Config, name: str) -> str:
         return f"check the credentials of entry {entry!r} in {cloud.clouds_yaml}"
     if error.kind is CloudErrorKind.CONFIG:
         return f"check entry {entry!r} in {cloud.clouds_yaml} (auth_url, region, file readable by this user)"
-    if error.kind in (CloudErrorKind.TRANSIENT, CloudErrorKind.RATE_LIMITED):
+    if error.kind in (CloudErrorKind.TRANSIENT, CloudErrorKind.RATE_LIMITED, CloudErrorKind.UNREACHABLE):
         return f"is the cloud up and reachable from here? auth_url of {entry!r} in {cloud.clouds_yaml}"
     return f"see the cloud's logs; entry {entry!r} in {cloud.clouds_yaml}"
 

@@ -97,15 +97,12 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-class _CloudFailure(ElasticError):
-    """A cloud error with the fix appended, for the one-line message."""
-
-
-def _explained(error: CloudError, config) -> _CloudFailure:
+def _why_unseen(error: CloudError, config) -> str:
+    """`kind: message (fix)` for a cloud that could not be listed."""
     from elastic.admin.check import cloud_fix
 
     hint = cloud_fix(error, config, error.cloud) if error.cloud in config.clouds else ""
-    return _CloudFailure(f"cloud {error}" + (f" ({hint})" if hint else ""))
+    return f"{error.kind.value}: {error.message}" + (f" ({hint})" if hint else "")
 
 
 def _load(args: argparse.Namespace):
@@ -204,10 +201,11 @@ def status_command(args: argparse.Namespace) -> int:
     now = time.time()
     table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools, unseen=snapshot.unseen,
                              pending=snapshot.pending)
-    clouds = status.cloud_lines(config, snapshot.unseen, history, now)
+    unseen = {cloud: _why_unseen(error, config) for cloud, error in snapshot.unseen.items()}
+    clouds = status.cloud_lines(config, unseen, history, now)
     if args.json:
         print(json.dumps({"cluster": config.cluster, "time": now, "slurm_error": slurm_error,
-                          "clouds_unseen": {c: str(e) for c, e in snapshot.unseen.items()},
+                          "clouds_unseen": unseen,
                           "cloud_problems": history.problems(), "pending_deletes": history.pending_deletes(),
                           "rows": [row.to_json(now, known) for row in table_rows]}, indent=2))
     else:
@@ -258,7 +256,8 @@ def _reconcile(config, slurm, pools: list[str] | None, *, apply: bool) -> int:
                               pending=history.pending_deletes())
     now = time.time()
     for cloud, error in snapshot.unseen.items():
-        print(f"elastic: warning: {_explained(error, config)}: its servers get no repair now", file=sys.stderr)
+        print(f"elastic: warning: cloud {cloud} cannot be listed: {_why_unseen(error, config)}; "
+              "its servers get no repair now", file=sys.stderr)
     table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools, unseen=snapshot.unseen,
                              pending=snapshot.pending)
     repairs = reconcile.plan(table_rows, now, config.reconcile.grace, pending=snapshot.pending, unseen=snapshot.unseen)

@@ -232,9 +232,9 @@ def summary(table_rows: Sequence[Row]) -> str:
     return f"{nodes} nodes, {servers} live servers; mismatches: {found} (elastic reconcile shows the repairs)"
 
 
-def cloud_lines(config: Config, unseen: Mapping[str, CloudError], history: Any | None, now: float) -> list[str]:
-    """One line per cloud that needs an admin's eye: not answering now, down since an earlier
-    run, a pool's permanent error on it, deletes pending on it."""
+def cloud_lines(config: Config, unseen: Mapping[str, str], history: Any | None, now: float) -> list[str]:
+    """One line per cloud that needs an admin's eye: not listed now (`unseen`: cloud -> why, with
+    the fix), not answering since an earlier run, a pool's permanent error on it, deletes pending."""
     down = history.clouds_down() if history is not None else {}
     problems = history.problems() if history is not None else {}
     pending = history.pending_deletes() if history is not None else {}
@@ -243,7 +243,8 @@ def cloud_lines(config: Config, unseen: Mapping[str, CloudError], history: Any |
         parts = []
         if cloud in unseen:
             since = down.get(cloud, {}).get("since")
-            parts.append(f"not answering{f' for {duration(now - since)}' if since else ''}: {unseen[cloud].message}")
+            parts.append(f"cannot be listed{f' (not answering for {duration(now - since)})' if since else ''}: "
+                         f"{unseen[cloud]}")
         for pool, entry in sorted(problems.get(cloud, {}).items()):
             parts.append(f"pool {pool}: {entry['kind']}: {entry['error']} ({duration(now - entry['at'])} ago)")
         waiting = sorted(node for node, clouds in pending.items() if cloud in clouds)

@@ -12,6 +12,7 @@ says why.
 
 from __future__ import annotations
 
+import math
 import time
 from collections import defaultdict
 from collections.abc import Sequence
@@ -102,11 +103,14 @@ def _place_round(pending: dict[str, str], state: _Round, outcome: Outcome, fleet
             # second one, so that cloud is out for this node in this run.
             for cloud in clouds:
                 state.note(node, cloud, failure_from(sighting.unseen[cloud]))
-        condemned = _condemned(pending, sighting, fleet, svc)
+        doomed, blocked = _condemned(pending, sighting, fleet, svc)
+        for node, clouds in blocked.items():
+            for cloud in clouds - state.tried[node]:
+                state.note(node, cloud, Failure("unreachable", f"{cloud}: an earlier delete there is still pending"))
         to_create: dict[str, list[str]] = defaultdict(list)
         stale: list[Server] = []
         for node, pool_name in pending.items():
-            usable = [s for s in sighting.of(node) if s.cloud not in condemned.get(node, ())]
+            usable = [s for s in sighting.of(node) if s.id not in doomed and s.cloud not in blocked.get(node, ())]
             keep, extra = placement.choose_server(usable)
             stale += extra
             if keep is not None:
@@ -120,13 +124,13 @@ def _place_round(pending: dict[str, str], state: _Round, outcome: Outcome, fleet
     return booting
 
 
-def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet, svc: Services) -> dict[str, set[str]]:
+def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet, svc: Services) -> tuple[set[str], dict[str, set[str]]]:
     """Servers that a suspend could not delete (the cloud did not answer) are deleted now, never
-    adopted: their slurmd predates this resume. Returns, per node, the clouds where such a delete
-    is still due; the node does not boot there in this run."""
+    adopted: their slurmd predates this resume. Returns their ids, and per node the clouds where
+    such a delete is still due: the node does not boot there in this run."""
     marked = {node: set(clouds) for node, clouds in svc.history.pending_deletes().items() if node in pending}
     if not marked:
-        return {}
+        return set(), {}
     doomed = [s for node, clouds in marked.items() for s in sighting.of(node) if s.cloud in clouds]
     deletion = fleet.delete(doomed, why="pending delete")
     still: dict[str, set[str]] = defaultdict(set)
@@ -135,7 +139,7 @@ def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet, svc: S
     for node, clouds in marked.items():
         still[node] |= {c for c in clouds if c in sighting.unseen}
     svc.history.clear_pending_deletes({node: sorted(clouds - still[node]) for node, clouds in marked.items()})
-    return {node: clouds for node, clouds in still.items() if clouds}
+    return {s.id for s in doomed}, {node: clouds for node, clouds in still.items() if clouds}
 
 
 def _create_in_pool(pool_name: str, nodes: list[str], state: _Round, outcome: Outcome, fleet: Fleet,
@@ -144,9 +148,12 @@ def _create_in_pool(pool_name: str, nodes: list[str], state: _Round, outcome: Ou
     now = svc.clock()
     problems = svc.history.problems()
     down = svc.history.clouds_down()
+    # Clouds that refused this pool lately (quota, capacity, a permanent error) or did not answer
+    # are tried last, for the cloud's cooldown; then the pool's own order is back.
     later = [e.cloud for e in pool.clouds
              if svc.history.cooling_down(e.cloud, pool_name, now, svc.config.clouds[e.cloud].cooldown)
-             or pool_name in problems.get(e.cloud, {}) or e.cloud in down]
+             or now - problems.get(e.cloud, {}).get(pool_name, {}).get("at", -math.inf) < svc.config.clouds[e.cloud].cooldown
+             or e.cloud in down]
     booting: dict[str, _Booting] = {}
     left = list(nodes)
     for entry in placement.cloud_order(pool, later):

@@ -101,12 +101,12 @@ def test_unreachable_cloud_is_reported_and_changes_nothing_for_its_nodes(site, c
     site.clouds["beta"].fail_next("list", CloudErrorKind.UNREACHABLE, times=2, message="list servers: cannot connect")
     assert run(site, "status") == 1
     out = capsys.readouterr().out
-    assert "cloud beta: not answering" in out and "cannot connect" in out
+    assert "cloud beta: cannot be listed" in out and "unreachable: list servers: cannot connect" in out
     (row,) = [line for line in out.splitlines() if line.startswith("cpu-002")]
     assert "missing" not in row and "beta not answering" in row
     site.clouds["beta"].fail_next("list", CloudErrorKind.UNREACHABLE, times=4, message="list servers: cannot connect")
     assert run(site, "reconcile", "--apply") == 1
-    assert "beta: unreachable" in capsys.readouterr().err
+    assert "cloud beta cannot be listed: unreachable" in capsys.readouterr().err
     assert [op for op, _ in site.clouds["alpha"].calls if op == "delete"] == ["delete"]
     assert site.slurm.changes == []
 

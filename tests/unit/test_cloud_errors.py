@@ -331,3 +331,29 @@ FAULT_ROWS = [
 def test_classify_fault(message, kind):
     """An ERROR server's fault is CAPACITY only for Nova's 'No valid host', BOOT otherwise (also no fault)."""
     assert classify_fault(message) is kind
+
+
+@pytest.mark.parametrize("message", [
+    "Maximum number of ports exceeded",
+    "Project 9f3c is over a limit for [Resource servers is over limit of 10 due to current usage 10 and delta 1]",
+    "Project 9f3c is over a limit for [Resource class:VCPU is over limit of 40 due to current usage 40 and delta 4]",
+], ids=["port-quota", "unified-limits-servers", "unified-limits-vcpu"])
+def test_nova_quota_refusals_without_the_word_quota_are_quota(message):
+    """Nova's 403 for a port quota and for unified limits (oslo.limit's text) is quota, not a policy refusal."""
+    error = classify_exception(_sdk_error(_response(403, {"forbidden": {"code": 403, "message": message}},
+                                                    url=f"{NOVA}/servers")), cloud="east", action="create")
+    assert error.kind is K.QUOTA and not error.retryable
+
+
+@pytest.mark.parametrize("make_exc", [
+    lambda: _authorize_failure(lambda: _discovery_failure(lambda: _ksa_error(_response(
+        404, {"error": {"code": 404, "message": "Not Found"}}, url=f"{KEYSTONE}/", method="GET")))),
+    lambda: _authorize_failure(lambda: _ksa_error(_response(
+        404, {"error": {"code": 404, "message": "Not Found"}}, url=f"{KEYSTONE}/v3/auth/tokens"))),
+    lambda: _authorize_failure(lambda: _ksa_error(_response(
+        400, {"error": {"code": 400, "message": "Expecting to find domain in user"}}, url=f"{KEYSTONE}/v3/auth/tokens"))),
+], ids=["wrong-auth-url", "tokens-404", "tokens-400"])
+def test_login_refused_for_wrong_auth_settings_is_config(make_exc):
+    """A 4xx from Keystone while logging in (wrapped by Connection.authorize) is config: no retry helps."""
+    error = classify_exception(make_exc(), cloud="east", action="connect")
+    assert error.kind is K.CONFIG and not error.retryable

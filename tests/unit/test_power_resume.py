@@ -4,10 +4,23 @@ from __future__ import annotations
 
 from elastic.cloud import ACTIVE, BUILDING, ERROR
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
-from elastic.errors import CloudErrorKind
+from elastic.errors import CloudError, CloudErrorKind
 from elastic.power import resume
 
 from power_fixtures import make_services
+
+CONFIG_ONE_CLOUD = """\
+cluster: test
+clouds:
+  alpha: {clouds_yaml: clouds.yaml}
+pools:
+  cpu:
+    nodes: cpu-[001-004]
+    slurm: {cpus: 1, real_memory: 1000}
+    boot: {flavor: m1.small, image: debian-12}
+    clouds:
+      - {cloud: alpha, network: private}
+"""
 
 OURS = {META_CLUSTER: "test", META_POOL: "cpu"}
 
@@ -312,3 +325,83 @@ def test_failing_scontrol_does_not_raise(tmp_path):
     slurm.fail = True
     outcome = resume(["cpu-001"], svc)
     assert outcome.served.keys() == {"cpu-001"}
+
+
+# ---- one cloud's trouble stays on that cloud -------------------------------------------------
+
+
+def test_a_cloud_that_cannot_be_listed_gets_no_create_and_its_nodes_boot_on_the_next(tmp_path):
+    """With alpha unlistable, cpu nodes (pool alpha, beta) boot on beta and none is created on
+    alpha (a server may hide there); gpu nodes (beta only) boot as usual."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].fail_next("list", CloudErrorKind.UNREACHABLE, times=2)
+    outcome = resume(["cpu-001", "cpu-002", "gpu-1"], svc)
+    assert outcome.exit_code == 0 and set(outcome.served) == {"cpu-001", "cpu-002", "gpu-1"}
+    assert not any(op == "create" for op, _ in clouds["alpha"].calls)
+    assert sorted(s.name for s in clouds["beta"].live()) == ["cpu-001", "cpu-002", "gpu-1"]
+
+
+def test_a_create_without_an_answer_falls_back_and_leaves_a_pending_delete(tmp_path):
+    """A create that got no reply may have made a server: the node boots on beta, and alpha gets
+    a pending delete for it, so a later run deletes whatever the lost create made."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    clouds["alpha"].fail_next("create", CloudErrorKind.UNREACHABLE, final=True)
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.served.keys() == {"cpu-001"} and [s.name for s in clouds["beta"].live()] == ["cpu-001"]
+    assert list(svc.history.pending_deletes()["cpu-001"]) == ["alpha"]
+
+
+def test_a_server_with_a_pending_delete_is_deleted_not_adopted(tmp_path):
+    """A server a suspend could not delete is not adopted (its slurmd predates the resume): it is
+    deleted, the pending delete is settled, and the node gets a fresh server."""
+    svc, clouds, _, clock = make_services(tmp_path)
+    old = clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"), status=ACTIVE)
+    svc.history.add_pending_deletes({"cpu-001": {"alpha": "suspend: cannot list"}}, clock())
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.served.keys() == {"cpu-001"} and ("delete", old.id) in clouds["alpha"].calls
+    (new,) = clouds["alpha"].live()
+    assert new.id != old.id and svc.history.pending_deletes() == {}
+
+
+def test_a_cloud_lost_while_booting_sends_its_nodes_to_the_next_cloud(tmp_path):
+    """When alpha stops answering (401) while servers boot there, those nodes boot on beta, a
+    pending delete remembers the servers on alpha, and beta's own nodes are not disturbed."""
+    svc, clouds, slurm, _ = make_services(tmp_path)
+    clouds["alpha"].boot_polls = 3
+    original = clouds["alpha"].list_servers
+    lists = []
+
+    def list_then_refuse(cluster, names=None):
+        lists.append(names)
+        if len(lists) == 2:  # the first poll after the creates
+            raise CloudError(CloudErrorKind.AUTH, "authentication failed", cloud="alpha", status=401)
+        return original(cluster, names)
+
+    clouds["alpha"].list_servers = list_then_refuse
+    outcome = resume(["cpu-001", "cpu-002", "gpu-1"], svc)
+    assert set(outcome.served) == {"cpu-001", "cpu-002", "gpu-1"} and outcome.failed == {}
+    assert sorted(s.name for s in clouds["beta"].live()) == ["cpu-001", "cpu-002", "gpu-1"]
+    assert set(svc.history.pending_deletes()) == {"cpu-001", "cpu-002"}
+
+
+def test_no_create_starts_after_the_boot_deadline_and_the_reason_keeps_the_cause(tmp_path):
+    """Under a 429 storm longer than timeouts.boot, retries stop at the deadline, no create is
+    sent after it, and the node's reason says rate-limited, not timeout."""
+    svc, clouds, slurm, clock = make_services(tmp_path, extra="timeouts: {boot: 20, delete: 30, poll: 5}\n",
+                                              config_text=CONFIG_ONE_CLOUD)
+    clouds["alpha"].fail_next("create", CloudErrorKind.RATE_LIMITED, times=100)
+    start = clock()
+    outcome = resume(["cpu-001"], svc)
+    creates = [op for op, _ in clouds["alpha"].calls if op == "create"]
+    assert outcome.failed["cpu-001"].kind == "rate-limited" and clock() - start <= 20
+    assert 1 <= len(creates) < 8
+
+
+def test_a_problem_is_forgotten_once_the_cloud_serves_the_pool_again(tmp_path):
+    """A problem older than the cloud's cooldown no longer puts the cloud last, and is cleared when
+    a server boots there."""
+    svc, clouds, _, clock = make_services(tmp_path)
+    svc.history.record_problem("alpha", "cpu", "not-found", "image 'debian-12' not found", clock() - 301)
+    resume(["cpu-001"], svc)
+    assert [s.name for s in clouds["alpha"].live()] == ["cpu-001"]
+    assert svc.history.problems() == {}
