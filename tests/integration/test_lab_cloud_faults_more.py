@@ -1,6 +1,7 @@
 """Faults for fault-isolation work, seen through the real openstacksdk: a black-holed API, quota
 refused the pre-Juno way (413), Nova's network info cache lagging behind Neutron, credentials
-expiring mid-run, an image removed while servers run, and /limits usage."""
+expiring mid-run, an image removed while servers run, /limits usage, and replies lost after the
+request was processed."""
 
 from __future__ import annotations
 
@@ -266,3 +267,65 @@ def test_new_faults_validate_and_show_in_the_control_endpoint(lab):
     shown = requests.get(f"{lab.url}/_lab/faults/lab", timeout=5).json()["faults"]
     assert shown["floating_ip_cache_lag"] == 2.0 and shown["outage"] == "blackhole"
     assert shown["quota_status"] == 403 and shown["auth_fails"] is False
+
+
+# ---- 8. replies lost after the work was done -------------------------------------------------------
+
+def test_lost_create_reply_leaves_a_server_behind(lab, sdk, eventually):
+    """reply_lost_rate=1 on POST: the SDK's create fails with a connection error, yet the server exists and boots; GETs and DELETEs are still answered."""
+    conn = sdk(lab)
+    conn.authorize()  # the token's POST comes before the fault
+    boot(conn, "warmup")  # find_* and a first create: every lookup cached on the connection
+    lab.set_faults("lab", reply_lost_rate=1.0, reply_lost_methods=["POST"], seed=3)
+    with pytest.raises(keystoneauth1.exceptions.ConnectFailure) as caught:  # not retried: a POST is not idempotent
+        boot(conn, "lost-1")
+    assert any(isinstance(link, ConnectionResetError) for link in chain(caught.value))
+    left = [s for s in lab.servers("lab") if s["name"] == "lost-1"]
+    assert len(left) == 1  # processed once, answered never
+    eventually(lambda: conn.compute.get_server(left[0]["id"]).status == "ACTIVE")
+    (record,) = [r for r in lab.requests("lab") if r["endpoint"] == "POST /servers" and r.get("reply_lost")]
+    assert record["status"] == 202  # what Nova answered, never delivered
+    conn.compute.delete_server(left[0]["id"])  # DELETE not in reply_lost_methods: answered
+    eventually(lambda: not [s for s in lab.servers("lab") if s["name"] == "lost-1"])
+
+
+def test_lost_delete_reply_still_deletes(lab, sdk, eventually):
+    """reply_lost on DELETE: the delete raises a connection error and the server is deleted all the same."""
+    conn = sdk(lab)
+    server = boot(conn, "doomed")
+    conn.compute.wait_for_server(server, wait=10, interval=0.05)
+    lab.set_faults("lab", reply_lost_rate=1.0, reply_lost_methods="delete")
+    with pytest.raises(keystoneauth1.exceptions.ConnectFailure):
+        conn.compute.delete_server(server)
+    eventually(lambda: not [s for s in lab.servers("lab") if s["name"] == "doomed"])
+
+
+def test_reply_lost_rate_is_seeded_and_spares_other_methods(lab):
+    """reply_lost_rate=0.5 loses about half the matching requests, the same ones for the same seed, and never a request of another method."""
+    def lost_pattern() -> list[bool]:
+        lab.set_faults("lab", reply_lost_rate=0.5, reply_lost_methods=["GET"], seed=11)
+        pattern = []
+        for _ in range(40):
+            try:
+                pattern.append(requests.get(f"{lab.url}/lab/identity/v3", timeout=5).status_code != 200)
+            except requests.ConnectionError:
+                pattern.append(True)
+        lab.clear_faults("lab")
+        return pattern
+
+    first = lost_pattern()
+    assert 8 <= sum(first) <= 32 and lost_pattern() == first
+    lab.set_faults("lab", reply_lost_rate=1.0, reply_lost_methods=["DELETE"])
+    assert all(requests.get(f"{lab.url}/lab/identity/v3", timeout=5).status_code == 200 for _ in range(5))
+
+
+def test_reply_lost_faults_validate_and_show(lab):
+    """reply_lost_rate and reply_lost_methods are checked with the key named, and GET /_lab/faults shows them."""
+    for bad in ({"reply_lost_rate": 1.5}, {"reply_lost_rate": True}, {"reply_lost_methods": ["FETCH"]},
+                {"reply_lost_methods": [1]}):
+        with pytest.raises(ValueError, match=next(iter(bad))):
+            lab.set_faults("lab", **bad)
+    lab.set_faults("lab", reply_lost_rate=0.25, reply_lost_methods=["post", "DELETE"])
+    shown = requests.get(f"{lab.url}/_lab/faults/lab", timeout=5).json()["faults"]
+    assert shown["reply_lost_rate"] == 0.25 and shown["reply_lost_methods"] == ["POST", "DELETE"]
+    assert lab.clear_faults("lab") is None and lab.faults("lab")["reply_lost_methods"] == []

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Any
 
 OUTAGES = ("reset", "timeout", "blackhole")
+METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
 HOLDING = ("timeout", "blackhole")  # outages that hold a request unanswered
 
 
@@ -34,6 +35,11 @@ class Faults:
     # tokens held when it was set stay revoked after it is cleared.
     auth_fails: bool = False
     quota_status: int = 403  # 413: Nova's quota refusals the pre-Juno way (overLimit, Retry-After: 0)
+    # That fraction of requests (of reply_lost_methods; () is every method) is processed in full (a
+    # create creates, a delete deletes) and then the connection is reset instead of answered: a
+    # reply lost by a proxy or the network, the way clouds get duplicate servers behind client retries.
+    reply_lost_rate: float = 0.0
+    reply_lost_methods: tuple[str, ...] = ()
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], *, where: str = "faults") -> Faults:
@@ -65,7 +71,7 @@ def _check(key: str, value: Any, where: str) -> Any:
 
     if key in ("latency_seconds", "outage_timeout_seconds"):
         return number(0)
-    if key in ("error_rate", "no_valid_host_fraction"):
+    if key in ("error_rate", "no_valid_host_fraction", "reply_lost_rate"):
         return number(0, 1)
     if key == "seed":
         if isinstance(value, bool) or not isinstance(value, int):
@@ -81,6 +87,12 @@ def _check(key: str, value: Any, where: str) -> Any:
         if not isinstance(value, (list, tuple)) or not value or not all(isinstance(s, int) and 400 <= s <= 599 for s in value):
             raise ValueError(f"{where}: {value!r} must be a non-empty list of HTTP error statuses")
         return tuple(value)
+    if key == "reply_lost_methods":
+        if isinstance(value, str):
+            value = [value]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(m, str) and m.upper() in METHODS for m in value):
+            raise ValueError(f"{where}: {value!r} must be a list of HTTP methods ({', '.join(METHODS)}); empty for all")
+        return tuple(dict.fromkeys(m.upper() for m in value))
     if key == "no_valid_host_flavors":
         if not isinstance(value, (list, tuple)) or not all(isinstance(s, str) for s in value):
             raise ValueError(f"{where}: {value!r} must be a list of flavor names")
@@ -109,12 +121,14 @@ def _check(key: str, value: Any, where: str) -> Any:
 @dataclass(frozen=True)
 class Verdict:
     """What to do with one request: drop the connection (after `delay`), or answer `status` (None:
-    serve it normally) after `delay` seconds."""
+    serve it normally) after `delay` seconds; `lose_reply`: serve it, then reset the connection
+    instead of sending the reply."""
 
     drop: bool = False
     delay: float = 0.0
     status: int | None = None
     retry_after: int | None = None
+    lose_reply: bool = False
 
 
 class FaultGate:
@@ -138,7 +152,7 @@ class FaultGate:
             self._admitted.clear()
             self._changed.notify_all()
 
-    def admit(self, now: float) -> Verdict:
+    def admit(self, now: float, method: str = "GET") -> Verdict:
         with self._lock:
             faults = self._faults
             if faults.outage == "reset":
@@ -156,6 +170,9 @@ class FaultGate:
                 self._admitted.append(now)
             if faults.error_rate and self._random.random() < faults.error_rate:
                 return Verdict(delay=faults.latency_seconds, status=self._random.choice(faults.error_statuses))
+            if (faults.reply_lost_rate and (not faults.reply_lost_methods or method.upper() in faults.reply_lost_methods)
+                    and self._random.random() < faults.reply_lost_rate):
+                return Verdict(delay=faults.latency_seconds, lose_reply=True)
             return Verdict(delay=faults.latency_seconds)
 
     def hold(self, delay: float) -> None:

@@ -127,36 +127,43 @@ class Handler(BaseHTTPRequestHandler):
             "endpoint": found.label if found else f"{self.command} {path}", "status": None,
             "headers": {h: self.headers[h] for h in _RECORDED_HEADERS if h in self.headers}, "microversion": None,
         }
-        response = self._answer(app, cloud, req, found, params, path_known, service)
+        response, lose_reply = self._answer(app, cloud, req, found, params, path_known, service)
         payload = b""
         if response is not None:
             payload = response.encoded()
             record["status"] = response.status
             if service == "compute" and "X-OpenStack-Nova-API-Version" in response.headers:
                 record["microversion"] = text(req.microversion)
+        if lose_reply:
+            record["reply_lost"] = True  # processed, answered `status`, but the client never saw it
         record["duration_s"] = time.monotonic() - started
         # Logged before the reply leaves, so a client that got its answer finds it in the log.
         app.log.add(record)
-        if response is None:
+        if response is None or lose_reply:
             self._drop()
         else:
             self._send(response, payload)
 
-    def _answer(self, app: App, cloud: CloudState, req: Request, found, params, path_known, service) -> Response | None:
-        """The response, or None to drop the connection unanswered."""
+    def _answer(self, app: App, cloud: CloudState, req: Request, found, params, path_known,
+                service) -> tuple[Response | None, bool]:
+        """(The response, or None to drop the connection unanswered; whether its reply is lost:
+        the request was processed, then the connection is dropped all the same)."""
         error = _ERRORS.get(service, nova_error)
         cloud.settle()
-        verdict = cloud.gate.admit(time.monotonic())
+        verdict = cloud.gate.admit(time.monotonic(), req.method)
         if verdict.drop:
             # Held (timeout, blackhole) until the delay passes, the outage is lifted or the lab stops.
             cloud.gate.hold(verdict.delay)
-            return None
+            return None, False
         if verdict.status == 429:
-            return _rate_limited(error, verdict.retry_after)
+            return _rate_limited(error, verdict.retry_after), False
         if verdict.delay and app.stopping.wait(verdict.delay):
-            return None
+            return None, False
         if verdict.status is not None:
-            return error(verdict.status, "Injected fault: the service failed this request").response
+            return error(verdict.status, "Injected fault: the service failed this request").response, False
+        return self._process(cloud, req, found, params, path_known, error), verdict.lose_reply
+
+    def _process(self, cloud: CloudState, req: Request, found, params, path_known, error) -> Response:
         if found is None:
             if path_known:
                 return error(405, f"The method {req.method} is not allowed for this resource.").response
