@@ -75,6 +75,24 @@ class Site:
             if read_fd is not None:
                 os.close(read_fd)
 
+    def start(self, program: str, hostlist: str, *, resume_file: str | None = None) -> subprocess.Popen:
+        """Start like run() (same env, fds 0-2 closed, cwd /) without waiting: the caller waits or kills."""
+        env = {"SLURM_CONF": str(self.slurm_conf)}
+        pass_fds: tuple[int, ...] = ()
+        read_fd = None
+        if resume_file is not None:
+            read_fd, write_fd = os.pipe()
+            os.write(write_fd, resume_file.encode())
+            os.close(write_fd)
+            env["SLURM_RESUME_FILE"] = f"/proc/self/fd/{read_fd}"
+            pass_fds = (read_fd,)
+        try:
+            return subprocess.Popen([sys.executable, str(PROGRAMS[program]), hostlist], env=env, cwd="/",
+                                    pass_fds=pass_fds, preexec_fn=_close_standard_fds)
+        finally:
+            if read_fd is not None:
+                os.close(read_fd)  # the child holds its own copy
+
     def calls(self) -> list[list[str]]:
         return scontrol_calls(self.record)
 
