@@ -4,6 +4,10 @@ slurmctld puts no cap on concurrent programs: two resumes of one node, or a susp
 whose resume still runs, really happen. A flow holds its nodes' locks while it looks for and
 creates (or deletes) their servers, so the second process sees what the first one made.
 
+Node locks are flock(2) on file descriptors we open ourselves: filelock costs about 0.3 ms a lock
+(its instance registry and fork tracking), 3 s for the 10,000 nodes of a large resume-fail, where a
+bare flock costs 8 microseconds. The single exclusive locks (reconcile, history) use filelock.
+
 Every fault of this machine (a lock file we may not open, a symlink planted where a lock file
 should be, too many open files, a full or read-only disk) is a LocalError naming the file: the
 flows fail closed on it. Lock files are opened with O_NOFOLLOW (filelock's UnixFileLock does) and
@@ -14,7 +18,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
+import os
 import resource
+import stat
+import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -44,10 +52,44 @@ def node_locks(lock_dir: Path, names: Iterable[str], *, timeout: float) -> Itera
         check_node_name(name)
     _check_open_file_limit(len(wanted))
     _make_dir(Path(lock_dir))
-    with contextlib.ExitStack() as held:
+    deadline = time.monotonic() + timeout
+    held: list[int] = []
+    try:
         for name in wanted:
-            held.enter_context(_locked(Path(lock_dir) / f"{name}.lock", timeout, f"node {name}"))
+            held.append(_flock(Path(lock_dir) / f"{name}.lock", deadline, timeout, f"node {name}"))
         yield
+    finally:
+        for fd in reversed(held):
+            os.close(fd)  # closing the only descriptor releases the flock
+
+
+def _flock(path: Path, deadline: float, timeout: float, what: str) -> int:
+    """An open descriptor of `path` holding an exclusive flock; waits until `deadline`."""
+    try:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, LOCK_FILE_MODE)
+    except OSError as exc:
+        raise LocalError(f"cannot open or lock {path}: {_strerror(exc)}{_hint(exc)}") from None
+    try:
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise LockTimeout(f"{what}: lock {path} still held by another elastic process after "
+                                      f"{timeout:g}s") from None
+                time.sleep(_POLL_SECONDS)
+            except OSError as exc:  # ENOLCK, ENOSYS: a filesystem without flock
+                raise LocalError(f"cannot open or lock {path}: {_strerror(exc)}{_hint(exc)}") from None
+        if stat.S_IMODE(os.fstat(fd).st_mode) != LOCK_FILE_MODE:
+            os.fchmod(fd, LOCK_FILE_MODE)  # a lock file from an older elastic, or a wider umask
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+_POLL_SECONDS = 0.05
 
 
 @contextlib.contextmanager

@@ -258,12 +258,16 @@ def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[s
             if result.kind in FALLBACK_KINDS:
                 svc.history.record_cloud_failure(entry.cloud, pool_name, result.kind.value, svc.clock())
             _remember_problem(result, entry.cloud, pool_name, svc)
-            if result.final and result.kind is CloudErrorKind.UNREACHABLE:
-                # The create may have reached Nova before the reply was lost: whatever it made is
-                # deleted by a later run (or reconcile) once the cloud answers.
-                unanswered[node] = {entry.cloud: f"create got no answer: {result.message}"}
+            if result.kind in _CREATE_MAY_HAVE_HAPPENED:
+                # The last create may have reached Nova before its reply was lost: whatever it made
+                # is deleted by a later run (or reconcile) once the cloud answers.
+                unanswered[node] = {entry.cloud: f"create unconfirmed: {result.message}"}
     svc.history.add_pending_deletes(unanswered, svc.clock())
     return started, failed
+
+
+# A create that ended in these may have made a server; a 429 or a 4xx was refused before that.
+_CREATE_MAY_HAVE_HAPPENED = frozenset({CloudErrorKind.UNREACHABLE, CloudErrorKind.TRANSIENT})
 
 
 def _remember_problem(error: CloudError, cloud: str, pool: str, svc: Services) -> None:
@@ -273,10 +277,13 @@ def _remember_problem(error: CloudError, cloud: str, pool: str, svc: Services) -
 
 
 def _find_live(cloud: Cloud, node: str, svc: Services) -> Server | None:
+    """The node's server that an unanswered create may have made. A look that fails stops the
+    retries: resending blind could make a second server."""
     try:
-        servers = cloud.list_servers(svc.config.cluster, [node])
-    except CloudError:
-        return None
+        servers = with_retries(lambda: cloud.list_servers(svc.config.cluster, [node]), sleep=svc.sleep)
+    except CloudError as error:
+        raise CloudError(error.kind, f"cannot look before resending a create: {error.message}", cloud=error.cloud,
+                         status=error.status, final=True) from None
     keep, _ = placement.choose_server(servers)
     return keep
 

@@ -9,6 +9,7 @@ import threading
 
 import filelock
 import pytest
+from pathlib import Path
 
 from elastic import locks
 from elastic.errors import LocalError, LockTimeout, UsageError
@@ -48,12 +49,10 @@ def test_existing_lock_file_mode_is_normalised(tmp_path):
 
 def test_takes_locks_in_sorted_order(tmp_path, mocker):
     """Locks are taken in sorted node order whatever order the caller gives, so processes cannot deadlock."""
-    import filelock
-
-    made = mocker.patch("elastic.locks.filelock.FileLock", wraps=filelock.FileLock)
+    opened = mocker.patch("elastic.locks.os.open", wraps=os.open)
     with node_locks(tmp_path, ["c", "a", "b", "a"], timeout=1):
         pass
-    assert [call.args[0].name for call in made.call_args_list] == ["a.lock", "b.lock", "c.lock"]
+    assert [Path(call.args[0]).name for call in opened.call_args_list] == ["a.lock", "b.lock", "c.lock"]
 
 
 def test_other_thread_waits_then_times_out_naming_node(tmp_path):
@@ -213,12 +212,16 @@ def test_os_error_opening_lock_file_is_local_error(tmp_path, monkeypatch, code, 
 
 def test_filesystem_without_flock_is_local_error(tmp_path, monkeypatch):
     """Where flock(2) is not supported the lock fails closed instead of falling back to a stale-prone soft lock."""
-    def no_flock(fd):
+    def no_flock(fd, operation):
         raise OSError(errno.ENOSYS, os.strerror(errno.ENOSYS))
 
-    monkeypatch.setattr(filelock._unix, "_lock_fd_nonblocking", no_flock)
+    monkeypatch.setattr(locks.fcntl, "flock", no_flock)
     with pytest.raises(LocalError, match="cannot open or lock .*a.lock: Function not implemented"):
         with node_locks(tmp_path, ["a"], timeout=1):
+            pass
+    monkeypatch.setattr(filelock._unix, "_lock_fd_nonblocking", lambda fd: no_flock(fd, 0))
+    with pytest.raises(LocalError, match="cannot open or lock .*b.lock: Function not implemented"):
+        with exclusive_lock(tmp_path / "b.lock", timeout=1):
             pass
 
 

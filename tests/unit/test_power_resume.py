@@ -405,3 +405,24 @@ def test_a_problem_is_forgotten_once_the_cloud_serves_the_pool_again(tmp_path):
     resume(["cpu-001"], svc)
     assert [s.name for s in clouds["alpha"].live()] == ["cpu-001"]
     assert svc.history.problems() == {}
+
+
+def test_a_failed_look_before_resending_a_create_stops_the_retries(tmp_path):
+    """After a create answered 5xx, the list that looks for a server it may have made fails: the
+    create is not resent blind (no duplicate); the node boots on beta and alpha gets a pending delete."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    clouds["alpha"].fail_next("create", CloudErrorKind.TRANSIENT)
+    original = clouds["alpha"].list_servers
+    looks = []
+
+    def look_fails_after_the_create(cluster, names=None):
+        if any(op == "create" for op, _ in clouds["alpha"].calls):
+            looks.append(names)
+            raise CloudError(CloudErrorKind.TRANSIENT, "list servers: 503", cloud="alpha", status=503)
+        return original(cluster, names)
+
+    clouds["alpha"].list_servers = look_fails_after_the_create
+    outcome = resume(["cpu-001"], svc)
+    assert [op for op, _ in clouds["alpha"].calls].count("create") == 1 and looks
+    assert outcome.served.keys() == {"cpu-001"} and [s.name for s in clouds["beta"].live()] == ["cpu-001"]
+    assert list(svc.history.pending_deletes()["cpu-001"]) == ["alpha"]
