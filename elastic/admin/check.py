@@ -11,8 +11,10 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from elastic import slurmconf, userdata
 from elastic.admin import slurm_conf
@@ -329,13 +331,44 @@ def slurm_unavailable(reason: str, programs: slurmconf.Programs) -> list[Check]:
     return checks
 
 
+def history_checks(config: Config, history: Any, now: float) -> list[Check]:
+    """What the programs' runs found and left (the state dir): a cloud that did not answer them, a
+    pool's permanent error on a cloud, deletes still pending. One row per cloud with any."""
+    from elastic.admin.table import duration
+    from elastic.hostlists import compress
+
+    down, problems, pending = history.clouds_down(), history.problems(), history.pending_deletes()
+    checks = []
+    for name in config.clouds:
+        found = []
+        if name in down:
+            found.append(f"did not answer a run {duration(now - down[name]['at'])} ago (down for "
+                         f"{duration(now - down[name]['since'])}): {down[name]['error']}")
+        for pool, entry in sorted(problems.get(name, {}).items()):
+            found.append(f"pool {pool}: {entry['kind']}: {entry['error']} ({duration(now - entry['at'])} ago; "
+                         "its nodes fall back to the pool's next cloud)")
+        waiting = sorted(node for node, clouds in pending.items() if name in clouds)
+        if waiting:
+            found.append(f"{len(waiting)} delete(s) pending for {compress(waiting)}")
+        if found:
+            fix = "elastic reconcile --apply deletes what is pending once the cloud answers" if waiting else \
+                "fix the cause; the next run that succeeds on this cloud clears it"
+            checks.append(Check(WARN, f"cloud {name}: runs", "; ".join(found), fix))
+    return checks
+
+
 def run_all(config: Config, clouds: Mapping[str, Cloud], slurm, *, slurm_error: str | None,
-            programs: slurmconf.Programs) -> list[Check]:
-    """Every check in table order; `slurm` None (with `slurm_error`) when slurmctld is not reachable."""
+            programs: slurmconf.Programs, history: Any | None = None, now: float = 0.0) -> list[Check]:
+    """Every check in table order; `slurm` None (with `slurm_error`) when slurmctld is not reachable.
+    The clouds are checked in parallel: one that does not answer costs its own api_timeout only."""
     checks = [config_check(config)]
     checks += template_checks(config)
-    for name, cloud in clouds.items():
-        checks += cloud_checks(config, name, cloud)
+    if clouds:
+        with ThreadPoolExecutor(max_workers=len(clouds), thread_name_prefix="check") as pool:
+            for rows in pool.map(lambda item: cloud_checks(config, *item), clouds.items()):
+                checks += rows
+    if history is not None:
+        checks += history_checks(config, history, now)
     if slurm is None:
         return checks + slurm_unavailable(slurm_error or "unknown", programs)
     try:

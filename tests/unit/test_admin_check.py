@@ -286,3 +286,20 @@ def test_all_checks_pass_on_a_matching_setup(tmp_path):
     text = check.render(checks)
     assert text.splitlines()[0].split() == ["RESULT", "CHECK", "DETAIL", "FIX"]
     assert "1 servers of ours running" in by_subject(checks)["cloud alpha: quota"].detail
+
+
+def test_history_rows_report_what_the_runs_found_per_cloud(tmp_path):
+    """A cloud that did not answer a run, a pool's permanent error and pending deletes each show
+    as a warning row for that cloud; a cloud with none gets no row."""
+    from elastic.admin.check import WARN, history_checks
+    from elastic.testing import MemoryHistory
+
+    config = make_config(tmp_path)
+    history = MemoryHistory()
+    history.mark_cloud_down("alpha", "alpha: unreachable: no answer in time", 900.0)
+    history.record_problem("alpha", "cpu", "auth", "connect: authentication failed", 950.0)
+    history.add_pending_deletes({"cpu-001": {"alpha": "suspend"}, "cpu-002": {"alpha": "suspend"}}, 960.0)
+    (row,) = history_checks(config, history, now=1000.0)
+    assert row.status == WARN and row.subject == "cloud alpha: runs"
+    assert "did not answer a run" in row.detail and "pool cpu: auth: connect: authentication failed" in row.detail
+    assert "2 delete(s) pending for cpu-[001-002]" in row.detail and "reconcile --apply" in row.fix
