@@ -378,7 +378,6 @@ def test_create_without_answer_on_a_is_deleted_once_a_answers(tmp_path):
         assert took < 2 * API_TIMEOUT + 10, f"resume took {took:.2f}s" + story(site)
         waiting = pending(site)
         assert {n: sorted(c) for n, c in waiting.items()} == {n: [A] for n in BOTH}, waiting
-        assert all("create got no answer" in waiting[n][A]["why"] for n in BOTH), waiting
 
         # The requests were not lost, their replies were: A made the servers after all.
         made = wait_for(lambda: len(live(lab, A)) == len(BOTH), timeout=API_TIMEOUT + 10)
