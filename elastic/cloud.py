@@ -142,6 +142,7 @@ class OpenStackCloud:
         self._config = config
         self._conn: Any = None
         self._connect_lock = threading.Lock()
+        self._half_connected: Any = None
         self._limiter = _RateLimiter(config.rate, monotonic, sleep)
         self._cache: dict[tuple[str, str], Any] = {}
 
@@ -154,7 +155,12 @@ class OpenStackCloud:
             if self._conn is not None:
                 return
             with self._translated("connect"):
-                conn = self._build_connection()
+                # A connect that failed half-way is resumed, not restarted: the token and the
+                # endpoints already discovered are kept (under a 50 % 5xx rate, six requests in a
+                # row rarely all succeed, but each one eventually does).
+                if self._half_connected is None:
+                    self._half_connected = self._build_connection()
+                conn = self._half_connected
                 # keystoneauth reads Session.timeout on every request.
                 conn.session.timeout = float(timeout if timeout is not None else self._config.api_timeout)
                 # Authenticate and build the proxies once, before any worker thread uses them.
@@ -162,7 +168,7 @@ class OpenStackCloud:
                 for proxy in (conn.compute, conn.network, conn.image):
                     proxy.get_endpoint()
                 conn.session.timeout = float(self._config.api_timeout)
-                self._conn = conn
+                self._conn, self._half_connected = conn, None
 
     def probe(self, timeout: float) -> None:
         """Is the cloud answering? Keystone and each service's discovery, `timeout` seconds each.
