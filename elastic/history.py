@@ -210,39 +210,15 @@ def _valid(raw: Any) -> dict[str, Any]:
     data = _empty()
     if not isinstance(raw, dict):
         return data
-    clouds = raw.get("clouds")
-    if isinstance(clouds, dict):
-        for cloud, pools in clouds.items():
-            if not isinstance(pools, dict):
-                continue
-            kept = {pool: {"kind": str(entry.get("kind", "")), "at": float(entry["at"])}
-                    for pool, entry in pools.items() if isinstance(entry, dict) and _is_number(entry.get("at"))}
-            if kept:
-                data["clouds"][cloud] = kept
-    health = raw.get("health")
-    if isinstance(health, dict):
-        data["health"] = {cloud: {"since": float(entry["since"]), "error": str(entry.get("error", "")),
-                                  "at": float(entry.get("at", entry["since"]))}
-                          for cloud, entry in health.items()
-                          if isinstance(entry, dict) and _is_number(entry.get("since"))
-                          and _is_number(entry.get("at", entry.get("since")))}
-    problems = raw.get("problems")
-    if isinstance(problems, dict):
-        for cloud, pools in problems.items():
-            if isinstance(pools, dict):
-                kept = {pool: {"kind": str(entry.get("kind", "")), "error": str(entry.get("error", "")),
-                               "at": float(entry["at"])}
-                        for pool, entry in pools.items() if isinstance(entry, dict) and _is_number(entry.get("at"))}
-                if kept:
-                    data["problems"][cloud] = kept
-    pending = raw.get("pending")
-    if isinstance(pending, dict):
-        for node, clouds in pending.items():
-            if isinstance(clouds, dict):
-                kept = {cloud: {"since": float(entry["since"]), "why": str(entry.get("why", ""))}
-                        for cloud, entry in clouds.items() if isinstance(entry, dict) and _is_number(entry.get("since"))}
-                if kept:
-                    data["pending"][node] = kept
+    for section, times, texts, nested in (("clouds", ("at",), ("kind",), True),
+                                          ("health", ("since", "at"), ("error",), False),
+                                          ("problems", ("at",), ("kind", "error"), True),
+                                          ("pending", ("since",), ("why",), True)):
+        entries = raw.get(section)
+        if nested and isinstance(entries, dict):
+            data[section] = {key: kept for key, inner in entries.items() if (kept := _timed(inner, times, texts))}
+        elif not nested:
+            data[section] = _timed(entries, times, texts)
     nodes = raw.get("nodes")
     if isinstance(nodes, dict):
         for node, times in nodes.items():
@@ -251,6 +227,15 @@ def _valid(raw: Any) -> dict[str, Any]:
                 if kept_times:
                     data["nodes"][node] = kept_times
     return data
+
+
+def _timed(entries: Any, times: tuple[str, ...], texts: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """The well-formed entries of {name: {time keys: numbers, text keys: strings}}."""
+    if not isinstance(entries, dict):
+        return {}
+    return {name: {**{key: float(entry[key]) for key in times}, **{key: str(entry.get(key, "")) for key in texts}}
+            for name, entry in entries.items()
+            if isinstance(entry, dict) and all(_is_number(entry.get(key)) for key in times)}
 
 
 def _is_number(value: Any) -> bool:

@@ -57,23 +57,14 @@ class Site:
 
     def run(self, program: str, hostlist: str, *, resume_file: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
         """Run like slurmctld 22.05: env holds only SLURM_CONF (+ SLURM_RESUME_FILE), fds 0-2 closed, cwd /."""
-        env = {"SLURM_CONF": str(self.slurm_conf)}
-        pass_fds: tuple[int, ...] = ()
-        read_fd = None
-        if resume_file is not None:
-            read_fd, write_fd = os.pipe()
-            os.write(write_fd, resume_file.encode())
-            os.close(write_fd)
-            env["SLURM_RESUME_FILE"] = f"/proc/self/fd/{read_fd}"
-            pass_fds = (read_fd,)
+        process = self.start(program, hostlist, resume_file=resume_file)
         try:
-            return subprocess.run(
-                [sys.executable, str(PROGRAMS[program]), hostlist], env=env, cwd="/", timeout=timeout,
-                pass_fds=pass_fds, preexec_fn=_close_standard_fds, capture_output=False,
-            )
-        finally:
-            if read_fd is not None:
-                os.close(read_fd)
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+        return subprocess.CompletedProcess(process.args, returncode)
 
     def start(self, program: str, hostlist: str, *, resume_file: str | None = None) -> subprocess.Popen:
         """Start like run() (same env, fds 0-2 closed, cwd /) without waiting: the caller waits or kills."""

@@ -187,3 +187,47 @@ def test_concurrent_records_are_not_lost(path):
     assert history.node_failures("cpu-001", NOW + 40, 3600) == 40
     assert history.node_failures("cpu-002", NOW + 40, 3600) == 40
     assert history.node_failures("shared", NOW + 40, 3600) == 80
+
+
+def test_health_problems_and_pending_deletes_survive_a_new_process(path):
+    """A cloud marked down keeps its first `since`; problems and pending deletes round-trip; settling
+    a pending delete removes only that cloud's entry."""
+    history = History(path)
+    history.mark_cloud_down("east", "no answer", NOW)
+    history.mark_cloud_down("east", "no answer again", NOW + 60)
+    history.record_problem("east", "cpu", "auth", "authentication failed", NOW)
+    history.add_pending_deletes({"cpu-001": {"east": "suspend: cannot list", "west": "suspend: 503"}}, NOW)
+    history.add_pending_deletes({"cpu-001": {"east": "later why"}}, NOW + 5)
+    again = History(path)
+    assert again.clouds_down() == {"east": {"since": NOW, "error": "no answer again", "at": NOW + 60}}
+    assert again.problems() == {"east": {"cpu": {"kind": "auth", "error": "authentication failed", "at": NOW}}}
+    assert again.pending_deletes()["cpu-001"]["east"] == {"since": NOW, "why": "suspend: cannot list"}
+    again.clear_pending_deletes({"cpu-001": ["east"]})
+    again.mark_cloud_up("east")
+    again.clear_problem("east", "cpu")
+    last = History(path)
+    assert list(last.pending_deletes()["cpu-001"]) == ["west"]
+    assert last.clouds_down() == {} and last.problems() == {}
+
+
+def test_malformed_new_sections_are_dropped_entry_by_entry(path):
+    """Entries of health, problems and pending without a number for their time are dropped, the rest kept."""
+    path.parent.mkdir()
+    path.write_text(json.dumps({
+        "health": {"east": {"since": "soon", "at": 1}, "west": {"since": 1, "at": 2, "error": "x"}},
+        "problems": {"east": {"cpu": {"kind": "auth"}, "gpu": {"kind": "config", "at": 3}}, "west": []},
+        "pending": {"cpu-001": {"east": {"since": None}}, "cpu-002": {"west": {"since": 4}}, "cpu-003": "x"},
+    }))
+    history = History(path)
+    assert history.clouds_down() == {"west": {"since": 1.0, "at": 2.0, "error": "x"}}
+    assert history.problems() == {"east": {"gpu": {"kind": "config", "error": "", "at": 3.0}}}
+    assert history.pending_deletes() == {"cpu-002": {"west": {"since": 4.0, "why": ""}}}
+
+
+def test_record_node_failures_is_one_write_for_many_nodes(path, mocker):
+    """Failures of 1,000 nodes are counted (within the window) in one locked write of the file."""
+    history = History(path)
+    history.record_node_failures(["cpu-0001"], NOW - 5000)
+    writes = mocker.spy(history, "_write")
+    counts = history.record_node_failures([f"cpu-{i:04d}" for i in range(1, 1001)], NOW, window_seconds=3600)
+    assert writes.call_count == 1 and len(counts) == 1000 and counts["cpu-0001"] == 1
