@@ -37,3 +37,90 @@ def test_missing_hostlist_is_a_usage_error(capsys):
     with pytest.raises(SystemExit) as caught:
         cli.resume_main([])
     assert caught.value.code == 2
+
+
+# ---- failing closed: after the config loads, every node gets an elastic: state whatever breaks ----
+
+
+@pytest.fixture
+def program(tmp_path, monkeypatch):
+    """A config (from power_fixtures) with real state dir and log, memory clouds and a recording
+    Slurm wired in place of the real ones; returns (run(command, hostlist), slurm, config path)."""
+    from power_fixtures import CONFIG
+
+    from elastic import runtime
+    from elastic.testing import MemoryCloud, RecordingSlurm
+
+    path = tmp_path / "elastic.yaml"
+    path.write_text(CONFIG + f"state_dir: {tmp_path / 'state'}\nlog_file: {tmp_path / 'elastic.log'}\n")
+    slurm = RecordingSlurm()
+    monkeypatch.setattr(runtime, "make_clouds", lambda config: {n: MemoryCloud(n) for n in config.clouds})
+    monkeypatch.setattr(runtime, "make_slurm", lambda config: slurm)
+
+    def run(command: str, hostlist: str, config: str | None = None) -> int:
+        return cli.run_power(command, hostlist, config or str(path))
+
+    return run, slurm, path
+
+
+def test_a_node_lock_held_too_long_puts_suspended_nodes_down_with_a_local_reason(program, tmp_path, capsys):
+    """A suspend that cannot get a node's lock (another run holds it) does not crash: every node it
+    was handed goes DOWN with an `elastic: local:` reason naming the lock, exit 1."""
+    from elastic.locks import node_locks
+
+    run, slurm, path = program
+    path.write_text(path.read_text().replace("timeouts: {boot: 60, delete: 30, poll: 5}",
+                                             "timeouts: {boot: 60, delete: 30, poll: 5, lock: 0.2}"))
+    with node_locks(tmp_path / "state" / "locks", ["cpu-002"], timeout=1):
+        assert run("suspend", "cpu-[001-002]") == 1
+    (names, state, reason), = slurm.states
+    assert names == ("cpu-001", "cpu-002") and state == "down"
+    assert reason.startswith("elastic: local: node cpu-002: lock ") and "still held" in reason
+    assert "elastic: local:" in capsys.readouterr().err
+
+
+def test_a_bug_in_a_flow_fails_every_node_closed_with_an_internal_reason(program, monkeypatch):
+    """An exception no flow expected becomes `elastic: internal: <type>` for every node, with the
+    traceback in the log; resume's nodes get power_down_force so their jobs are requeued now."""
+    from elastic import power
+
+    run, slurm, path = program
+
+    def broken(nodes, services):
+        raise KeyError("boom")
+
+    monkeypatch.setattr(power, "resume", broken)
+    assert run("resume", "cpu-001,gpu-1") == 1
+    assert slurm.states == [(("cpu-001", "gpu-1"), "power_down_force", "elastic: internal: KeyError: 'boom'")]
+    log = (path.parent / "elastic.log").read_text()
+    assert "resume.failed_closed" in log and "Traceback" in log
+
+
+def test_a_state_dir_that_cannot_be_made_is_a_local_failure_not_a_traceback(program, tmp_path):
+    """state_dir under a regular file: resume cannot keep locks or history, so every node gets
+    power_down_force with `elastic: local: cannot create state_dir`."""
+    run, slurm, path = program
+    (tmp_path / "blocker").write_text("")
+    path.write_text(path.read_text().replace(f"state_dir: {tmp_path / 'state'}", f"state_dir: {tmp_path / 'blocker' / 'state'}"))
+    assert run("resume", "cpu-001") == 1
+    ((names, state, reason),) = slurm.states
+    assert names == ("cpu-001",) and state == "power_down_force"
+    assert reason.startswith("elastic: local: cannot create state_dir")
+
+
+@pytest.mark.parametrize("hostlist", ["cpu-001,../etc", "a/b", "x[0-99999999]"], ids=["dotdot", "slash", "huge"])
+def test_hostlists_no_slurm_would_send_exit_2_and_change_nothing(program, capsys, hostlist):
+    """A node name that is a path, or a hostlist naming more nodes than the pools have, is refused
+    with one line before any cloud or Slurm call."""
+    run, slurm, _ = program
+    assert run("suspend", hostlist) == 2
+    assert slurm.states == [] and len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_a_full_disk_under_the_log_does_not_stop_the_work(program, tmp_path):
+    """With log_file on a device that answers every write with ENOSPC, resume still serves its nodes
+    and sends their addresses to Slurm."""
+    run, slurm, path = program
+    path.write_text(path.read_text().replace(f"log_file: {tmp_path / 'elastic.log'}", "log_file: /dev/full"))
+    assert run("resume", "cpu-001,gpu-1") == 0
+    assert {node for update in slurm.addresses for node in update} == {"cpu-001", "gpu-1"}
