@@ -1,0 +1,167 @@
+"""The Cloud protocol's contract, run against both implementations: `OpenStackCloud` (the real
+openstacksdk over HTTP to the lab emulator) and `elastic.testing.MemoryCloud` (what the unit tests
+use). A behaviour the flows rely on that only one of them has would make the unit tests lie."""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from elastic.cloud import ACTIVE, BUILDING, BootRequest, Cloud, OpenStackCloud, Server
+from elastic.config import META_CLUSTER, META_NODE, META_POOL, CloudConfig
+from elastic.errors import CloudError, CloudErrorKind
+from elastic.lab.cloud import LabCloud
+from elastic.testing import MemoryCloud
+
+pytestmark = pytest.mark.integration
+
+CLUSTER = "contract"
+
+
+@dataclass
+class Subject:
+    cloud: Cloud
+    seed: Callable[[str, dict[str, str]], None]  # a server made behind our back (another cluster, an old run)
+
+
+def _emulated() -> Iterator[Subject]:
+    config = {"clouds": {"lab": {
+        "boot_seconds": 0.2, "delete_seconds": 0.2,
+        "flavors": [{"name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20}],
+        "images": [{"name": "debian-12"}],
+        "networks": [{"name": "private", "cidr": "127.10.0.0/16"},
+                     {"name": "public", "cidr": "127.20.0.0/16", "external": True}],
+        "quotas": {"instances": 100, "cores": 400, "ram": 1024000, "floating_ips": 10},
+    }}}
+    with LabCloud(config) as lab, tempfile.TemporaryDirectory() as tmp:
+        clouds_yaml = lab.write_clouds_yaml(Path(tmp) / "clouds.yaml")
+        cloud = OpenStackCloud("lab", CloudConfig(clouds_yaml=clouds_yaml, api_timeout=10, rate=0))
+        yield Subject(cloud, lambda name, metadata: lab.seed_server("lab", name, metadata=metadata))
+
+
+def _memory() -> Iterator[Subject]:
+    cloud = MemoryCloud("lab", boot_polls=2)
+    yield Subject(cloud, lambda name, metadata: cloud.add(name, metadata=metadata))
+
+
+@pytest.fixture(params=["openstack-on-emulator", "memory"])
+def subject(request) -> Iterator[Subject]:
+    """Each contract test runs once per implementation."""
+    yield from (_emulated() if request.param == "openstack-on-emulator" else _memory())
+
+
+def _ours(node: str) -> dict[str, str]:
+    return {META_CLUSTER: CLUSTER, META_NODE: node, META_POOL: "cpu"}
+
+
+def _request(cloud: Cloud, node: str) -> BootRequest:
+    target = cloud.resolve_boot("m1.small", "debian-12", "private")
+    return BootRequest(name=node, flavor_id=target.flavor_id, image_id=target.image_id,
+                       network_id=target.network_id, metadata=_ours(node))
+
+
+def _until(probe: Callable[[], object], timeout: float = 10.0) -> object:
+    deadline = time.monotonic() + timeout
+    while True:
+        found = probe()
+        if found or time.monotonic() > deadline:
+            return found
+        time.sleep(0.05)
+
+
+def _only(cloud: Cloud, node: str) -> Server | None:
+    servers = cloud.list_servers(CLUSTER, [node])
+    assert len(servers) <= 1
+    return servers[0] if servers else None
+
+
+def test_a_created_server_is_listed_by_exact_name_and_turns_active_with_an_address(subject):
+    """create_server answers BUILD with our name and metadata; the list finds it by its exact
+    name only (not a longer name it is a prefix of), and it becomes ACTIVE with a fixed IPv4."""
+    cloud = subject.cloud
+    created = cloud.create_server(_request(cloud, "cpu-1"))
+    cloud.create_server(_request(cloud, "cpu-10"))
+    assert (created.name, created.status, created.cloud, created.node) == ("cpu-1", BUILDING, "lab", "cpu-1")
+    active = _until(lambda: (s := _only(cloud, "cpu-1")) and s.status == ACTIVE and s)
+    assert isinstance(active, Server) and active.id == created.id and active.pool == "cpu"
+    assert active.fixed_address() and active.fixed_address().startswith("127.")
+
+
+def test_only_our_clusters_servers_are_listed(subject):
+    """A same-named server of another cluster, or one without our metadata, is never listed."""
+    subject.seed("cpu-2", {META_CLUSTER: "someone-else", META_NODE: "cpu-2"})
+    subject.seed("cpu-2", {})
+    subject.seed("cpu-3", _ours("cpu-3"))
+    assert [s.name for s in subject.cloud.list_servers(CLUSTER, ["cpu-2", "cpu-3"])] == ["cpu-3"]
+    assert [s.name for s in subject.cloud.list_servers(CLUSTER)] == ["cpu-3"]
+    assert subject.cloud.list_servers(CLUSTER, []) == []
+
+
+def test_many_names_are_filtered_exactly(subject):
+    """Above the regex limit the whole list is read and filtered here: exactly the named servers."""
+    for index in range(45):
+        subject.seed(f"cpu-{index}", _ours(f"cpu-{index}"))
+    wanted = [f"cpu-{index}" for index in range(0, 45, 2)] + ["cpu-999"]
+    assert sorted(s.name for s in subject.cloud.list_servers(CLUSTER, wanted)) == sorted(wanted[:-1])
+
+
+def test_a_deleted_server_goes_and_a_second_delete_is_harmless(subject):
+    """delete_server takes an id; the server is deleting or gone at once and gone soon; deleting
+    it again (or an id never seen) raises nothing."""
+    cloud = subject.cloud
+    server = cloud.create_server(_request(cloud, "cpu-4"))
+    cloud.delete_server(server.id)
+    now = _only(cloud, "cpu-4")
+    assert now is None or now.deleting
+    assert _until(lambda: _only(cloud, "cpu-4") is None)
+    cloud.delete_server(server.id)
+    cloud.delete_server("00000000-0000-0000-0000-000000000000")
+
+
+def test_unknown_names_are_not_found_errors(subject):
+    """An unknown image, flavor or network is a NOT_FOUND CloudError naming it and the cloud."""
+    for flavor, image, network, missing in (("m1.small", "centos-5", "private", "centos-5"),
+                                            ("m9.huge", "debian-12", "private", "m9.huge"),
+                                            ("m1.small", "debian-12", "nowhere", "nowhere")):
+        with pytest.raises(CloudError) as caught:
+            subject.cloud.resolve_boot(flavor, image, network)
+        assert caught.value.kind is CloudErrorKind.NOT_FOUND and missing in caught.value.message
+        assert caught.value.cloud == "lab"
+    with pytest.raises(CloudError) as caught:
+        subject.cloud.flavor("m9.huge")
+    assert caught.value.kind is CloudErrorKind.NOT_FOUND
+
+
+def test_flavor_and_limits_describe_the_cloud(subject):
+    """flavor() gives vCPUs and RAM; limits() counts the instances in use, moving with creates."""
+    cloud = subject.cloud
+    flavor = cloud.flavor("m1.small")
+    assert (flavor.name, flavor.vcpus) == ("m1.small", 1) and flavor.ram > 0
+    before = cloud.limits()
+    cloud.create_server(_request(cloud, "cpu-5"))
+    after = cloud.limits()
+    assert after.instances == before.instances and after.instances_used == before.instances_used + 1
+
+
+def test_a_floating_ip_is_attached_and_released(subject):
+    """attach_floating_ip gives an IPv4 the listed server then shows as floating; releasing it
+    (and releasing again) raises nothing."""
+    cloud = subject.cloud
+    server = cloud.create_server(_request(cloud, "cpu-6"))
+    active = _until(lambda: (s := _only(cloud, "cpu-6")) and s.status == ACTIVE and s)
+    assert isinstance(active, Server)
+    address = cloud.attach_floating_ip(active, "public")
+    assert address.startswith("127.")
+    assert _until(lambda: (s := _only(cloud, "cpu-6")) and s.floating_address() == address)
+    cloud.release_floating_ips(server.id)
+    cloud.release_floating_ips(server.id)
+
+
+def test_a_healthy_cloud_passes_its_probe(subject):
+    """probe() with a short timeout raises nothing on a cloud that answers."""
+    subject.cloud.probe(2.0)
