@@ -11,9 +11,13 @@ import argparse
 import os
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING
 
 from elastic import process
 from elastic.errors import ConfigError, ElasticError, SlurmError, UsageError
+
+if TYPE_CHECKING:
+    from elastic.power.outcome import Failure
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -67,7 +71,8 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
               resume_file_error: str | None = None) -> int:
     """One program run: bad input (config, hostlist) is refused with exit 2 and no side effect;
     from then on the run fails closed: whatever breaks, every node gets a Slurm state whose reason
-    starts with `elastic:` (exit 1)."""
+    starts with `elastic:` (exit 1). A SIGTERM (slurmscriptd's at the timeout, from 23.02) is
+    logged at once with the nodes in flight and ends the run the same way for those nodes."""
     from elastic.config import config_from_env
 
     interactive = not process.started_detached() and sys.stderr.isatty()
@@ -78,7 +83,8 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
     process.send_output_to(config.log_file)
     from elastic import hostlists, logs
 
-    log = logs.configure_logging(log_file=config.log_file, run_id=logs.new_run_id(), command=command,
+    run_id = logs.new_run_id()
+    log = logs.configure_logging(log_file=config.log_file, run_id=run_id, command=command,
                                  interactive=interactive, level=config.log_level)
     try:
         # Slurm never asks for more nodes than slurm.conf has, which elastic slurm-conf writes from
@@ -89,13 +95,34 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
         log.error(f"{command}.refused", error=str(error))
         return _fatal(error)
     log.info(f"{command}.start", nodes=nodes, count=len(nodes), jobs=jobs)
-    try:
-        from elastic import power
-        from elastic.runtime import make_services
+    handed: set[str] = set()  # nodes this run has already handed to Slurm (address sent, state set)
 
-        services = make_services(config, log)
-        flow: Callable = {"resume": power.resume, "suspend": power.suspend, "resume-fail": power.resume_fail}[command]
-        outcome = flow(nodes, services)
+    def on_sigterm(seconds: float, frame) -> None:
+        # Runs first, before anything unwinds: from 23.02 SIGKILL follows SIGTERM within 10 ms.
+        in_flight = [node for node in nodes if node not in handed]
+        log.error(f"{command}.sigterm", in_flight=in_flight, count=len(in_flight), handed=len(handed),
+                  seconds=round(seconds, 1), where=_where(frame),
+                  detail="from 23.02 slurmscriptd sends SIGTERM to a program still running after "
+                         "max(ResumeTimeout, SuspendTimeout), then SIGKILL 10 ms later")
+
+    try:
+        with process.sigterm_raises(on_sigterm):
+            from elastic import power
+            from elastic.runtime import make_services
+
+            services = make_services(config, log)
+            services.slurm = _HandedToSlurm(services.slurm, handed)
+            flow: Callable = {"resume": power.resume, "suspend": power.suspend,
+                              "resume-fail": power.resume_fail}[command]
+            outcome = flow(nodes, services)
+    except process.Terminated as stop:
+        # Nodes Slurm already got an address or a state for are left as they are; the servers
+        # this run created are not deleted here (see _FAIL_CLOSED_STATES).
+        from elastic.power.outcome import Failure
+
+        in_flight = [node for node in nodes if node not in handed]
+        failure = Failure("sigterm", f"run {run_id} stopped by SIGTERM after {stop.seconds:.0f}s")
+        return _fail_closed(command, in_flight, stop, config, log, failure=failure)
     except Exception as error:  # noqa: BLE001 - fail closed: a local fault or our own bug
         return _fail_closed(command, nodes, error, config, log)
     log.info(f"{command}.done", served=len(outcome.served), failed=outcome.failures_by_kind(),
@@ -105,25 +132,65 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
     return outcome.exit_code
 
 
-# The state a node gets when its run broke: resume requeues the job now (the node returns to idle~);
-# after suspend or resume-fail nobody knows whether the server is gone, so the node stays DOWN.
+class _HandedToSlurm:
+    """The flow's Slurm, noting the nodes whose address or state has reached slurmctld, so that a
+    SIGTERM leaves those alone. A SIGTERM during such a call is held back until it is noted."""
+
+    def __init__(self, slurm, handed: set[str]):
+        self._slurm = slurm
+        self._handed = handed
+
+    def set_state(self, names, state: str, reason: str | None = None) -> None:
+        with process.uninterrupted():
+            self._slurm.set_state(names, state, reason)
+            self._handed.update(names)
+
+    def update_addresses(self, addrs, hostnames=None) -> None:
+        with process.uninterrupted():
+            self._slurm.update_addresses(addrs, hostnames)
+            self._handed.update(addrs)
+
+    def __getattr__(self, name: str):
+        return getattr(self._slurm, name)
+
+
+def _where(frame, depth: int = 8) -> list[str]:
+    """Where the main thread was when the signal came, innermost first (`boot.py:331 _wait`).
+    No source lines are read: this runs inside the SIGTERM handler."""
+    found: list[str] = []
+    while frame is not None and len(found) < depth:
+        found.append(f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno} {frame.f_code.co_name}")
+        frame = frame.f_back
+    return found
+
+
+# The state a node gets when its run broke: resume requeues the job now (the node returns to idle~,
+# and Slurm's SuspendProgram deletes any server this run created for it); after suspend or
+# resume-fail nobody knows whether the server is gone, so the node stays DOWN (elastic status
+# shows a server left as an orphan, elastic reconcile deletes it).
 _FAIL_CLOSED_STATES = {"resume": ("power_down_force",), "suspend": ("down",), "resume-fail": ("down",)}
 
 
-def _fail_closed(command: str, nodes: list[str], error: Exception, config, log) -> int:
+def _fail_closed(command: str, nodes: list[str], error: BaseException, config, log, *,
+                 failure: Failure | None = None) -> int:
     from elastic.power.outcome import internal_failure
     from elastic.runtime import make_slurm
 
-    failure = internal_failure(error)
-    log.error(f"{command}.failed_closed", nodes=nodes, reason=failure.reason, exc_info=not isinstance(error, ElasticError))
+    if failure is None:
+        failure = internal_failure(error)
+        log.error(f"{command}.failed_closed", nodes=nodes, reason=failure.reason,
+                  exc_info=not isinstance(error, ElasticError))
+    else:
+        log.error(f"{command}.failed_closed", nodes=nodes, reason=failure.reason)
     states = _FAIL_CLOSED_STATES[command]
-    try:
-        slurm = make_slurm(config)
-        for state in states:
-            slurm.set_state(nodes, state, failure.reason)
-        log.info("slurm.set_state", nodes=nodes, state=",".join(states), reason=failure.reason)
-    except SlurmError as slurm_error:
-        log.error("slurm.set_state", ok=False, nodes=nodes, state=",".join(states), error=str(slurm_error))
+    if nodes:
+        try:
+            slurm = make_slurm(config)
+            for state in states:
+                slurm.set_state(nodes, state, failure.reason)
+            log.info("slurm.set_state", nodes=nodes, state=",".join(states), reason=failure.reason)
+        except SlurmError as slurm_error:
+            log.error("slurm.set_state", ok=False, nodes=nodes, state=",".join(states), error=str(slurm_error))
     print(f"elastic: error: {failure.reason}", file=sys.stderr)
     return EXIT_FAILED
 

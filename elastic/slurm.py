@@ -13,7 +13,8 @@ import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from elastic.errors import SlurmError
+from elastic import process
+from elastic.errors import SlurmError, UsageError
 from elastic.hostlists import compress
 
 Runner = Callable[[Sequence[str]], str]
@@ -29,15 +30,22 @@ STATES_NEEDING_REASON = frozenset({"down", "drain"})
 
 
 def subprocess_runner(env: Mapping[str, str] | None = None, timeout: float = 30) -> Runner:
-    """A Runner over subprocess.run; `env` None inherits ours (slurmctld sets SLURM_CONF)."""
+    """A Runner over subprocess.run; `env` None inherits ours (slurmctld sets SLURM_CONF).
+
+    scontrol runs in a session of its own, and a SIGTERM that comes while it runs is held back
+    until it is done (`process.uninterrupted`): from 23.02 slurmscriptd kills our whole process
+    group at the timeout, SIGTERM then SIGKILL 10 ms later, and an update of node states or
+    addresses that has started should still reach slurmctld.
+    """
     environment = dict(env) if env is not None else None
 
     def run(argv: Sequence[str]) -> str:
         argv = list(argv)
         shown = " ".join(argv[:3])
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                  env=environment, timeout=timeout, check=False)
+            with process.uninterrupted():
+                done = subprocess.run(argv, capture_output=True, text=True, stdin=subprocess.DEVNULL,
+                                      env=environment, timeout=timeout, check=False, start_new_session=True)
         except subprocess.TimeoutExpired:
             raise SlurmError(f"{shown}: no answer after {timeout:g}s") from None
         except OSError as exc:
@@ -194,6 +202,18 @@ class Slurm:
         """`scontrol show config` as a dict of its "Key = value" lines (the first of a repeated key)."""
         return parse_config(self._run([self._scontrol, "show", "config"]))
 
+    def version(self) -> tuple[int, int, int]:
+        """The running slurmctld's version, from `scontrol show config` (SLURM_VERSION)."""
+        return version_of_config(self.config())
+
+    def client_version(self) -> tuple[int, int, int]:
+        """The installed scontrol's version (`scontrol --version`: "slurm 24.11.5"); needs no slurmctld."""
+        output = self._run([self._scontrol, "--version"]).strip()
+        try:
+            return parse_version(output.split()[-1] if output else "")
+        except UsageError:
+            raise SlurmError(f"{self._scontrol} --version: cannot read a version in {output[:60]!r}") from None
+
     def ping(self) -> bool:
         """True when the primary slurmctld answers."""
         try:
@@ -207,6 +227,41 @@ class Slurm:
     def reconfigure(self) -> None:
         """Make slurmctld re-read slurm.conf (it also resets addresses of powered-down cloud nodes)."""
         self._run([self._scontrol, "reconfigure"])
+
+
+# ---- versions ----------------------------------------------------------------------------------
+
+# `22.05.8`, `24.11`, `25.05.0-0rc1`, `24.11.5-1` (a packager's suffix is ignored).
+_VERSION = re.compile(r"(\d{1,3})\.(\d{1,2})(?:\.(\d{1,3}))?(?:[-+~][0-9A-Za-z.+~-]*)?")
+
+
+def parse_version(text: str) -> tuple[int, int, int]:
+    """(major, minor, micro) of a Slurm version: `24.11.5` is (24, 11, 5), `23.02` is (23, 2, 0).
+
+    Compared as tuples: (23, 2, 0) < (23, 11, 0). Anything else is a UsageError naming the text.
+    """
+    match = _VERSION.fullmatch(text.strip()) if isinstance(text, str) else None
+    if not match:
+        raise UsageError(f"{text!r} is not a Slurm version (like 24.11 or 24.11.5)")
+    major, minor, micro = match.groups()
+    return int(major), int(minor), int(micro or 0)
+
+
+def version_text(version: Sequence[int]) -> str:
+    """`24.11` or `24.11.5` (Slurm writes the minor with two digits: 23.02)."""
+    text = f"{version[0]}.{version[1]:02d}"
+    return text + (f".{version[2]}" if len(version) > 2 and version[2] else "")
+
+
+def version_of_config(config: Mapping[str, str]) -> tuple[int, int, int]:
+    """SLURM_VERSION of `scontrol show config`; a SlurmError when missing or not a version."""
+    text = config.get("SLURM_VERSION")
+    if text is None:
+        raise SlurmError("scontrol show config: no SLURM_VERSION line")
+    try:
+        return parse_version(text)
+    except UsageError:
+        raise SlurmError(f"scontrol show config: SLURM_VERSION {text!r} is not a Slurm version") from None
 
 
 def _check_list_item(value: str) -> None:

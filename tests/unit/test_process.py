@@ -44,6 +44,8 @@ def test_repair_reopens_a_closed_standard_fd(monkeypatch):
     """A closed fd 0 is reopened on /dev/null, so the next open() does not land on it."""
     saved = os.dup(0)
     monkeypatch.setattr(process, "_closed_at_start", set())
+    monkeypatch.setattr(process, "_to_log", set())
+    monkeypatch.setattr(process, "output_lost", lambda fd: False)  # fds 1 and 2 as at a terminal
     try:
         os.close(0)
         process.repair_process()
@@ -95,6 +97,7 @@ def _detached_output(monkeypatch, log_file):
     """Run send_output_to as if slurmctld had closed fd 2, with fd 2 saved and restored around it."""
     saved = os.dup(2)
     monkeypatch.setattr(process, "_closed_at_start", {2})
+    monkeypatch.setattr(process, "_to_log", {2})
     try:
         null = os.open(os.devnull, os.O_WRONLY)
         os.dup2(null, 2)
@@ -126,3 +129,113 @@ def test_send_output_to_does_not_follow_a_symlink(tmp_path, monkeypatch):
     log_file.symlink_to(victim)
     assert _detached_output(monkeypatch, log_file) == os.devnull
     assert not victim.exists()
+
+
+# ---- stdout and stderr nobody reads go to the log ----------------------------------------------
+
+
+def test_output_lost_for_pipes_and_devnull_but_not_terminals_files_or_sockets(tmp_path):
+    """A pipe (slurmscriptd's, 23.02+) and /dev/null (22.05's closed fds, reopened) lose output;
+    a terminal, a regular file and a socket (journald) keep it."""
+    import socket
+
+    read_end, write_end = os.pipe()
+    null = os.open(os.devnull, os.O_WRONLY)
+    leader, follower = os.openpty()
+    regular = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    one, other = socket.socketpair()
+    try:
+        assert process.output_lost(write_end) and process.output_lost(null)
+        assert not process.output_lost(follower) and not process.output_lost(regular)
+        assert not process.output_lost(one.fileno())
+        assert process.output_lost(999)  # not open at all
+    finally:
+        for fd in (read_end, write_end, null, leader, follower, regular):
+            os.close(fd)
+        one.close()
+        other.close()
+
+
+def test_a_terminal_and_a_file_are_left_alone(tmp_path, monkeypatch):
+    """Run by hand at a terminal (or with output to a file), nothing goes to the log."""
+    saved = os.dup(1), os.dup(2)
+    leader, follower = os.openpty()
+    regular = os.open(tmp_path / "out", os.O_WRONLY | os.O_CREAT)
+    monkeypatch.setattr(process, "_closed_at_start", set())
+    monkeypatch.setattr(process, "_to_log", set())
+    try:
+        os.dup2(follower, 1)
+        os.dup2(regular, 2)
+        process.repair_process()
+        assert process._to_log == set() and not process.started_detached()
+        process.send_output_to(tmp_path / "elastic.log")
+        assert not (tmp_path / "elastic.log").exists()
+    finally:
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in (*saved, leader, follower, regular):
+            os.close(fd)
+
+
+def _run_forked(child) -> int:
+    """Run `child()` in a forked copy of this process (unit tests start no programs) and return its
+    exit status; whatever it raises, the copy ends with os._exit and never returns into pytest."""
+    pid = os.fork()
+    if pid == 0:
+        status = 0
+        try:
+            child()
+        except BaseException:  # noqa: BLE001 - the copy must never unwind into pytest
+            status = 3
+        finally:
+            os._exit(status)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status)
+
+
+@pytest.mark.parametrize("stdin_null", [True, False], ids=["23.02+ pipes", "22.05 closed"])
+def test_a_traceback_reaches_the_log_under_slurmscriptd_and_under_22_05(tmp_path, stdin_null):
+    """As under slurmscriptd (stdin /dev/null, stdout and stderr one pipe) or under 22.05 (fds 0-2
+    closed), a program's print and traceback after send_output_to land in the log file, and
+    slurmscriptd's end of the pipe sees it closed (so it waits for the exit, not for output)."""
+    log_file = tmp_path / "log" / "elastic.log"
+    read_end, write_end = os.pipe()
+
+    def child():
+        import sys
+
+        os.close(read_end)
+        if stdin_null:
+            null = os.open(os.devnull, os.O_RDONLY)
+            os.dup2(null, 0)
+            os.dup2(write_end, 1)
+            os.dup2(write_end, 2)
+            os.close(null)
+        else:
+            for fd in (0, 1, 2):
+                os.close(fd)
+        os.close(write_end)
+        process._closed_at_start.clear()
+        process._to_log.clear()
+        sys.stdout = sys.stderr = None  # as for a Python started with them closed; pytest's own are gone
+        process.repair_process()
+        assert process.started_detached()
+        process.send_output_to(log_file)
+        print("a line on stdout", flush=True)
+        try:
+            raise RuntimeError("a bug of ours")
+        except RuntimeError:
+            sys.excepthook(*sys.exc_info())
+        sys.stderr.flush()
+
+    try:
+        assert _run_forked(child) == 0
+        os.close(write_end)
+        write_end = -1
+        assert os.read(read_end, 4096) == b""  # nothing went to slurmscriptd's pipe, and it is closed
+    finally:
+        os.close(read_end)
+        if write_end >= 0:
+            os.close(write_end)
+    text = log_file.read_text()
+    assert "a line on stdout" in text and "RuntimeError: a bug of ours" in text and "Traceback" in text

@@ -7,8 +7,9 @@ from collections.abc import Sequence
 
 import pytest
 
-from elastic.errors import SlurmError
-from elastic.slurm import NodeState, Slurm, find_command, parse_node_line, parse_nodes, subprocess_runner
+from elastic.errors import SlurmError, UsageError
+from elastic.slurm import (NodeState, Slurm, find_command, parse_node_line, parse_nodes, parse_version,
+                          subprocess_runner, version_of_config, version_text)
 
 SCONTROL = "/usr/bin/scontrol"
 
@@ -280,12 +281,13 @@ def test_unit_tests_cannot_run_programs():
 
 
 def test_subprocess_runner_returns_stdout(mocker):
-    """argv goes to subprocess.run as a list, with stdin closed and our env and timeout; stdout is returned."""
+    """argv goes to subprocess.run as a list, with stdin closed, our env and timeout, in a session of its
+    own (slurmscriptd's killpg of our group must not take a started scontrol with it); stdout is returned."""
     run = mocker.patch("elastic.slurm.subprocess.run",
                        return_value=subprocess.CompletedProcess([], 0, stdout="out\n", stderr=""))
     assert subprocess_runner(env={"SLURM_CONF": "/x"}, timeout=5)([SCONTROL, "ping"]) == "out\n"
     run.assert_called_once_with([SCONTROL, "ping"], capture_output=True, text=True, stdin=subprocess.DEVNULL,
-                                env={"SLURM_CONF": "/x"}, timeout=5, check=False)
+                                env={"SLURM_CONF": "/x"}, timeout=5, check=False, start_new_session=True)
 
 
 def test_subprocess_runner_nonzero_exit(mocker):
@@ -317,6 +319,51 @@ def test_subprocess_runner_missing_program(mocker):
     mocker.patch("elastic.slurm.subprocess.run", side_effect=FileNotFoundError(2, "No such file or directory"))
     with pytest.raises(SlurmError, match="cannot run: No such file or directory"):
         subprocess_runner()(["/nope/scontrol", "ping"])
+
+
+# ---- versions ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("text, version", [
+    ("22.05.8", (22, 5, 8)), ("23.02", (23, 2, 0)), ("23.11.10", (23, 11, 10)), ("24.11.5-1", (24, 11, 5)),
+    ("25.05.0-0rc1", (25, 5, 0)), (" 26.05.3\n", (26, 5, 3)),
+])
+def test_parse_version(text, version):
+    """Slurm versions become tuples that compare as versions do; a packager's suffix is ignored."""
+    assert parse_version(text) == version
+
+
+def test_versions_compare_as_tuples():
+    """23.02 < 23.11 < 24.05 < 24.11 < 26.05, which string comparison would get right only by luck."""
+    ordered = ["22.05.8", "23.02.0", "23.11.0", "24.05.1", "24.11.5", "26.05.3"]
+    assert sorted(ordered, key=parse_version) == ordered and parse_version("23.2") == parse_version("23.02")
+
+
+@pytest.mark.parametrize("text", ["", "24", "24.x", "latest", "24.11.5.6", "v24.11", "(null)"])
+def test_parse_version_refuses_what_is_not_a_version(text):
+    """Anything else is a UsageError naming the text."""
+    with pytest.raises(UsageError, match="is not a Slurm version"):
+        parse_version(text)
+
+
+def test_version_text_and_config_version():
+    """Versions print as Slurm writes them; SLURM_VERSION of show config is read, a bad one is a SlurmError."""
+    assert version_text((23, 2, 0)) == "23.02" and version_text((24, 11, 5)) == "24.11.5"
+    assert version_of_config({"SLURM_VERSION": "24.11.5"}) == (24, 11, 5)
+    with pytest.raises(SlurmError, match="no SLURM_VERSION"):
+        version_of_config({})
+    with pytest.raises(SlurmError, match="'x' is not a Slurm version"):
+        version_of_config({"SLURM_VERSION": "x"})
+
+
+def test_slurm_version_and_client_version():
+    """version() asks slurmctld (show config); client_version() only the installed scontrol (--version)."""
+    run = FakeRunner("SLURM_VERSION           = 24.11.5\n", "slurm 24.11.5\n", "something else\n")
+    slurm = Slurm(run, scontrol=SCONTROL)
+    assert slurm.version() == (24, 11, 5) and slurm.client_version() == (24, 11, 5)
+    with pytest.raises(SlurmError, match="cannot read a version"):
+        slurm.client_version()
+    assert run.calls == [[SCONTROL, "show", "config"], [SCONTROL, "--version"], [SCONTROL, "--version"]]
 
 
 # ---- find_command -----------------------------------------------------------------------------
