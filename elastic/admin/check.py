@@ -22,6 +22,7 @@ from elastic.admin.table import format_table
 from elastic.cloud import Cloud, Flavor, Limits
 from elastic.config import Config, Pool, PoolCloud
 from elastic.errors import CloudError, CloudErrorKind, ConfigError, SlurmError
+from elastic.slurm import version_text
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 # slurmctld accepts a CLOUD node that registers with at least this share of its RealMemory.
@@ -255,10 +256,25 @@ def _interpreter(program: Path) -> str | None:
     return parts[0] if parts and parts[0].startswith("/") else None
 
 
+def running_version(running: Mapping[str, str]) -> tuple[tuple[int, ...], str | None]:
+    """The version the running settings are judged by, and why it is assumed when it is not shown."""
+    try:
+        return slurm_conf.slurm_version(running), None
+    except SlurmError as error:
+        return slurmconf.DEFAULT_VERSION, f"{error}: judged as Slurm 22.05"
+
+
 def slurm_checks(config: Config, running: Mapping[str, str]) -> list[Check]:
-    """The power-save settings slurmctld runs with (`scontrol show config`), against our timeouts."""
-    version = slurm_conf.slurm_version(running)
-    checks = [Check(OK, "slurmctld", f"answers, Slurm {running.get('SLURM_VERSION', 'version unknown')}")]
+    """The power-save settings slurmctld runs with (`scontrol show config`), against our timeouts,
+    judged by the running version: what it needs (slurmconf.VERSIONED) and what is defunct there."""
+    version, assumed = running_version(running)
+    if assumed:
+        checks = [Check(WARN, "slurmctld", f"answers; {assumed}", "check `scontrol show config | grep SLURM_VERSION`")]
+    elif version < (22, 5):
+        checks = [Check(WARN, "slurmctld", f"answers, Slurm {running['SLURM_VERSION']}: older than 22.05, "
+                                           "which elastic was not tested with", "upgrade Slurm")]
+    else:
+        checks = [Check(OK, "slurmctld", f"answers, Slurm {running['SLURM_VERSION']}")]
     for label in ("ResumeProgram", "SuspendProgram", "ResumeFailProgram"):
         checks.append(program_check(label, running.get(label)))
     suspend_time = slurm_conf.number(running.get("SuspendTime"))
@@ -275,27 +291,55 @@ def slurm_checks(config: Config, running: Mapping[str, str]) -> list[Check]:
                                  "slurmctld may reuse the node while its server is still being deleted",
                                  failing=False))
     params = slurm_conf.items(running.get("SlurmctldParameters"))
-    if config.slurm.addresses == "none" and version < (23, 11) and not params & {"cloud_reg_addrs", "cloud_dns"}:
-        checks.append(Check(FAIL, "SlurmctldParameters", "slurm.addresses is 'none' but neither cloud_reg_addrs nor "
-                                  "cloud_dns is set: slurmctld never learns the nodes' addresses",
-                            "add cloud_reg_addrs to SlurmctldParameters"))
-    elif "enable_configless" not in params:
+    checks.append(addresses_check(config.slurm.addresses, version, params))
+    if "enable_configless" not in params:
         checks.append(Check(WARN, "SlurmctldParameters", "enable_configless is not set: slurmd started with "
                                   "--conf-server (as etc/cloud-init/compute.yaml.j2 does) gets no slurm.conf",
                             "add enable_configless to SlurmctldParameters"))
     else:
         checks.append(Check(OK, "SlurmctldParameters", running.get("SlurmctldParameters", "")))
     if version < (23, 2) and "cloud" not in slurm_conf.items(running.get("PrivateData")):
-        checks.append(Check(WARN, "PrivateData", "cloud is not set: Slurm hides powered-down CLOUD nodes, so "
-                                  "elastic status cannot show them", "set PrivateData=cloud"))
-    if "noaddrcache" not in slurm_conf.items(running.get("CommunicationParameters")):
-        checks.append(Check(WARN, "CommunicationParameters", "NoAddrCache is not set: a node that comes back "
-                                  "with a new address may be unreachable", "add NoAddrCache"))
+        checks.append(Check(WARN, "PrivateData", "cloud is not set: Slurm before 23.02 hides powered-down CLOUD "
+                                  "nodes, so elastic status cannot show them", "set PrivateData=cloud"))
+    if version < (23, 11) and "noaddrcache" not in slurm_conf.items(running.get("CommunicationParameters")):
+        checks.append(Check(WARN, "CommunicationParameters", "NoAddrCache is not set: before 23.11 a node that comes "
+                                  "back with a new address may be unreachable", "add NoAddrCache"))
     tree_width = slurm_conf.number(running.get("TreeWidth"))
-    if version < (23, 2) and (tree_width is None or tree_width < 65533):
-        checks.append(Check(WARN, "TreeWidth", f"{running.get('TreeWidth')}: 22.05 forwards messages through nodes "
-                                  "it may have no address for", "set TreeWidth=65533"))
+    if version < (23, 11) and (tree_width is None or tree_width < 65533):
+        checks.append(Check(WARN, "TreeWidth", f"{running.get('TreeWidth')}: before 23.11 slurmctld forwards "
+                                  "messages through nodes it may have no address for", "set TreeWidth=65533"))
+    for entry in slurmconf.defunct(version):
+        if entry.item.lower() in slurm_conf.items(running.get(entry.key)):
+            checks.append(Check(WARN, f"{entry.key}: {entry.item}", f"set, but {entry.why}",
+                                f"remove {entry.item} from {entry.key} in slurm.conf"))
     return checks
+
+
+def addresses_check(addresses: str, version: tuple[int, ...], params: set[str]) -> Check:
+    """How slurmctld learns the nodes' addresses with this `slurm.addresses` at this version.
+
+    Before 23.11 a CLOUD node's address is whatever was last set: resume's `scontrol update
+    nodeaddr=` (scontrol), or slurmd's registration with cloud_reg_addrs, or DNS with cloud_dns.
+    From 23.11 every registration sets NodeAddr to the address slurmd connected from (and
+    NodeHostName to its hostname), so what resume sends only bridges until the node registers.
+    """
+    shown = version_text(version)
+    if tuple(version) >= (23, 11):
+        if addresses == "scontrol":
+            return Check(OK, "slurm.addresses", f"scontrol: Slurm {shown} sets NodeAddr to the address slurmd "
+                                                "registers from; the address resume sends only bridges until then "
+                                                "('none' would do as well)")
+        return Check(OK, "slurm.addresses", f"none: Slurm {shown} sets NodeAddr and NodeHostName when slurmd registers")
+    if addresses == "scontrol":
+        return Check(OK, "slurm.addresses", f"scontrol: resume sends each node's address when its server is ACTIVE "
+                                            f"(Slurm {shown} keeps it until the node powers down)")
+    found = params & {"cloud_reg_addrs", "cloud_dns"}
+    if not found:
+        return Check(FAIL, "slurm.addresses", f"none, but Slurm {shown} runs with neither cloud_reg_addrs nor cloud_dns: "
+                                              "slurmctld never learns the nodes' addresses",
+                     "add cloud_reg_addrs to SlurmctldParameters, or set slurm.addresses: scontrol")
+    how = "slurmd's registration (cloud_reg_addrs)" if "cloud_reg_addrs" in found else "DNS (cloud_dns)"
+    return Check(OK, "slurm.addresses", f"none: slurmctld takes each node's address from {how}")
 
 
 def _timeout_check(name: str, value: int | None, ours: float, key: str, margin: int, why: str, *,
@@ -312,8 +356,9 @@ def _timeout_check(name: str, value: int | None, ours: float, key: str, margin: 
     return Check(OK, name, f"{value} s")
 
 
-def node_checks(config: Config, running_nodes: Mapping[str, Mapping[str, str]]) -> list[Check]:
-    differences = slurm_conf.node_differences(config, running_nodes)
+def node_checks(config: Config, running_nodes: Mapping[str, Mapping[str, str]], *,
+                version: tuple[int, ...] = slurmconf.DEFAULT_VERSION) -> list[Check]:
+    differences = slurm_conf.node_differences(config, running_nodes, version=version)
     if not differences:
         return [Check(OK, "slurm.conf nodes", "every pool node is a CLOUD node with the pool's CPUs, memory, "
                                               "features and partition")]
@@ -376,7 +421,7 @@ def run_all(config: Config, clouds: Mapping[str, Cloud], slurm, *, slurm_error: 
         nodes = slurm.node_fields()
     except SlurmError as error:
         return checks + slurm_unavailable(str(error), programs)
-    return checks + slurm_checks(config, running) + node_checks(config, nodes)
+    return checks + slurm_checks(config, running) + node_checks(config, nodes, version=running_version(running)[0])
 
 
 # ---- fixes for cloud errors ----------------------------------------------------------------------

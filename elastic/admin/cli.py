@@ -54,11 +54,16 @@ def add_admin_commands(subparsers) -> None:
     slurm_conf = subparsers.add_parser(
         "slurm-conf", help="print or write the slurm.conf include for the pools",
         description="Print the NodeName, PartitionName and power-save lines that follow from the pool YAML, or "
-                    "write them to a file to include from slurm.conf. --check compares them with slurmctld.")
+                    "write them to a file to include from slurm.conf. --check compares them with slurmctld. "
+                    "The power-save lines are those the Slurm version needs: the running slurmctld's, else "
+                    "the installed scontrol's, else 22.05 (said on stderr), unless --slurm-version names one.")
     _config_option(slurm_conf)
     _programs_option(slurm_conf, "where the three programs are installed")
     slurm_conf.add_argument("--suspend-time", type=int, default=600, metavar="SECONDS",
                             help="SuspendTime: idle seconds before a node is powered down (default 600)")
+    slurm_conf.add_argument("--slurm-version", metavar="X.Y",
+                            help="write for this Slurm version (e.g. 24.11) instead of the running slurmctld's; "
+                                 "with --check, judge the running settings as this version's")
     mode = slurm_conf.add_mutually_exclusive_group()
     mode.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of printing")
     mode.add_argument("--check", action="store_true", help="say whether slurmctld runs with these settings")
@@ -298,21 +303,38 @@ def _apply(config, fleet, slurm, repairs, history, log):
 def slurm_conf_command(args: argparse.Namespace) -> int:
     from elastic import slurmconf
     from elastic.admin import slurm_conf
+    from elastic.slurm import parse_version, version_text
 
+    requested: tuple[int, ...] | None = None
+    if args.slurm_version is not None:
+        try:
+            requested = parse_version(args.slurm_version)
+        except UsageError as error:
+            raise UsageError(f"--slurm-version: {error}") from None
     config = _load(args)
     programs = slurm_conf.default_programs(args.programs_dir)
     if args.check:
         slurm = _slurm(config)
         running, nodes = slurm.config(), slurm.node_fields()
-        differences = (slurm_conf.power_save_differences(config, programs, running, suspend_time=args.suspend_time)
-                       + slurm_conf.node_differences(config, nodes))
+        version = requested or slurm_conf.slurm_version(running)
+        judged = (f"Slurm {version_text(version)} (--slurm-version; slurmctld runs {running.get('SLURM_VERSION')})"
+                  if requested else f"Slurm {version_text(version)}")
+        differences = (slurm_conf.power_save_differences(config, programs, running, suspend_time=args.suspend_time,
+                                                         version=version)
+                       + slurm_conf.node_differences(config, nodes, version=version))
         if not differences:
-            print("slurmctld runs with the nodes and power-save settings of the YAML")
+            print(f"slurmctld runs with the nodes and power-save settings of the YAML for {judged}")
             return EXIT_OK
         sys.stdout.write(slurm_conf.render_differences(differences))
-        print(f"{len(differences)} differences: include `elastic slurm-conf` output in slurm.conf and restart slurmctld")
+        print(f"{len(differences)} differences for {judged}: include `elastic slurm-conf` output in slurm.conf "
+              "(and remove what is marked remove), then restart slurmctld")
         return EXIT_FOUND
-    text = slurmconf.render(config, programs, suspend_time=args.suspend_time)
+    if requested is not None:
+        version, source = requested, "--slurm-version"
+    else:
+        version, source = _slurm_version_for(config)
+    print(f"elastic: power-save lines for Slurm {version_text(version)} ({source})", file=sys.stderr)
+    text = slurmconf.render(config, programs, suspend_time=args.suspend_time, version=version)
     for path in slurm_conf.missing_programs(programs):
         print(f"elastic: warning: {path} does not exist (use --programs-dir)", file=sys.stderr)
     if args.output is None:
@@ -326,3 +348,25 @@ def slurm_conf_command(args: argparse.Namespace) -> int:
     print(f"wrote {args.output}; restart slurmctld for node changes (scontrol reconfigure for the rest)",
           file=sys.stderr)
     return EXIT_OK
+
+
+def _slurm_version_for(config) -> tuple[tuple[int, ...], str]:
+    """The version to write slurm.conf lines for, and where it came from: the running slurmctld's;
+    when it does not answer, the installed scontrol's (`scontrol --version`); else 22.05, assumed.
+    A version slurmctld shows that is not one is an error (exit 2), not a guess."""
+    from elastic import slurmconf
+    from elastic.admin import slurm_conf
+
+    assume = "assumed: use --slurm-version to name yours"
+    try:
+        slurm = _slurm(config)
+    except SlurmError as error:
+        return slurmconf.DEFAULT_VERSION, f"{assume}; {_one_line(error)}"
+    try:
+        running = slurm.config()
+    except SlurmError as error:
+        try:
+            return slurm.client_version(), f"the installed scontrol's; slurmctld did not answer: {_one_line(error)}"
+        except SlurmError:
+            return slurmconf.DEFAULT_VERSION, f"{assume}; slurmctld did not answer: {_one_line(error)}"
+    return slurm_conf.slurm_version(running), "the running slurmctld's"

@@ -3,6 +3,8 @@ which compares it with what the running slurmctld has.
 
 The text itself comes from `elastic.slurmconf`; this module compares it with `scontrol show config`
 and `scontrol show node`, both of which print slurmctld's running values, not the file on disk.
+Both are judged by the running version (SLURM_VERSION): the block that version needs, and the
+options that are defunct there (to be removed).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ from pathlib import Path
 from elastic import hostlists, slurmconf
 from elastic.admin.table import format_table
 from elastic.config import Config
+from elastic.slurm import version_of_config, version_text
 
 PROGRAM_NAMES = {"resume": "elastic-resume", "suspend": "elastic-suspend", "resume_fail": "elastic-resume-fail"}
 # Settings whose running value is a comma list to which a site may add its own items.
@@ -30,7 +33,7 @@ _PROGRAM_SETTINGS = frozenset({"ResumeProgram", "SuspendProgram", "ResumeFailPro
 @dataclass(frozen=True)
 class Difference:
     subject: str  # a setting ("ResumeTimeout") or nodes ("cpu-[001-004]: CPUs")
-    want: str  # what the YAML gives
+    want: str  # what the YAML gives, or "remove X (defunct from 23.11)"
     have: str  # what slurmctld runs with
 
 
@@ -63,10 +66,10 @@ def write_atomically(path: Path, text: str) -> None:
 # ---- comparing with the running slurmctld ------------------------------------------------------
 
 
-def slurm_version(running: Mapping[str, str]) -> tuple[int, int]:
-    """(major, minor) of `SLURM_VERSION = 22.05.8`; (0, 0) when not shown."""
-    match = re.match(r"(\d+)\.(\d+)", running.get("SLURM_VERSION", ""))
-    return (int(match.group(1)), int(match.group(2))) if match else (0, 0)
+def slurm_version(running: Mapping[str, str]) -> tuple[int, int, int]:
+    """The running slurmctld's version (SLURM_VERSION = 24.11.5 is (24, 11, 5)); a SlurmError when
+    `scontrol show config` shows none or not a version."""
+    return version_of_config(running)
 
 
 def number(value: str | None) -> int | None:
@@ -85,35 +88,41 @@ def items(value: str | None) -> set[str]:
 
 
 def power_save_differences(config: Config, programs: slurmconf.Programs, running: Mapping[str, str], *,
-                           suspend_time: int = 600) -> list[Difference]:
-    """Settings of the generated power-save block that slurmctld does not run with.
+                           suspend_time: int = 600, version: slurmconf.Version | None = None) -> list[Difference]:
+    """Settings of the power-save block for the running version that slurmctld does not run with,
+    then the options it runs with that are defunct at that version ("remove ...").
 
     List settings need only contain our items; numbers are compared as numbers (scontrol prints
-    `600 sec`); program paths must be equal.
+    `600 sec`); program paths must be equal. `version` defaults to the running SLURM_VERSION.
     """
-    version = slurm_version(running)
+    if version is None:
+        version = slurm_version(running)
     differences = []
-    for line in slurmconf.power_save_lines(config, programs, suspend_time=suspend_time):
+    for line in slurmconf.power_save_lines(config, programs, suspend_time=suspend_time, version=version):
         key, want = line.split("=", 1)
         have = running.get(key)
         if key in _LIST_SETTINGS:
-            wanted = items(want)
-            if version >= (23, 11):
-                # 23.11 made cloud_reg_addrs the behaviour and dropped the option.
-                wanted.discard("cloud_reg_addrs")
-            ok = wanted <= items(have)
+            ok = items(want) <= items(have)
         elif key in _PROGRAM_SETTINGS:
             ok = have == want
         else:
             ok = number(have) == number(want)
         if not ok:
             differences.append(Difference(key, want, have if have is not None else "(not shown)"))
+    for entry in slurmconf.defunct(version):
+        if entry.item.lower() in items(running.get(entry.key)):
+            differences.append(Difference(entry.key, f"remove {entry.item} (defunct from {version_text(entry.until)})",
+                                          running.get(entry.key, "")))
     return differences
 
 
-def node_differences(config: Config, running_nodes: Mapping[str, Mapping[str, str]]) -> list[Difference]:
+def node_differences(config: Config, running_nodes: Mapping[str, Mapping[str, str]], *,
+                     version: slurmconf.Version = slurmconf.DEFAULT_VERSION) -> list[Difference]:
     """Where slurmctld's nodes differ from the pools: per attribute, nodes grouped into hostlists."""
     found: dict[tuple[str, str, str], list[str]] = defaultdict(list)
+    # Before 23.02 a powered-down CLOUD node is hidden unless PrivateData=cloud; from 23.02 always shown.
+    unseen = ("not shown (not in slurm.conf, or hidden: PrivateData=cloud)" if tuple(version) < (23, 2)
+              else "not shown (not in slurm.conf)")
 
     def differ(node: str, what: str, want: object, have: object) -> None:
         found[(what, str(want), str(have))].append(node)
@@ -123,7 +132,7 @@ def node_differences(config: Config, running_nodes: Mapping[str, Mapping[str, st
         for node in pool.node_names:
             fields = running_nodes.get(node)
             if fields is None:
-                differ(node, "node", "CLOUD node", "not shown (not in slurm.conf, or hidden: PrivateData=cloud)")
+                differ(node, "node", "CLOUD node", unseen)
                 continue
             if "CLOUD" not in fields.get("State", "").split("+"):
                 differ(node, "State", "CLOUD", fields.get("State", "?"))
@@ -144,4 +153,4 @@ def node_differences(config: Config, running_nodes: Mapping[str, Mapping[str, st
 
 
 def render_differences(differences: list[Difference]) -> str:
-    return format_table(["SETTING", "YAML GIVES", "SLURMCTLD HAS"], [[d.subject, d.want, d.have] for d in differences])
+    return format_table(["SETTING", "WANTED", "SLURMCTLD HAS"], [[d.subject, d.want, d.have] for d in differences])

@@ -24,6 +24,16 @@ RUNNING_22_05 = {
     "SlurmctldParameters": "enable_configless", "CommunicationParameters": "NoAddrCache",
     "PrivateData": "cloud", "ReturnToService": "2",
 }
+# What changes in `scontrol show config` when the block slurm-conf writes for each later version runs.
+# PrivateData is printed from a bit mask that has no cloud flag from 23.02; TreeWidth defaults to 16
+# from 23.11 (50 before).
+RUNNING_23_02 = {"SLURM_VERSION": "23.02.7", "PrivateData": "none"}
+RUNNING_23_11 = {"SLURM_VERSION": "23.11.10", "PrivateData": "none", "CommunicationParameters": "(null)",
+                 "TreeWidth": "16"}
+RUNNING_24_11 = dict(RUNNING_23_11, SLURM_VERSION="24.11.5")
+RUNNING_26_05 = dict(RUNNING_23_11, SLURM_VERSION="26.05.3")
+RUNNING = {"22.05": {}, "23.02": RUNNING_23_02, "23.11": RUNNING_23_11, "24.11": RUNNING_24_11,
+           "26.05": RUNNING_26_05}
 
 
 @dataclass
@@ -229,9 +239,12 @@ def test_registered_addresses_need_cloud_reg_addrs_before_23_11(tmp_path):
     config = make_config(tmp_path, CONFIG + "slurm: {addresses: none}\n")
     programs = programs_in(tmp_path)
     old = by_subject(check.slurm_checks(config, running_with(programs)))
-    assert old["SlurmctldParameters"].status == check.FAIL
-    new = by_subject(check.slurm_checks(config, running_with(programs, SLURM_VERSION="23.11.4")))
-    assert new["SlurmctldParameters"].status == check.OK
+    assert old["slurm.addresses"].status == check.FAIL and "cloud_reg_addrs" in old["slurm.addresses"].fix
+    assert old["SlurmctldParameters"].status == check.OK  # enable_configless is there
+    dns = by_subject(check.slurm_checks(config, running_with(programs, SlurmctldParameters="cloud_dns,enable_configless")))
+    assert dns["slurm.addresses"].status == check.OK and "DNS" in dns["slurm.addresses"].detail
+    new = by_subject(check.slurm_checks(config, running_with(programs, **RUNNING_24_11)))
+    assert new["slurm.addresses"].status == check.OK and "slurmd registers" in new["slurm.addresses"].detail
 
 
 def test_pool_nodes_missing_from_slurm_fail(tmp_path):
@@ -303,3 +316,98 @@ def test_history_rows_report_what_the_runs_found_per_cloud(tmp_path):
     assert row.status == WARN and row.subject == "cloud alpha: runs"
     assert "did not answer a run" in row.detail and "pool cpu: auth: connect: authentication failed" in row.detail
     assert "2 delete(s) pending for cpu-[001-002]" in row.detail and "reconcile --apply" in row.fix
+
+
+# ---- judged by the running Slurm version -----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(RUNNING))
+@pytest.mark.parametrize("addresses", ["scontrol", "none"])
+def test_each_version_running_its_own_block_passes(tmp_path, name, addresses):
+    """Each version running the block slurm-conf writes for it passes every Slurm check, and is
+    not told to add what it no longer needs."""
+    text = CONFIG + ("slurm: {addresses: none}\n" if addresses == "none" else "")
+    config = make_config(tmp_path, text)
+    programs = programs_in(tmp_path)
+    version = check.running_version(running_with(programs, **RUNNING[name]))[0]
+    block = dict(line.split("=", 1) for line in slurmconf.power_save_lines(config, programs, version=version))
+    running = running_with(programs, **RUNNING[name], SlurmctldParameters=block["SlurmctldParameters"])
+    checks = check.slurm_checks(config, running)
+    assert [c for c in checks if c.status != check.OK] == [], check.render(checks)
+    assert checks[0].detail == f"answers, Slurm {running['SLURM_VERSION']}"
+    subjects = {c.subject for c in checks}
+    assert ("PrivateData" in subjects) is False  # no row when all is well
+    assert "slurm.addresses" in subjects
+
+
+@pytest.mark.parametrize("name", ["23.11", "24.11", "26.05"])
+def test_defunct_options_are_flagged_remove_from_23_11(tmp_path, name):
+    """A 22.05 block kept on 23.11+: NoAddrCache and cloud_reg_addrs are 'remove' warnings; nothing
+    asks to add NoAddrCache, TreeWidth or PrivateData; TreeWidth=65533 is left alone."""
+    config = make_config(tmp_path, CONFIG + "slurm: {addresses: none}\n")
+    running = running_with(programs_in(tmp_path), **dict(RUNNING[name], CommunicationParameters="NoAddrCache",
+                                                         TreeWidth="65533",
+                                                         SlurmctldParameters="cloud_reg_addrs,enable_configless"))
+    rows = {c.subject: c for c in check.slurm_checks(config, running) if c.status != check.OK}
+    assert set(rows) == {"CommunicationParameters: NoAddrCache", "SlurmctldParameters: cloud_reg_addrs"}
+    assert {c.status for c in rows.values()} == {check.WARN}
+    assert rows["CommunicationParameters: NoAddrCache"].fix == "remove NoAddrCache from CommunicationParameters in slurm.conf"
+    assert rows["SlurmctldParameters: cloud_reg_addrs"].fix.startswith("remove cloud_reg_addrs")
+    assert "defunct" in rows["CommunicationParameters: NoAddrCache"].detail
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("22.05", {"PrivateData", "CommunicationParameters", "TreeWidth"}),
+    ("23.02", {"CommunicationParameters", "TreeWidth"}),
+    ("23.11", set()), ("24.11", set()), ("26.05", set()),
+])
+def test_what_each_version_is_told_to_add(tmp_path, name, expected):
+    """A slurmctld with none of the versioned settings: PrivateData=cloud is asked for before 23.02,
+    NoAddrCache and TreeWidth=65533 before 23.11, nothing from 23.11 (no 'add NoAddrCache' on 24.11)."""
+    config = make_config(tmp_path)
+    running = running_with(programs_in(tmp_path), **dict(RUNNING[name], PrivateData="none",
+                                                         CommunicationParameters="(null)", TreeWidth="16"))
+    rows = {c.subject: c for c in check.slurm_checks(config, running) if c.status != check.OK}
+    assert set(rows) == expected
+    assert all(c.status == check.WARN and c.fix.startswith(("set", "add")) for c in rows.values())
+
+
+@pytest.mark.parametrize("name", list(RUNNING))
+def test_slurm_addresses_advice_per_version(tmp_path, name):
+    """slurm.addresses scontrol is fine on every version; from 23.11 the row says the address only
+    bridges until slurmd registers, and 'none' needs neither cloud_reg_addrs nor cloud_dns."""
+    programs = programs_in(tmp_path)
+    scontrol = by_subject(check.slurm_checks(make_config(tmp_path), running_with(programs, **RUNNING[name])))
+    none = by_subject(check.slurm_checks(make_config(tmp_path, CONFIG + "slurm: {addresses: none}\n"),
+                                         running_with(programs, **RUNNING[name])))
+    from_23_11 = name in ("23.11", "24.11", "26.05")
+    assert scontrol["slurm.addresses"].status == check.OK
+    assert ("bridges until then" in scontrol["slurm.addresses"].detail) is from_23_11
+    assert none["slurm.addresses"].status == (check.OK if from_23_11 else check.FAIL)
+
+
+@pytest.mark.parametrize("shown", ["banana", None])
+def test_unreadable_version_warns_and_is_judged_as_22_05(tmp_path, shown):
+    """A SLURM_VERSION that is missing or not a version: a warning row, then 22.05's rules."""
+    running = running_with(programs_in(tmp_path), PrivateData="none")
+    if shown is None:
+        del running["SLURM_VERSION"]
+    else:
+        running["SLURM_VERSION"] = shown
+    rows = by_subject(check.slurm_checks(make_config(tmp_path), running))
+    assert rows["slurmctld"].status == check.WARN and "judged as Slurm 22.05" in rows["slurmctld"].detail
+    assert rows["PrivateData"].status == check.WARN
+
+
+def test_run_all_judges_nodes_by_the_running_version(tmp_path):
+    """A pool node 24.11 does not show is 'not in slurm.conf' (no PrivateData hint from 23.02)."""
+    config = make_config(tmp_path)
+    programs = programs_in(tmp_path)
+    nodes = {n: {"NodeName": n, "State": "IDLE+CLOUD", "CPUTot": "1", "RealMemory": "1800",
+                 "AvailableFeatures": "cloud" if n.startswith("cpu") else "(null)",
+                 "Partitions": "cloud" if n.startswith("cpu") else ""}
+             for pool in config.pools.values() for n in pool.node_names if n != "gpu-2"}
+    checks = check.run_all(config, {}, _Slurm(running_with(programs, **RUNNING_24_11), nodes), slurm_error=None,
+                           programs=programs)
+    [row] = [c for c in checks if c.subject == "slurm.conf nodes"]
+    assert row.status == check.FAIL and row.detail.endswith("slurmctld has not shown (not in slurm.conf)")

@@ -155,6 +155,7 @@ def test_second_reconcile_apply_is_refused_while_one_runs(site, capsys):
 def test_slurm_conf_prints_writes_and_checks(site, capsys, tmp_path):
     """slurm-conf prints the include, writes it with --output (then reports it up to date), and --check compares."""
     programs = tmp_path / "bin"
+    site.slurm.config = lambda: {"SLURM_VERSION": "22.05.8"}
     assert run(site, "slurm-conf", "--programs-dir", str(programs)) == 0
     captured = capsys.readouterr()
     assert f"ResumeProgram={programs / 'elastic-resume'}" in captured.out
@@ -166,10 +167,10 @@ def test_slurm_conf_prints_writes_and_checks(site, capsys, tmp_path):
     assert run(site, "slurm-conf", "--programs-dir", str(programs), "-o", str(target)) == 0
     assert "up to date" in capsys.readouterr().err
     site.slurm.config = lambda: {"SLURM_VERSION": "22.05.8", "ResumeTimeout": "900 sec"}
-    site.slurm.node_fields = lambda: {}
+    site.slurm.node_fields = dict
     assert run(site, "slurm-conf", "--check") == 1
     out = capsys.readouterr().out
-    assert out.splitlines()[0].split()[:2] == ["SETTING", "YAML"] and "ResumeProgram" in out
+    assert out.splitlines()[0].split()[:2] == ["SETTING", "WANTED"] and "ResumeProgram" in out
     assert "cpu-[001-004],gpu-[1-2]: node" in out
 
 
@@ -178,3 +179,89 @@ def test_slurm_conf_check_without_slurm_is_one_line_exit_2(site, capsys):
     site.slurm.fail_reads = "no scontrol"
     assert run(site, "slurm-conf", "--check") == 2
     assert "scontrol: not found" in one_error_line(capsys)
+
+
+# ---- slurm-conf and the Slurm version ----------------------------------------------------------
+
+
+def _versioned(text: str) -> set[str]:
+    return {key for key in ("NoAddrCache", "PrivateData=cloud", "TreeWidth=65533", "cloud_reg_addrs") if key in text}
+
+
+def test_slurm_conf_writes_for_the_running_slurmctlds_version(site, capsys):
+    """The running slurmctld's SLURM_VERSION decides the block (24.11: none of 22.05's extras), and stderr says so."""
+    site.slurm.config = lambda: {"SLURM_VERSION": "24.11.5"}
+    assert run(site, "slurm-conf") == 0
+    captured = capsys.readouterr()
+    assert _versioned(captured.out) == set() and "SlurmctldParameters=enable_configless" in captured.out
+    assert "for Slurm 24.11." in captured.out.splitlines()[0]
+    assert "power-save lines for Slurm 24.11.5 (the running slurmctld's)" in captured.err
+
+
+@pytest.mark.parametrize("given, expected", [
+    ("22.05", {"NoAddrCache", "PrivateData=cloud", "TreeWidth=65533"}),
+    ("23.02.7", {"NoAddrCache", "TreeWidth=65533"}),
+    ("23.11", set()), ("24.11", set()), ("26.05", set()),
+])
+def test_slurm_conf_slurm_version_option(site, capsys, given, expected):
+    """--slurm-version X.Y writes that version's block without asking slurmctld."""
+    site.slurm.config = lambda: pytest.fail("slurmctld asked despite --slurm-version")
+    assert run(site, "slurm-conf", "--slurm-version", given) == 0
+    captured = capsys.readouterr()
+    assert _versioned(captured.out) == expected and "(--slurm-version)" in captured.err
+
+
+@pytest.mark.parametrize("argv, running", [
+    (["slurm-conf", "--slurm-version", "24"], None),
+    (["slurm-conf", "--slurm-version", "latest"], None),
+    (["slurm-conf", "--check", "--slurm-version", "x.y"], None),
+    (["slurm-conf"], {"SLURM_VERSION": "(null)"}),
+    (["slurm-conf", "--check"], {"SLURM_VERSION": "twenty-four"}),
+])
+def test_slurm_conf_unparseable_version_is_one_line_exit_2(site, capsys, argv, running):
+    """A version that is not one, given or shown by slurmctld, is one error line and exit 2; nothing written."""
+    site.slurm.config = lambda: running
+    site.slurm.node_fields = dict
+    assert run(site, *argv) == 2
+    assert "is not a Slurm version" in one_error_line(capsys)
+
+
+def test_slurm_conf_without_slurmctld_uses_scontrols_version_else_assumes_22_05(site, capsys):
+    """slurmctld not answering: the installed scontrol's version; no scontrol version either, or no
+    scontrol at all: 22.05's block, and stderr says it was assumed."""
+    def down():
+        raise SlurmError("scontrol show config: exit 1: slurm_load_ctl_conf error: Unable to contact slurm controller")
+
+    site.slurm.config = down
+    site.slurm.client_version = lambda: (24, 11, 5)
+    assert run(site, "slurm-conf") == 0
+    captured = capsys.readouterr()
+    assert _versioned(captured.out) == set()
+    assert "Slurm 24.11.5 (the installed scontrol's; slurmctld did not answer" in captured.err
+
+    def no_version():
+        raise SlurmError("scontrol --version: exit 1")
+
+    site.slurm.client_version = no_version
+    assert run(site, "slurm-conf") == 0
+    captured = capsys.readouterr()
+    assert _versioned(captured.out) == {"NoAddrCache", "PrivateData=cloud", "TreeWidth=65533"}
+    assert "Slurm 22.05 (assumed: use --slurm-version to name yours" in captured.err
+    site.slurm.fail_reads = "no scontrol"
+    assert run(site, "slurm-conf") == 0
+    assert "Slurm 22.05 (assumed" in capsys.readouterr().err
+
+
+def test_slurm_conf_check_flags_defunct_options_on_24_11(site, capsys):
+    """--check on 24.11 running a 22.05 block: NoAddrCache is a 'remove' difference, exit 1."""
+    from test_admin_slurm_conf import node_fields
+
+    from elastic.config import load_config
+
+    config = load_config(site.path)
+    site.slurm.config = lambda: {"SLURM_VERSION": "24.11.5", "CommunicationParameters": "NoAddrCache"}
+    site.slurm.node_fields = lambda: node_fields(config)
+    assert run(site, "slurm-conf", "--check") == 1
+    out = capsys.readouterr().out
+    assert "remove NoAddrCache (defunct from 23.11)" in out and "differences for Slurm 24.11.5" in out
+    assert "PrivateData" not in out and "TreeWidth" not in out

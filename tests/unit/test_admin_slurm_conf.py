@@ -10,7 +10,7 @@ import pytest
 from elastic import slurmconf
 from elastic.admin import slurm_conf
 
-from test_admin_check import RUNNING_22_05
+from test_admin_check import RUNNING, RUNNING_22_05, RUNNING_23_11
 from test_admin_status import CONFIG, make_config
 
 PROGRAMS = slurmconf.Programs(Path("/opt/elastic/bin/elastic-resume"), Path("/opt/elastic/bin/elastic-suspend"),
@@ -66,7 +66,7 @@ def test_cloud_reg_addrs_is_not_required_from_23_11(tmp_path):
     """23.11 dropped the cloud_reg_addrs option (it is the behaviour): its absence is no difference there."""
     config = make_config(tmp_path, CONFIG + "slurm: {addresses: none}\n")
     assert [d.subject for d in slurm_conf.power_save_differences(config, PROGRAMS, running())] == ["SlurmctldParameters"]
-    assert slurm_conf.power_save_differences(config, PROGRAMS, running(SLURM_VERSION="23.11.1")) == []
+    assert slurm_conf.power_save_differences(config, PROGRAMS, running(**RUNNING_23_11)) == []
 
 
 def test_node_differences_are_grouped_into_hostlists(tmp_path):
@@ -104,3 +104,64 @@ def test_write_atomically_replaces_the_file_readable_by_slurmctld(tmp_path):
     slurm_conf.write_atomically(target, "new\n")
     assert target.read_text() == "new\n" and target.stat().st_mode & 0o777 == 0o644
     assert [p.name for p in tmp_path.iterdir()] == ["elastic.conf"]
+
+
+@pytest.mark.parametrize("name", list(RUNNING))
+def test_each_version_running_its_own_block_has_no_differences(tmp_path, name):
+    """slurmctld of each version running the block slurm-conf writes for it (as that version's
+    `scontrol show config` prints it) matches, for both address modes."""
+    for text in (CONFIG, CONFIG + "slurm: {addresses: none}\n"):
+        config = make_config(tmp_path, text)
+        version = slurm_conf.slurm_version(running(**RUNNING[name]))
+        block = dict(line.split("=", 1) for line in slurmconf.power_save_lines(config, PROGRAMS, version=version))
+        have = running(**RUNNING[name], SlurmctldParameters=block["SlurmctldParameters"])
+        assert slurm_conf.power_save_differences(config, PROGRAMS, have) == [], (name, text)
+
+
+@pytest.mark.parametrize("name", ["23.11", "24.11", "26.05"])
+def test_defunct_options_from_23_11_are_differences_to_remove(tmp_path, name):
+    """A 22.05 block kept after an upgrade: NoAddrCache and cloud_reg_addrs are differences saying
+    'remove'; TreeWidth=65533 (valid, only no longer needed) is none."""
+    config = make_config(tmp_path, CONFIG + "slurm: {addresses: none}\n")
+    have = running(**dict(RUNNING[name], CommunicationParameters="NoAddrCache", TreeWidth="65533",
+                          SlurmctldParameters="cloud_reg_addrs,enable_configless"))
+    found = {d.subject: (d.want, d.have) for d in slurm_conf.power_save_differences(config, PROGRAMS, have)}
+    assert found == {
+        "CommunicationParameters": ("remove NoAddrCache (defunct from 23.11)", "NoAddrCache"),
+        "SlurmctldParameters": ("remove cloud_reg_addrs (defunct from 23.11)", "cloud_reg_addrs,enable_configless"),
+    }
+
+
+def test_22_05_lacking_what_it_needs_differs_and_23_02_no_longer_needs_privatedata(tmp_path):
+    """22.05 and 23.02 still need NoAddrCache and TreeWidth=65533; PrivateData=cloud only 22.05."""
+    config = make_config(tmp_path)
+    lacking = {"CommunicationParameters": "(null)", "TreeWidth": "50", "PrivateData": "none"}
+    assert sorted(d.subject for d in slurm_conf.power_save_differences(config, PROGRAMS, running(**lacking))) == [
+        "CommunicationParameters", "PrivateData", "TreeWidth"]
+    on_23_02 = running(**lacking, SLURM_VERSION="23.02.7")
+    assert sorted(d.subject for d in slurm_conf.power_save_differences(config, PROGRAMS, on_23_02)) == [
+        "CommunicationParameters", "TreeWidth"]
+
+
+@pytest.mark.parametrize("shown", [None, "banana", ""])
+def test_a_version_slurmctld_does_not_show_is_an_error(tmp_path, shown):
+    """Without a readable SLURM_VERSION, --check cannot judge: a SlurmError (one line, exit 2)."""
+    from elastic.errors import SlurmError
+
+    have = running()
+    if shown is None:
+        del have["SLURM_VERSION"]
+    else:
+        have["SLURM_VERSION"] = shown
+    with pytest.raises(SlurmError, match="SLURM_VERSION"):
+        slurm_conf.power_save_differences(make_config(tmp_path), PROGRAMS, have)
+
+
+def test_hidden_nodes_are_explained_by_version(tmp_path):
+    """A pool node slurmctld does not show may be hidden by PrivateData before 23.02; from 23.02 it is not in slurm.conf."""
+    config = make_config(tmp_path)
+    nodes = node_fields(config)
+    del nodes["gpu-1"]
+    [old] = slurm_conf.node_differences(config, nodes)
+    [new] = slurm_conf.node_differences(config, nodes, version=(24, 11, 5))
+    assert "PrivateData=cloud" in old.have and new.have == "not shown (not in slurm.conf)"

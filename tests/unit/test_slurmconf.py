@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from elastic import slurmconf
 from elastic.config import load_config
 
@@ -87,3 +89,53 @@ def test_render_without_programs_has_no_power_save_block(tmp_path):
     assert "ResumeProgram" not in text and "# Nodes" in text and "# Partitions" in text
     full = slurmconf.render(config(tmp_path), PROGRAMS)
     assert full.index("# Power saving") < full.index("# Nodes") < full.index("# Partitions") and full.endswith("\n")
+
+
+# The VERSIONED settings the block carries per Slurm version (RELEASE_NOTES 23.02 and 23.11).
+BLOCK_PER_VERSION = {
+    (22, 5): {"CommunicationParameters": "NoAddrCache", "PrivateData": "cloud", "TreeWidth": "65533"},
+    (23, 2): {"CommunicationParameters": "NoAddrCache", "TreeWidth": "65533"},
+    (23, 11): {},
+    (24, 11): {},
+    (26, 5): {},
+}
+
+
+@pytest.mark.parametrize("version", list(BLOCK_PER_VERSION), ids=lambda v: f"{v[0]}.{v[1]:02d}")
+@pytest.mark.parametrize("addresses", ["scontrol", "none"])
+def test_power_save_block_carries_what_each_slurm_version_needs(tmp_path, version, addresses):
+    """PrivateData=cloud only before 23.02; NoAddrCache, TreeWidth=65533 and (for addresses 'none')
+    cloud_reg_addrs only before 23.11; enable_configless and the programs and timers always."""
+    text = CONFIG + ("slurm: {addresses: none}\n" if addresses == "none" else "")
+    lines = dict(line.split("=", 1) for line in slurmconf.power_save_lines(config(tmp_path, text), PROGRAMS,
+                                                                            version=version))
+    versioned = {key: lines[key] for key in ("CommunicationParameters", "PrivateData", "TreeWidth") if key in lines}
+    assert versioned == BLOCK_PER_VERSION[version]
+    reg_addrs = addresses == "none" and version < (23, 11)
+    assert lines["SlurmctldParameters"] == ("cloud_reg_addrs,enable_configless" if reg_addrs else "enable_configless")
+    assert {"ReturnToService", "ResumeProgram", "SuspendProgram", "ResumeFailProgram", "SuspendTime",
+            "SuspendTimeout", "ResumeTimeout", "ResumeRate", "SuspendRate"} <= set(lines)
+
+
+def test_without_a_version_the_block_is_22_05s(tmp_path):
+    """No version given: 22.05's block, in the order it always had; the header names a version only when given."""
+    cfg = config(tmp_path)
+    lines = slurmconf.power_save_lines(cfg, PROGRAMS)
+    assert lines == slurmconf.power_save_lines(cfg, PROGRAMS, version=(22, 5, 8))
+    assert lines[:4] == ["SlurmctldParameters=enable_configless", "CommunicationParameters=NoAddrCache",
+                         "PrivateData=cloud", "TreeWidth=65533"]
+    assert "for Slurm" not in slurmconf.render(cfg, PROGRAMS).splitlines()[0]
+    text = slurmconf.render(cfg, PROGRAMS, version=(24, 11, 5))
+    assert " for Slurm 24.11." in text.splitlines()[0] and "NoAddrCache" not in text
+
+
+def test_defunct_items_per_version():
+    """What belongs out of slurm.conf: PrivateData=cloud from 23.02; NoAddrCache and cloud_reg_addrs
+    from 23.11; TreeWidth=65533 never (a valid value, only no longer needed)."""
+    def names(version):
+        return sorted(f"{v.key}={v.item}" for v in slurmconf.defunct(version))
+
+    assert names((22, 5, 8)) == []
+    assert names((23, 2, 0)) == ["PrivateData=cloud"]
+    assert names((23, 11, 0)) == names((24, 11, 5)) == names((26, 5, 3)) == [
+        "CommunicationParameters=NoAddrCache", "PrivateData=cloud", "SlurmctldParameters=cloud_reg_addrs"]
