@@ -154,12 +154,20 @@ class _HandedToSlurm:
         return getattr(self._slurm, name)
 
 
+_PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
 def _where(frame, depth: int = 8) -> list[str]:
-    """Where the main thread was when the signal came, innermost first (`boot.py:331 _wait`).
-    No source lines are read: this runs inside the SIGTERM handler."""
+    """Where the main thread was when the signal came, innermost first (`boot.py:331 _wait`): the
+    innermost frame, then elastic's own (not the SDK's internals). No source lines are read: this
+    runs inside the SIGTERM handler."""
     found: list[str] = []
+    innermost = True
     while frame is not None and len(found) < depth:
-        found.append(f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno} {frame.f_code.co_name}")
+        path = frame.f_code.co_filename
+        if innermost or path.startswith(_PACKAGE):
+            found.append(f"{os.path.basename(path)}:{frame.f_lineno} {frame.f_code.co_name}")
+        innermost = False
         frame = frame.f_back
     return found
 
