@@ -70,7 +70,8 @@ def concurrent_creates(creates: int, threads: int) -> None:
     with LabCloud({"clouds": {"lab": {"boot_seconds": 0.05, "quotas": BIG_QUOTA}}}) as lab, \
             tempfile.TemporaryDirectory() as tmp:
         clouds_yaml = lab.write_clouds_yaml(Path(tmp) / "clouds.yaml")
-        region = loader.OpenStackConfig(config_files=[str(clouds_yaml)], vendor_files=[], load_envvars=False).get_one(cloud="lab")
+        config = loader.OpenStackConfig(config_files=[str(clouds_yaml)], vendor_files=[], load_envvars=False)
+        region = config.get_one(cloud="lab")
         conn = openstack.connection.Connection(config=region)
         conn.authorize()
         flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)

@@ -94,8 +94,9 @@ log_file: {tmp / 'elastic.log'}
         requests = sum(lab.request_counts("lab").values())
         calls = [json.loads(line) for line in record.read_text().splitlines()] if record.exists() else []
         left = [s for s in lab.servers("lab") if s["task_state"] != "deleting"]
-        print(f"resume-fail nodes={nodes:6d} servers={seeded:5d} exit={done.returncode} wall={wall:6.2f}s requests={requests:6d} "
-              f"history_writes={len(inodes)} scontrol_calls={len(calls)} servers_left={len(left)}")
+        print(f"resume-fail nodes={nodes:6d} servers={seeded:5d} exit={done.returncode} wall={wall:6.2f}s "
+              f"requests={requests:6d} history_writes={len(inodes)} scontrol_calls={len(calls)} "
+              f"servers_left={len(left)}")
         _phases(tmp / "elastic.log")
 
 

@@ -266,12 +266,15 @@ class OpenStackCloud:
         return BootTarget(
             flavor_id=self._find("flavor", flavor, lambda: self._c.compute.find_flavor(flavor, ignore_missing=True)).id,
             image_id=self._find("image", image, lambda: self._c.image.find_image(image, ignore_missing=True)).id,
-            network_id=self._find("network", network, lambda: self._c.network.find_network(network, ignore_missing=True)).id,
+            network_id=self._find("network", network,
+                                  lambda: self._c.network.find_network(network, ignore_missing=True)).id,
         )
 
     def flavor(self, name: str) -> Flavor:
-        item = self._find("flavor", name, lambda: self._c.compute.find_flavor(name, ignore_missing=True, get_extra_specs=False))
-        return Flavor(id=item.id, name=item.name, vcpus=int(item.vcpus or 0), ram=int(item.ram or 0), disk=int(item.disk or 0))
+        item = self._find("flavor", name,
+                          lambda: self._c.compute.find_flavor(name, ignore_missing=True, get_extra_specs=False))
+        return Flavor(id=item.id, name=item.name, vcpus=int(item.vcpus or 0), ram=int(item.ram or 0),
+                      disk=int(item.disk or 0))
 
     def find_keypair(self, name: str) -> None:
         self._find("key pair", name, lambda: self._c.compute.find_keypair(name, ignore_missing=True))
@@ -340,7 +343,7 @@ class OpenStackCloud:
             yield
         except CloudError:
             raise
-        except Exception as exc:  # noqa: BLE001 - every SDK failure becomes one of our kinds
+        except Exception as exc:  # every SDK failure becomes one of our kinds
             raise classify_exception(exc, cloud=self.name, action=action) from exc
 
 
@@ -353,10 +356,9 @@ def classify_fault(message: str | None) -> CloudErrorKind:
 
 def classify_exception(exc: BaseException, *, cloud: str = "", action: str = "") -> CloudError:
     """Map an openstacksdk/keystoneauth/requests exception to a CloudError kind, once."""
+    import requests
     from keystoneauth1 import exceptions as ksa
     from openstack import exceptions as sdk
-
-    import requests
 
     prefix = f"{action}: " if action else ""
     chain = list(_chain(exc))

@@ -47,7 +47,8 @@ class CloudConfig(_Model):
     max_parallel: Annotated[int, Field(ge=1, le=256)] = 8
     api_timeout: Seconds = 60
     rate: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10  # requests per second we allow ourselves; 0 = no cap
-    cooldown: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 600  # skip this cloud for a pool after quota/capacity
+    # Skip this cloud for a pool this long after quota/capacity.
+    cooldown: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 600
     # A cloud that gave no answer is probed by the next runs with this timeout until it answers.
     probe_timeout: Seconds = 10
 
@@ -273,7 +274,8 @@ def _resolve_paths(config: Config, path: Path, lines: dict[tuple, int]) -> Confi
             template = template if template.is_absolute() else base / template
             if not template.is_file():
                 loc = ("pools", pool_name, "boot", "user_data")
-                raise ConfigError(f"user-data template {template} does not exist", where=_where(path, lines, loc), key=_dotted(loc))
+                raise ConfigError(f"user-data template {template} does not exist", where=_where(path, lines, loc),
+                                  key=_dotted(loc))
             pool = pool.model_copy(update={"boot": pool.boot.model_copy(update={"user_data": template})})
         pools[pool_name] = pool
     clouds = {
@@ -285,7 +287,8 @@ def _resolve_paths(config: Config, path: Path, lines: dict[tuple, int]) -> Confi
         )
         for name, cloud in config.clouds.items()
     }
-    update: dict[str, Any] = {"pools": pools, "clouds": clouds, "source": path, "state_dir": _absolute(config.state_dir, base)}
+    update: dict[str, Any] = {"pools": pools, "clouds": clouds, "source": path,
+                              "state_dir": _absolute(config.state_dir, base)}
     if config.log_file is not None:
         update["log_file"] = _absolute(config.log_file, base)
     return config.model_copy(update=update)
@@ -321,7 +324,8 @@ def _to_python(node: yaml.Node, loc: tuple, lines: dict[tuple, int], path: Path,
         for key_node, value_node in node.value:
             key = key_node.value
             if key in result:
-                raise ConfigError("duplicate key", where=f"{path}:{key_node.start_mark.line + 1}", key=_dotted(loc + (key,)))
+                raise ConfigError("duplicate key", where=f"{path}:{key_node.start_mark.line + 1}",
+                                  key=_dotted(loc + (key,)))
             value = _to_python(value_node, loc + (key,), lines, path, loader)
             lines[loc + (key,)] = key_node.start_mark.line + 1
             result[key] = value

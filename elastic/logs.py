@@ -137,7 +137,8 @@ def _console_line(event: dict, colors: bool) -> str:
 
 def _short(value: Any) -> str:
     if isinstance(value, (list, tuple, set, frozenset)):
-        return ",".join(str(item) for item in (sorted(value, key=str) if isinstance(value, (set, frozenset)) else value))
+        items = sorted(value, key=str) if isinstance(value, (set, frozenset)) else value
+        return ",".join(str(item) for item in items)
     if isinstance(value, str) and (" " in value or not value):
         return json.dumps(value, ensure_ascii=False)
     return str(value)

@@ -177,7 +177,7 @@ def _on_sigterm(signum: int, frame: FrameType | None) -> None:
     if state.on_signal is not None:
         try:
             state.on_signal(state.received, frame)
-        except Exception:  # noqa: BLE001, S110 - reporting must not stop the stop
+        except Exception:  # noqa: BLE001 - reporting must not stop the stop
             pass
     if state.held:
         state.pending = True

@@ -13,7 +13,18 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from elastic.cloud import ACTIVE, BUILDING, ERROR, BootRequest, BootTarget, Flavor, Limits, Server, classify_fault, is_ours
+from elastic.cloud import (
+    ACTIVE,
+    BUILDING,
+    ERROR,
+    BootRequest,
+    BootTarget,
+    Flavor,
+    Limits,
+    Server,
+    classify_fault,
+    is_ours,
+)
 from elastic.errors import CloudError, CloudErrorKind
 
 
@@ -53,7 +64,8 @@ class MemoryCloud:
         with self._lock:
             server = Server(id=f"{self.name}-{next(self._ids)}", name=name, status=status, cloud=self.name,
                             metadata=dict(metadata or {}), created=created, task_state=task_state,
-                            addresses=self._addresses(status), fault_kind=classify_fault(None) if status == ERROR else None)
+                            addresses=self._addresses(status),
+                            fault_kind=classify_fault(None) if status == ERROR else None)
             self.servers[server.id] = server
             return server
 
@@ -104,8 +116,8 @@ class MemoryCloud:
         with self._lock:
             current = self.servers[server.id]
             address = f"127.20.0.{len(self.servers) % 250 + 1}"
-            addresses = {**current.addresses, "private": [*current.addresses.get("private", []),
-                                                          {"addr": address, "version": 4, "OS-EXT-IPS:type": "floating"}]}
+            floating = {"addr": address, "version": 4, "OS-EXT-IPS:type": "floating"}
+            addresses = {**current.addresses, "private": [*current.addresses.get("private", []), floating]}
             self.servers[server.id] = replace(current, addresses=addresses)
             return address
 

@@ -88,7 +88,8 @@ def _pool_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, cloud: Cloud,
     try:
         flavor = cloud.flavor(flavor_name)
     except CloudError as error:
-        checks.append(Check(FAIL, f"{where}: flavor", _error_text(error), _lookup_fix(error, os_cloud, "flavor", keys["flavor"])))
+        checks.append(Check(FAIL, f"{where}: flavor", _error_text(error),
+                            _lookup_fix(error, os_cloud, "flavor", keys["flavor"])))
         flavor = None
     else:
         checks += size_checks(pool_name, pool, flavor)
@@ -147,7 +148,8 @@ def size_checks(pool_name: str, pool: Pool, flavor: Flavor) -> list[Check]:
         checks.append(Check(FAIL, subject, f"CPUs={s.cpus} but the flavor has {flavor.vcpus} vCPUs",
                             f"set {key}.cpus: {flavor.vcpus} or pick a bigger flavor"))
     elif s.cpus < flavor.vcpus:
-        checks.append(Check(WARN, subject, f"CPUs={s.cpus} leaves {flavor.vcpus - s.cpus} of {flavor.vcpus} vCPUs unused",
+        checks.append(Check(WARN, subject,
+                            f"CPUs={s.cpus} leaves {flavor.vcpus - s.cpus} of {flavor.vcpus} vCPUs unused",
                             f"set {key}.cpus: {flavor.vcpus}"))
     # A VM reports a little less than the flavor's RAM (the kernel keeps some); slurmctld accepts a
     # CLOUD node down to 90% of RealMemory.
@@ -208,7 +210,8 @@ def template_checks(config: Config) -> list[Check]:
                            "cloud": entry.cloud, "controller": config.controller}
                 userdata.encode_user_data(userdata.render_user_data(template, context), where=str(template))
         except ConfigError as error:
-            checks.append(Check(FAIL, subject, str(error), f"fix the template or pools.{pool_name}.boot.user_data_vars"))
+            checks.append(Check(FAIL, subject, str(error),
+                                f"fix the template or pools.{pool_name}.boot.user_data_vars"))
         else:
             checks.append(Check(OK, subject, f"renders for {node} on {', '.join(e.cloud for e in pool.clouds)}"))
     return checks
@@ -335,8 +338,9 @@ def addresses_check(addresses: str, version: tuple[int, ...], params: set[str]) 
                                             f"(Slurm {shown} keeps it until the node powers down)")
     found = params & {"cloud_reg_addrs", "cloud_dns"}
     if not found:
-        return Check(FAIL, "slurm.addresses", f"none, but Slurm {shown} runs with neither cloud_reg_addrs nor cloud_dns: "
-                                              "slurmctld never learns the nodes' addresses",
+        return Check(FAIL, "slurm.addresses",
+                     f"none, but Slurm {shown} runs with neither cloud_reg_addrs nor cloud_dns: "
+                     "slurmctld never learns the nodes' addresses",
                      "add cloud_reg_addrs to SlurmctldParameters, or set slurm.addresses: scontrol")
     how = "slurmd's registration (cloud_reg_addrs)" if "cloud_reg_addrs" in found else "DNS (cloud_dns)"
     return Check(OK, "slurm.addresses", f"none: slurmctld takes each node's address from {how}")

@@ -179,7 +179,8 @@ def check_command(args: argparse.Namespace) -> int:
     checks = check.run_all(config, _clouds(config), slurm, slurm_error=slurm_error, programs=programs,
                            history=_history(config), now=time.time())
     sys.stdout.write(check.render(checks))
-    counts = {status: sum(1 for c in checks if c.status == status) for status in (check.OK, check.WARN, check.FAIL, check.SKIP)}
+    counts = {status: sum(1 for c in checks if c.status == status)
+              for status in (check.OK, check.WARN, check.FAIL, check.SKIP)}
     print(f"{len(checks)} checks: {counts[check.OK]} ok, {counts[check.WARN]} warn, {counts[check.FAIL]} failed, "
           f"{counts[check.SKIP]} skipped")
     return EXIT_FOUND if check.failed(checks) else EXIT_OK

@@ -136,7 +136,8 @@ def apply(config: Config, fleet: Fleet, slurm, repairs: Sequence[Repair], *,
             try:
                 held_locks.enter_context(locks([node]))
             except LockTimeout:
-                result.skipped.extend((r, "node busy: another elastic run holds its lock") for r in due if r.node == node)
+                result.skipped.extend((r, "node busy: another elastic run holds its lock")
+                                      for r in due if r.node == node)
                 continue
             held.append(node)
         if not held:
@@ -197,7 +198,8 @@ def describe(repair: Repair) -> str:
         return "power_down_force the node (its server is gone)"
     if repair.action == FORGET:
         return f"forget the pending delete on {repair.cloud} (no server there)"
-    what = {status.ORPHAN: "no powered-up node", status.PENDING: "its delete was pending"}.get(repair.problem, "duplicate")
+    what = {status.ORPHAN: "no powered-up node",
+            status.PENDING: "its delete was pending"}.get(repair.problem, "duplicate")
     return f"delete server ({what})"
 
 

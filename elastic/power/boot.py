@@ -26,8 +26,8 @@ from elastic.errors import FALLBACK_KINDS, PERMANENT_KINDS, CloudError, CloudErr
 from elastic.fleet import Fleet, Sighting
 from elastic.power import placement
 from elastic.power.outcome import Failure, Outcome, failure_from, internal_failure, report_failures
-from elastic.retry import backoff_delay, with_retries
 from elastic.power.services import Services
+from elastic.retry import backoff_delay, with_retries
 
 
 @dataclass
@@ -60,7 +60,8 @@ class _Round:
         if not others:
             return last
         also = "; ".join(f"{f.kind} on {cloud}" for cloud, f in list(failures.items())[:-1])
-        return Failure(last.kind, f"{last.message} (also {also})", permanent=all(f.permanent for f in failures.values()))
+        return Failure(last.kind, f"{last.message} (also {also})",
+                       permanent=all(f.permanent for f in failures.values()))
 
 
 def resume(nodes: Sequence[str], svc: Services) -> Outcome:
@@ -124,7 +125,8 @@ def _place_round(pending: dict[str, str], state: _Round, outcome: Outcome, fleet
     return booting
 
 
-def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet, svc: Services) -> tuple[set[str], dict[str, set[str]]]:
+def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet,
+               svc: Services) -> tuple[set[str], dict[str, set[str]]]:
     """Servers that a suspend could not delete (the cloud did not answer) are deleted now, never
     adopted: their slurmd predates this resume. Returns their ids, and per node the clouds where
     such a delete is still due: the node does not boot there in this run."""
@@ -152,7 +154,8 @@ def _create_in_pool(pool_name: str, nodes: list[str], state: _Round, outcome: Ou
     # are tried last, for the cloud's cooldown; then the pool's own order is back.
     later = [e.cloud for e in pool.clouds
              if svc.history.cooling_down(e.cloud, pool_name, now, svc.config.clouds[e.cloud].cooldown)
-             or now - problems.get(e.cloud, {}).get(pool_name, {}).get("at", -math.inf) < svc.config.clouds[e.cloud].cooldown
+             or (now - problems.get(e.cloud, {}).get(pool_name, {}).get("at", -math.inf)
+                 < svc.config.clouds[e.cloud].cooldown)
              or e.cloud in down]
     booting: dict[str, _Booting] = {}
     left = list(nodes)
@@ -214,7 +217,8 @@ def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[s
         target = with_retries(lambda: cloud.resolve_boot(pool.flavor_on(entry), pool.image_on(entry), entry.network),
                               sleep=svc.sleep, give_up_at=deadline, clock=svc.clock)
     except CloudError as error:
-        svc.log.error("resume.resolve_failed", cloud=entry.cloud, pool=pool_name, kind=error.kind.value, error=str(error))
+        svc.log.error("resume.resolve_failed", cloud=entry.cloud, pool=pool_name, kind=error.kind.value,
+                      error=str(error))
         _remember_problem(error, entry.cloud, pool_name, svc)
         return {}, {node: failure_from(error) for node in nodes}
     try:

@@ -72,11 +72,13 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
         deletion = fleet.delete([s for node in nodes for s in sighting.of(node)], why=why)
         for server, error in deletion.failed.values():
             if error.kind in _REFUSALS:
-                outcome.fail([server.name], Failure(error.kind.value, f"delete on {server.cloud} refused: {error.message}"))
+                outcome.fail([server.name],
+                             Failure(error.kind.value, f"delete on {server.cloud} refused: {error.message}"))
             else:
                 deferred[server.name][server.cloud] = f"{why}: delete failed: {error.kind.value}: {error.message}"
         for server in fleet.wait_gone(deletion.accepted, svc.config.timeouts.delete):
-            deferred[server.name].setdefault(server.cloud, f"{why}: still there after {svc.config.timeouts.delete:.0f}s")
+            deferred[server.name].setdefault(server.cloud,
+                                             f"{why}: still there after {svc.config.timeouts.delete:.0f}s")
         _remember(nodes, deferred, fleet, svc)
     for node in nodes:
         if node not in outcome.failed:

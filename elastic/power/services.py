@@ -5,8 +5,9 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, ContextManager, Protocol
+from typing import Any, Protocol
 
 from elastic.cloud import Cloud
 from elastic.config import Config
@@ -37,7 +38,7 @@ class FailureMemory(Protocol):
                              window_seconds: float | None = None) -> dict[str, int]: ...
 
 
-def _no_locks(names: Iterable[str]) -> ContextManager[None]:
+def _no_locks(names: Iterable[str]) -> AbstractContextManager[None]:
     return contextlib.nullcontext()
 
 
@@ -50,7 +51,7 @@ class Services:
     log: Any  # a structlog BoundLogger
     clock: Callable[[], float] = time.time
     sleep: Callable[[float], None] = time.sleep
-    locks: Callable[[Iterable[str]], ContextManager[None]] = field(default=_no_locks)
+    locks: Callable[[Iterable[str]], AbstractContextManager[None]] = field(default=_no_locks)
 
     def fleet(self) -> Fleet:
         """The clouds as one, behind their breakers, for one run."""

@@ -55,7 +55,8 @@ class Site:
         path.write_text(text)
         return path
 
-    def run(self, program: str, hostlist: str, *, resume_file: str | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
+    def run(self, program: str, hostlist: str, *, resume_file: str | None = None,
+            timeout: float = 120) -> subprocess.CompletedProcess:
         """Run like slurmctld 22.05: env holds only SLURM_CONF (+ SLURM_RESUME_FILE), fds 0-2 closed, cwd /."""
         process = self.start(program, hostlist, resume_file=resume_file)
         try:

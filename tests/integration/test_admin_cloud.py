@@ -147,7 +147,8 @@ class Site:
         path = self.root / "elastic.yaml"
         indented = textwrap.indent(pools, "  ")
         path.write_text(
-            f"cluster: itest\nclouds:\n  lab: {{clouds_yaml: {clouds_yaml or self.clouds_yaml}, rate: 0, api_timeout: 5}}\n"
+            f"cluster: itest\nclouds:\n"
+            f"  lab: {{clouds_yaml: {clouds_yaml or self.clouds_yaml}, rate: 0, api_timeout: 5}}\n"
             f"pools:\n{indented}slurm: {{scontrol: {self.slurm.path}}}\n"
             f"timeouts: {{boot: 30, delete: 10, poll: 0.2, lock: 5}}\nreconcile: {{grace: 600}}\n"
             f"log_file: {self.root / 'elastic.log'}\nstate_dir: {self.root / 'state'}\n{extra}")
@@ -216,7 +217,8 @@ def one_error_line(capsys) -> str:
 
 
 def test_status_flags_every_mismatch_kind(site, capsys):
-    """Orphan, missing and duplicate are flagged from real server listings; a resuming node and a healthy one are not."""
+    """Orphan, missing and duplicate are flagged from real server listings; a resuming node and a healthy one are
+    not."""
     site.seed("cpu-1", age=3600)                              # node powered down: orphan
     site.seed("cpu-3", age=7200)                              # two servers, node allocated: duplicate
     site.seed("cpu-3", age=1200)
@@ -311,7 +313,8 @@ def _cloud_not_listed(site, capsys, command) -> str:
     assert site.run(*command) == 1
     captured = capsys.readouterr()
     text = captured.out if command == ["status"] else captured.err
-    (line,) = [line for line in text.splitlines() if "cloud lab cannot be listed" in line or line.startswith("cloud lab:")]
+    (line,) = [line for line in text.splitlines()
+               if "cloud lab cannot be listed" in line or line.startswith("cloud lab:")]
     return line
 
 
@@ -367,8 +370,10 @@ def test_check_fails_on_what_the_cloud_lacks_and_skips_slurm_when_down(site, cap
     out = capsys.readouterr().out
     rows = check_rows(out)
     assert rows["cloud lab"].startswith("ok")
-    assert rows["pool cpu: flavor m1.small size"].startswith("FAIL") and "real_memory: 1945" in rows["pool cpu: flavor m1.small size"]
-    assert rows["pool cpu on lab: image and network"].startswith("FAIL") and "debian-13" in rows["pool cpu on lab: image and network"]
+    size = rows["pool cpu: flavor m1.small size"]
+    assert size.startswith("FAIL") and "real_memory: 1945" in size
+    names = rows["pool cpu on lab: image and network"]
+    assert names.startswith("FAIL") and "debian-13" in names
     assert rows["pool cpu on lab: key pair"].startswith("ok")
     assert rows["slurmctld"].startswith("skip") and "Slurm checks skipped" in rows["slurmctld"]
 
@@ -382,7 +387,8 @@ def test_check_reports_wrong_credentials_as_a_failed_row(site, capsys):
     assert site.run("check") == 1
     out = capsys.readouterr().out
     cloud_row = check_rows(out)["cloud lab"]
-    assert cloud_row.startswith("FAIL") and "auth: " in cloud_row and "check the credentials of entry 'lab'" in cloud_row
+    assert cloud_row.startswith("FAIL") and "auth: " in cloud_row
+    assert "check the credentials of entry 'lab'" in cloud_row
     assert "not-the-password" not in out
 
 

@@ -221,7 +221,7 @@ def addresses_sent(calls: list[list[str]]) -> dict[str, list[str]]:
     for call in calls:
         args = dict(a.split("=", 1) for a in call[1:] if "=" in a)
         if call[:1] == ["update"] and "nodeaddr" in args:
-            for node, addr in zip(args["nodename"].split(","), args["nodeaddr"].split(",")):
+            for node, addr in zip(args["nodename"].split(","), args["nodeaddr"].split(","), strict=True):
                 sent.setdefault(node, []).append(addr)
     return sent
 

@@ -68,7 +68,8 @@ def describe(lab: LabCloud, clouds: list[str], site) -> str:
 @pytest.mark.parametrize("clouds", [["lab"], ["east", "west"]], ids=["one-cloud", "two-cloud-pool"])
 @pytest.mark.parametrize("seed", SEEDS)
 def test_sigkill_mid_resume_then_rerun_leaves_one_server_per_node(tmp_path, seed, clouds):
-    """Resume of 20 nodes under 50 % 5xx and lost create replies, SIGKILLed at a seeded moment, then rerun without faults: one live server per node, exit 0; suspend then leaves none."""
+    """Resume of 20 nodes under 50 % 5xx and lost create replies, SIGKILLed at a seeded moment, then rerun without
+    faults: one live server per node, exit 0; suspend then leaves none."""
     rng = random.Random(seed)
     with LabCloud({"clouds": {c: lab_cloud() for c in clouds}}) as lab:
         site = make_site(tmp_path / "site")

@@ -21,14 +21,15 @@ pytestmark = pytest.mark.integration
 
 
 def openstack_cli(env: dict[str, str], *args: str):
-    result = subprocess.run(["openstack", "--os-cloud", "lab", *args], env=env, capture_output=True, text=True, timeout=60)
+    result = subprocess.run(["openstack", "--os-cloud", "lab", *args], env=env, capture_output=True, text=True,
+                            timeout=60)
     assert result.returncode == 0, f"openstack {' '.join(args)}: {result.stderr[-2000:]}"
     return json.loads(result.stdout) if "json" in args else result.stdout
 
 
 def server_lane(env: dict[str, str]) -> dict:
-    created = openstack_cli(env, "server", "create", "--flavor", "m1.small", "--image", "debian-12", "--network", "private",
-                            "--wait", "vm1", "-f", "json")
+    created = openstack_cli(env, "server", "create", "--flavor", "m1.small", "--image", "debian-12",
+                            "--network", "private", "--wait", "vm1", "-f", "json")
     listed = openstack_cli(env, "server", "list", "-f", "json")
     shown = openstack_cli(env, "server", "show", "vm1", "-f", "json")
     openstack_cli(env, "server", "delete", "--wait", "vm1")
@@ -46,7 +47,8 @@ def catalogue_lane(env: dict[str, str]) -> dict:
 
 @pytest.mark.parametrize("cap", ["2.12", "2.96"])
 def test_openstack_cli_commands_at_both_caps(make_lab, tmp_path, cap):
-    """server create --wait/list/show/delete --wait, flavor/image/network list, floating ip create/list/delete all work."""
+    """server create --wait/list/show/delete --wait, flavor/image/network list, floating ip create/list/delete all
+    work."""
     lab = make_lab({"clouds": {"lab": {"max_microversion": cap, "boot_seconds": 0, "delete_seconds": 0}}})
     env = {k: v for k, v in os.environ.items() if not k.startswith("OS_")}
     env["OS_CLIENT_CONFIG_FILE"] = str(lab.write_clouds_yaml(tmp_path / "clouds.yaml"))
@@ -79,12 +81,14 @@ def _first_line(process: subprocess.Popen, timeout: float) -> str:
 
 
 def test_module_serves_until_sigterm(tmp_path, monkeypatch):
-    """python -m elastic.lab.cloud prints its URL, writes clouds.yaml (lab + configured clouds) and exits 0 on SIGTERM."""
+    """python -m elastic.lab.cloud prints its URL, writes clouds.yaml (lab + configured clouds) and exits 0 on
+    SIGTERM."""
     config = tmp_path / "lab.yaml"
     config.write_text("clouds:\n  east:\n    faults: {latency_seconds: 0.01}\n")
     clouds_yaml = tmp_path / "clouds.yaml"
-    process = subprocess.Popen([sys.executable, "-m", "elastic.lab.cloud", "--port", "0", "--clouds-yaml", str(clouds_yaml),
-                                "--max-microversion", "2.12", "--boot-seconds", "0.05", "--config", str(config)],
+    process = subprocess.Popen([sys.executable, "-m", "elastic.lab.cloud", "--port", "0",
+                                "--clouds-yaml", str(clouds_yaml), "--max-microversion", "2.12",
+                                "--boot-seconds", "0.05", "--config", str(config)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         line = _first_line(process, 30)

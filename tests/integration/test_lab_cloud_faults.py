@@ -11,8 +11,9 @@ import openstack.exceptions as exc
 import pytest
 import requests
 
-from conftest import FAST
 from elastic.lab.cloud import LabCloud, LabConfigError
+
+from conftest import FAST
 
 pytestmark = pytest.mark.integration
 
@@ -103,8 +104,10 @@ def test_faults_do_not_touch_the_control_endpoint(make_lab):
     log = requests.get(f"{lab.url}/_lab/requests", timeout=5).json()
     assert log["counts"] == {"GET /identity/v3": 1} and log["requests"][0]["status"] is None
     lab.seed_server("lab", "seeded")
-    assert [s["name"] for s in requests.get(f"{lab.url}/_lab/servers", timeout=5).json()["servers"]["lab"]] == ["seeded"]
-    faults = requests.post(f"{lab.url}/_lab/faults/lab", json={"outage": None, "latency_seconds": 0.01}, timeout=5).json()
+    listed = requests.get(f"{lab.url}/_lab/servers", timeout=5).json()["servers"]["lab"]
+    assert [s["name"] for s in listed] == ["seeded"]
+    faults = requests.post(f"{lab.url}/_lab/faults/lab", json={"outage": None, "latency_seconds": 0.01},
+                           timeout=5).json()
     assert faults["faults"]["outage"] is None and faults["faults"]["latency_seconds"] == 0.01
     assert requests.get(f"{lab.url}/lab/identity/v3", timeout=5).status_code == 200
     bad = requests.post(f"{lab.url}/_lab/faults/lab", json={"no_such_fault": 1}, timeout=5)
@@ -131,7 +134,8 @@ def test_both_microversion_headers_are_honoured_and_returned(make_lab, sdk):
     conn.authorize()
     legacy = compute(lab, conn, "/servers", **{"X-OpenStack-Nova-API-Version": "2.10"})
     assert legacy.status_code == 200 and legacy.headers["OpenStack-API-Version"] == "compute 2.10"
-    both = compute(lab, conn, "/servers", **{"OpenStack-API-Version": "compute 2.11", "X-OpenStack-Nova-API-Version": "2.3"})
+    both = compute(lab, conn, "/servers",
+                   **{"OpenStack-API-Version": "compute 2.11", "X-OpenStack-Nova-API-Version": "2.3"})
     assert both.headers["X-OpenStack-Nova-API-Version"] == "2.11"
     assert compute(lab, conn, "/servers").headers["X-OpenStack-Nova-API-Version"] == "2.1"
     assert compute(lab, conn, "/servers", **{"OpenStack-API-Version": "compute latest"}).headers[
@@ -163,8 +167,9 @@ def test_missing_or_foreign_token_is_a_401(make_lab, sdk):
     conn = sdk(lab, "a")
     conn.authorize()
     assert requests.get(f"{lab.url}/a/compute/v2.1/servers", timeout=5).status_code == 401
-    assert requests.get(f"{lab.url}/b/image/v2/images", headers={"X-Auth-Token": conn.auth_token}, timeout=5).status_code == 401
-    assert requests.get(f"{lab.url}/a/image/v2/images", headers={"X-Auth-Token": conn.auth_token}, timeout=5).status_code == 200
+    token = {"X-Auth-Token": conn.auth_token}
+    assert requests.get(f"{lab.url}/b/image/v2/images", headers=token, timeout=5).status_code == 401
+    assert requests.get(f"{lab.url}/a/image/v2/images", headers=token, timeout=5).status_code == 200
     assert requests.get(f"{lab.url}/b/compute/v2.1", timeout=5).status_code == 200
 
 

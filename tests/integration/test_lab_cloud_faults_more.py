@@ -29,7 +29,8 @@ def chain(error: BaseException):
 # ---- 1. black hole --------------------------------------------------------------------------
 
 def test_blackhole_is_a_read_timeout_and_stop_does_not_wait(make_lab, sdk):
-    """outage: blackhole accepts the connection and never answers: api_timeout=2 ends in a read timeout after ~2 s, and stop() returns at once while the request is still held."""
+    """outage: blackhole accepts the connection and never answers: api_timeout=2 ends in a read timeout after ~2 s, and
+    stop() returns at once while the request is still held."""
     lab = make_lab({"clouds": {"lab": dict(FAST)}})
     conn = sdk(lab, api_timeout=2)
     conn.authorize()
@@ -49,7 +50,8 @@ def test_blackhole_is_a_read_timeout_and_stop_does_not_wait(make_lab, sdk):
 
 @pytest.mark.parametrize("outage", ["blackhole", "timeout"])
 def test_held_requests_end_when_the_outage_is_cleared(lab, outage):
-    """A request held by a blackhole or timeout outage is dropped unanswered as soon as the outage is cleared; later requests are served."""
+    """A request held by a blackhole or timeout outage is dropped unanswered as soon as the outage is cleared; later
+    requests are served."""
     lab.set_faults("lab", outage=outage, outage_timeout_seconds=60)
     outcome: dict[str, object] = {}
 
@@ -82,7 +84,8 @@ def boot(conn, name: str, **extra):
 
 
 def test_quota_status_413_refuses_like_pre_juno_nova(make_lab, sdk):
-    """With quota_status 413 (here from config) an over-quota create is 413 overLimit with Retry-After: 0 in header and body and Havana's message; 403 is the default."""
+    """With quota_status 413 (here from config) an over-quota create is 413 overLimit with Retry-After: 0 in header and
+    body and Havana's message; 403 is the default."""
     lab = make_lab({"clouds": {"old": {**FAST, "quotas": {"instances": 1}, "faults": {"quota_status": 413}},
                                "new": {**FAST, "quotas": {"instances": 1}}}})
     old, new = sdk(lab, "old"), sdk(lab, "new")
@@ -119,7 +122,8 @@ def floating(server) -> list[str]:
 
 
 def test_floating_ip_cache_lag_hides_floating_ips_from_nova_not_neutron(lab, sdk, eventually):
-    """With floating_ip_cache_lag true Nova's show and list detail omit a floating IP Neutron has associated; a number shows it that many seconds after association; clearing shows it."""
+    """With floating_ip_cache_lag true Nova's show and list detail omit a floating IP Neutron has associated; a number
+    shows it that many seconds after association; clearing shows it."""
     conn = sdk(lab)
     server = conn.compute.wait_for_server(boot(conn, "n1"), wait=10, interval=0.05)
     port = next(iter(conn.network.ports(device_id=server.id)))
@@ -152,7 +156,8 @@ def password_auth(lab, cloud: str = "lab") -> requests.Response:
 
 
 def test_expired_credentials_fail_every_token_and_every_new_authentication(lab, sdk):
-    """expire_credentials: old tokens get 401 from every service, POST /v3/auth/tokens is 401 with Keystone's body, the SDK raises Unauthorized; restore_credentials lets the SDK re-authenticate, the old token stays revoked."""
+    """expire_credentials: old tokens get 401 from every service, POST /v3/auth/tokens is 401 with Keystone's body, the
+    SDK raises Unauthorized; restore_credentials lets the SDK re-authenticate, the old token stays revoked."""
     conn = sdk(lab)
     conn.authorize()
     old_token = conn.auth_token
@@ -176,7 +181,8 @@ def test_expired_credentials_fail_every_token_and_every_new_authentication(lab, 
 
 
 def test_revoked_tokens_are_401_and_the_sdk_reauthenticates(lab, sdk):
-    """revoke_tokens: the old token is 401 everywhere, authentication still works, so the SDK's next call re-authenticates and succeeds."""
+    """revoke_tokens: the old token is 401 everywhere, authentication still works, so the SDK's next call
+    re-authenticates and succeeds."""
     conn = sdk(lab)
     conn.authorize()
     old_token = conn.auth_token
@@ -200,7 +206,9 @@ def test_auth_fails_from_the_control_endpoint(lab, sdk):
 # ---- 5. an image removed while servers run -------------------------------------------------------
 
 def test_removed_image_fails_creates_the_way_nova_does(lab, sdk):
-    """After remove_image a create with the old image id is Nova's 400 badRequest "Can not find requested image" (boot from volume: Nova's InvalidBDMImage), find_image by name finds nothing, and a server already running from it still shows it."""
+    """After remove_image a create with the old image id is Nova's 400 badRequest "Can not find requested image" (boot
+    from volume: Nova's InvalidBDMImage), find_image by name finds nothing, and a server already running from it still
+    shows it."""
     conn = sdk(lab)
     running = conn.compute.wait_for_server(boot(conn, "n1"), wait=10, interval=0.05)
     image_id = conn.image.find_image("debian-12").id
@@ -229,7 +237,8 @@ def test_removed_image_fails_creates_the_way_nova_does(lab, sdk):
 # ---- 6. /limits usage ----------------------------------------------------------------------------
 
 def test_limits_usage_follows_creates_and_deletes(lab, sdk, eventually):
-    """GET /limits totalInstancesUsed, totalCoresUsed and totalRAMUsed count each server from its create (BUILD, ACTIVE, ERROR alike) until its delete completes."""
+    """GET /limits totalInstancesUsed, totalCoresUsed and totalRAMUsed count each server from its create (BUILD, ACTIVE,
+    ERROR alike) until its delete completes."""
     conn = sdk(lab)
     lab.set_quota("lab", instances=5, cores=10, ram=20480)
 
@@ -258,7 +267,8 @@ def test_limits_usage_follows_creates_and_deletes(lab, sdk, eventually):
 
 
 def test_new_faults_validate_and_show_in_the_control_endpoint(lab):
-    """quota_status, floating_ip_cache_lag, auth_fails and outage: blackhole are checked with the key named, and GET /_lab/faults shows them."""
+    """quota_status, floating_ip_cache_lag, auth_fails and outage: blackhole are checked with the key named, and GET
+    /_lab/faults shows them."""
     for bad in ({"quota_status": 500}, {"quota_status": True}, {"floating_ip_cache_lag": -1},
                 {"floating_ip_cache_lag": "yes"}, {"auth_fails": 1}, {"outage": "black hole"}):
         with pytest.raises(ValueError, match=next(iter(bad))):
@@ -272,7 +282,8 @@ def test_new_faults_validate_and_show_in_the_control_endpoint(lab):
 # ---- 8. replies lost after the work was done -------------------------------------------------------
 
 def test_lost_create_reply_leaves_a_server_behind(lab, sdk, eventually):
-    """reply_lost_rate=1 on POST: the SDK's create fails with a connection error, yet the server exists and boots; GETs and DELETEs are still answered."""
+    """reply_lost_rate=1 on POST: the SDK's create fails with a connection error, yet the server exists and boots; GETs
+    and DELETEs are still answered."""
     conn = sdk(lab)
     conn.authorize()  # the token's POST comes before the fault
     boot(conn, "warmup")  # find_* and a first create: every lookup cached on the connection
@@ -301,7 +312,8 @@ def test_lost_delete_reply_still_deletes(lab, sdk, eventually):
 
 
 def test_reply_lost_rate_is_seeded_and_spares_other_methods(lab):
-    """reply_lost_rate=0.5 loses about half the matching requests, the same ones for the same seed, and never a request of another method."""
+    """reply_lost_rate=0.5 loses about half the matching requests, the same ones for the same seed, and never a request
+    of another method."""
     def lost_pattern() -> list[bool]:
         lab.set_faults("lab", reply_lost_rate=0.5, reply_lost_methods=["GET"], seed=11)
         pattern = []

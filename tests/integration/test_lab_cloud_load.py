@@ -12,12 +12,14 @@ SERVERS, THREADS = 1000, 32
 
 
 def test_thousand_creates_from_32_threads_are_all_served(make_lab, sdk, eventually):
-    """1,000 POST /servers from 32 threads on one Connection: 1,000 servers, every answer 202, 1,000 distinct loopback IPs."""
+    """1,000 POST /servers from 32 threads on one Connection: 1,000 servers, every answer 202, 1,000 distinct loopback
+    IPs."""
     lab = make_lab({"clouds": {"lab": {"boot_seconds": 0.05, "delete_seconds": 0.05,
                                        "quotas": {"instances": 2000, "cores": 4000, "ram": 4096000}}}})
     conn = sdk(lab)
     conn.authorize()
-    flavor, image = conn.compute.find_flavor("m1.tiny", ignore_missing=False), conn.image.find_image("debian-12", ignore_missing=False)
+    flavor = conn.compute.find_flavor("m1.tiny", ignore_missing=False)
+    image = conn.image.find_image("debian-12", ignore_missing=False)
     network = conn.network.find_network("private", ignore_missing=False)
     lab.reset_requests()
 

@@ -45,15 +45,17 @@ def test_application_credential_auth(make_lab):
         assert "m1.small" in [f.name for f in conn.compute.flavors()]
     finally:
         conn.close()
-    wrong = openstack.connect(auth_url=lab.auth_url("lab"), auth_type="v3applicationcredential", region_name="RegionOne",
-                              application_credential_id="ac1", application_credential_secret="nope")
+    wrong = openstack.connect(auth_url=lab.auth_url("lab"), auth_type="v3applicationcredential",
+                              region_name="RegionOne", application_credential_id="ac1",
+                              application_credential_secret="nope")
     with pytest.raises(keystoneauth1.exceptions.Unauthorized):
         list(wrong.compute.flavors())
     wrong.close()
 
 
 def test_bad_password_is_a_401(lab):
-    """A wrong password gets Keystone's 401: SDKException "(HTTP 401)" from authorize, Unauthorized from a proxy call."""
+    """A wrong password gets Keystone's 401: SDKException "(HTTP 401)" from authorize, Unauthorized from a proxy
+    call."""
     conn = openstack.connect(auth_url=lab.auth_url("lab"), username="demo", password="wrong", project_name="demo",
                              user_domain_name="Default", project_domain_name="Default", region_name="RegionOne")
     with pytest.raises(exc.SDKException, match=r"HTTP 401"):
@@ -151,7 +153,8 @@ def test_no_valid_host_fraction_fails_some_boots(make_lab, sdk, eventually):
     conn = sdk(lab)
     for i in range(20):
         boot(conn, f"n{i}")
-    statuses = eventually(lambda: (lambda s: s if "BUILD" not in s else None)([s["status"] for s in lab.servers("lab")]))
+    statuses = eventually(lambda: (lambda s: s if "BUILD" not in s else None)(
+        [s["status"] for s in lab.servers("lab")]))
     assert 0 < statuses.count("ERROR") < 20 and statuses.count("ERROR") + statuses.count("ACTIVE") == 20
 
 
@@ -296,7 +299,8 @@ def test_two_clouds_with_different_caps_are_independent(make_lab, sdk):
 
 
 def test_hooks_fire_with_name_id_and_address(make_lab, sdk, eventually, tmp_path):
-    """on_active/on_deleted run (callables and config commands) with cloud, name, id and address; a raising hook is survived."""
+    """on_active/on_deleted run (callables and config commands) with cloud, name, id and address; a raising hook is
+    survived."""
     calls = []
 
     def on_active(cloud, name, server_id, address):

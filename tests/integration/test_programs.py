@@ -22,7 +22,8 @@ FLAVORS = [{"name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20}]
 def lab_cloud(**overrides) -> dict:
     cloud = {
         "boot_seconds": 0.2, "delete_seconds": 0.1, "flavors": FLAVORS, "images": [{"name": "debian-12"}],
-        "networks": [{"name": "private", "cidr": "127.10.0.0/16"}, {"name": "public", "cidr": "127.20.0.0/16", "external": True}],
+        "networks": [{"name": "private", "cidr": "127.10.0.0/16"},
+                     {"name": "public", "cidr": "127.20.0.0/16", "external": True}],
         "quotas": {"instances": 100, "cores": 400, "ram": 1024000, "floating_ips": 50},
         "auth": {"username": "demo", "password": PASSWORD, "project_name": "demo",
                  "user_domain_name": "Default", "project_domain_name": "Default"},
@@ -95,13 +96,14 @@ def test_resume_boots_servers_and_registers_addresses(one_cloud):
     """resume.py under Slurm's conditions boots one server per node and sends all addresses in one scontrol call."""
     lab, site = one_cloud
     result = site.run("resume", "cpu-[001-003]",
-                      resume_file=json.dumps({"jobs": [{"job_id": 7, "nodes": "cpu-[001-003]"}], "all_nodes": "cpu-[001-003]"}))
+                      resume_file=json.dumps({"jobs": [{"job_id": 7, "nodes": "cpu-[001-003]"}],
+                                              "all_nodes": "cpu-[001-003]"}))
     assert result.returncode == 0, site.log_file.read_text()
     servers = _live(lab, "lab")
     assert sorted(s["name"] for s in servers) == ["cpu-001", "cpu-002", "cpu-003"]
     assert all(s["status"] == "ACTIVE" and s["metadata"][META_CLUSTER] == "itest" for s in servers)
     (update,) = _address_updates(site.calls())
-    addresses = dict(zip(update[1].split("=", 1)[1].split(","), update[2].split("=", 1)[1].split(",")))
+    addresses = dict(zip(update[1].split("=", 1)[1].split(","), update[2].split("=", 1)[1].split(","), strict=True))
     assert set(addresses) == {"cpu-001", "cpu-002", "cpu-003"}
     assert all(a.startswith("127.10.") for a in addresses.values())
     started = [e for e in site.log_events() if e["event"] == "resume.start"]
@@ -152,7 +154,8 @@ def test_error_servers_fall_back_to_the_next_cloud(tmp_path):
 
 def test_fifty_nodes_two_pools_two_clouds_one_out_of_quota(tmp_path):
     """50 nodes in two pools on two clouds, the first cloud's quota at 10: all boot, overflow on the second."""
-    with LabCloud({"clouds": {"east": lab_cloud(quotas={"instances": 10, "cores": 400, "ram": 1024000, "floating_ips": 50}),
+    with LabCloud({"clouds": {"east": lab_cloud(quotas={"instances": 10, "cores": 400, "ram": 1024000,
+                                                        "floating_ips": 50}),
                               "west": lab_cloud()}}) as lab:
         site = make_site(tmp_path / "site")
         clouds_yaml = lab.write_clouds_yaml(site.root / "clouds.yaml")
@@ -167,7 +170,7 @@ def test_fifty_nodes_two_pools_two_clouds_one_out_of_quota(tmp_path):
         for update in updates:  # one call per poll that found servers ACTIVE
             names = update[1].split("=", 1)[1].split(",")
             assert not set(names) & set(addrs), "an address was sent twice"
-            addrs.update(zip(names, update[2].split("=", 1)[1].split(",")))
+            addrs.update(zip(names, update[2].split("=", 1)[1].split(","), strict=True))
         assert len(addrs) == 50
         polls = sum(lab.request_counts(c).get("GET /servers/detail", 0) for c in ("east", "west"))
         assert len(updates) <= polls < 50
@@ -196,7 +199,8 @@ def test_api_outage_fails_nodes_with_power_down_force(one_cloud):
     assert result.returncode == 1
     states = _state_updates(site.calls())
     assert set(states) == {"cpu-001", "cpu-002"}
-    assert all(state == "power_down_force" and reason.startswith("elastic: unreachable: lab:") for state, reason in states.values())
+    assert all(state == "power_down_force" and reason.startswith("elastic: unreachable: lab:")
+               for state, reason in states.values())
     lab.clear_faults("lab")
     assert lab.servers("lab") == []
 
@@ -241,7 +245,8 @@ def test_resume_fail_deletes_and_resumes_node(one_cloud):
 def test_unwritable_history_is_logged_and_nodes_still_served(tmp_path):
     """With history.json unwritable (a directory in its place), a quota fallback and a resume-fail
     still do their work and exit 0; the lost history changes are logged as errors."""
-    with LabCloud({"clouds": {"east": lab_cloud(quotas={"instances": 1, "cores": 400, "ram": 1024000, "floating_ips": 50}),
+    with LabCloud({"clouds": {"east": lab_cloud(quotas={"instances": 1, "cores": 400, "ram": 1024000,
+                                                        "floating_ips": 50}),
                               "west": lab_cloud()}}) as lab:
         site = make_site(tmp_path / "site")
         clouds_yaml = lab.write_clouds_yaml(site.root / "clouds.yaml")

@@ -35,7 +35,8 @@ resume_fail: {max_failures: 2, window: 600}
 """
 
 
-def make_services(tmp_path: Path, extra: str = "", config_text: str = CONFIG) -> tuple[Services, dict[str, MemoryCloud], RecordingSlurm, FakeClock]:
+def make_services(tmp_path: Path, extra: str = "",
+                  config_text: str = CONFIG) -> tuple[Services, dict[str, MemoryCloud], RecordingSlurm, FakeClock]:
     path = tmp_path / "elastic.yaml"
     path.write_text(config_text + textwrap.dedent(extra))
     config = load_config(path)

@@ -53,7 +53,8 @@ def by_subject(checks):
 
 def programs_in(tmp_path, mode: int = 0o755, interpreter: str = sys.executable) -> slurmconf.Programs:
     paths = {}
-    for key, name in (("resume", "elastic-resume"), ("suspend", "elastic-suspend"), ("resume_fail", "elastic-resume-fail")):
+    for key, name in (("resume", "elastic-resume"), ("suspend", "elastic-suspend"),
+                      ("resume_fail", "elastic-resume-fail")):
         path = tmp_path / name
         path.write_text(f"#!{interpreter}\n")
         path.chmod(mode)
@@ -113,7 +114,8 @@ def test_quota_shortfall_warns_and_counts_our_running_servers():
 def test_cloud_checks_resolve_every_pool_name(tmp_path):
     """A cloud that has everything gives ok rows for authentication, each pool's names and sizes, key and quota."""
     config = make_config(tmp_path, CONFIG.replace("image: debian-12}\n    clouds:\n      - {cloud: alpha",
-                                                  "image: debian-12, key_name: hpc}\n    clouds:\n      - {cloud: alpha"))
+                                                  "image: debian-12, key_name: hpc}\n"
+                                                  "    clouds:\n      - {cloud: alpha"))
     cloud = KeyedCloud("alpha")
     checks = check.cloud_checks(config, "alpha", cloud)
     assert [c for c in checks if c.status != check.OK] == []
@@ -125,13 +127,15 @@ def test_cloud_checks_resolve_every_pool_name(tmp_path):
 @pytest.mark.parametrize("break_it, subject, words", [
     (lambda c: c.flavors.clear(), "pool cpu on alpha: flavor", "flavor list"),
     (lambda c: c.images.clear(), "pool cpu on alpha: image and network", "image list`; fix pools.cpu.boot.image"),
-    (lambda c: c.networks.clear(), "pool cpu on alpha: image and network", "network list`; fix pools.cpu.clouds[0].network"),
+    (lambda c: c.networks.clear(), "pool cpu on alpha: image and network",
+     "network list`; fix pools.cpu.clouds[0].network"),
     (lambda c: c.keypairs.clear(), "pool cpu on alpha: key pair", "keypair list"),
 ])
 def test_missing_cloud_names_fail_with_the_key_to_fix(tmp_path, break_it, subject, words):
     """A flavor, image, network or key pair the cloud lacks fails its row, naming the listing and YAML key."""
     config = make_config(tmp_path, CONFIG.replace("image: debian-12}\n    clouds:\n      - {cloud: alpha",
-                                                  "image: debian-12, key_name: hpc}\n    clouds:\n      - {cloud: alpha"))
+                                                  "image: debian-12, key_name: hpc}\n"
+                                                  "    clouds:\n      - {cloud: alpha"))
     cloud = KeyedCloud("alpha")
     break_it(cloud)
     checks = by_subject(check.cloud_checks(config, "alpha", cloud))
@@ -159,7 +163,8 @@ def test_unusable_cloud_fails_once_and_skips_its_pools(tmp_path):
     checks = check.cloud_checks(config, "beta", cloud)
     assert checks[0].status == check.FAIL and "auth: connect: authentication failed" in checks[0].detail
     assert "credentials" in checks[0].fix and str(tmp_path / "clouds.yaml") in checks[0].fix
-    assert [(c.status, c.subject) for c in checks[1:]] == [(check.SKIP, "pool cpu on beta"), (check.SKIP, "pool gpu on beta")]
+    assert [(c.status, c.subject) for c in checks[1:]] == [(check.SKIP, "pool cpu on beta"),
+                                                          (check.SKIP, "pool gpu on beta")]
 
 
 # ---- templates ----------------------------------------------------------------------------------
@@ -170,8 +175,10 @@ def test_user_data_template_must_render_for_every_cloud(tmp_path):
     (tmp_path / "ok.j2").write_text("#cloud-config\nhostname: {{ node }}\n# {{ cloud }} {{ site }}\n")
     (tmp_path / "bad.j2").write_text("#cloud-config\n\n{{ munge_key_url }}\n")
     text = CONFIG.replace("image: debian-12}\n    clouds:\n      - {cloud: alpha",
-                          "image: debian-12, user_data: ok.j2, user_data_vars: {site: x}}\n    clouds:\n      - {cloud: alpha")
-    text = text.replace("image: debian-12}\n    clouds:\n      - {cloud: beta", "image: debian-12, user_data: bad.j2}\n    clouds:\n      - {cloud: beta")
+                          "image: debian-12, user_data: ok.j2, user_data_vars: {site: x}}\n"
+                          "    clouds:\n      - {cloud: alpha")
+    text = text.replace("image: debian-12}\n    clouds:\n      - {cloud: beta",
+                        "image: debian-12, user_data: bad.j2}\n    clouds:\n      - {cloud: beta")
     checks = by_subject(check.template_checks(make_config(tmp_path, text)))
     assert checks["pool cpu: user-data ok.j2"].status == check.OK
     bad = checks["pool gpu: user-data bad.j2"]
@@ -241,7 +248,8 @@ def test_registered_addresses_need_cloud_reg_addrs_before_23_11(tmp_path):
     old = by_subject(check.slurm_checks(config, running_with(programs)))
     assert old["slurm.addresses"].status == check.FAIL and "cloud_reg_addrs" in old["slurm.addresses"].fix
     assert old["SlurmctldParameters"].status == check.OK  # enable_configless is there
-    dns = by_subject(check.slurm_checks(config, running_with(programs, SlurmctldParameters="cloud_dns,enable_configless")))
+    dns = by_subject(check.slurm_checks(config, running_with(programs,
+                                                             SlurmctldParameters="cloud_dns,enable_configless")))
     assert dns["slurm.addresses"].status == check.OK and "DNS" in dns["slurm.addresses"].detail
     new = by_subject(check.slurm_checks(config, running_with(programs, **RUNNING_24_11)))
     assert new["slurm.addresses"].status == check.OK and "slurmd registers" in new["slurm.addresses"].detail
@@ -251,7 +259,8 @@ def test_pool_nodes_missing_from_slurm_fail(tmp_path):
     """Pool nodes slurmctld does not know fail one grouped row; matching nodes give one ok row."""
     config = make_config(tmp_path)
     fields = {f"cpu-00{i}": {"NodeName": f"cpu-00{i}", "State": "IDLE+CLOUD+POWERED_DOWN", "CPUTot": "1",
-                             "RealMemory": "1800", "AvailableFeatures": "cloud", "Partitions": "cloud"} for i in range(1, 5)}
+                             "RealMemory": "1800", "AvailableFeatures": "cloud", "Partitions": "cloud"}
+              for i in range(1, 5)}
     fields.update({f"gpu-{i}": {"NodeName": f"gpu-{i}", "State": "IDLE+CLOUD+POWERED_DOWN", "CPUTot": "1",
                                 "RealMemory": "1800", "AvailableFeatures": "(null)"} for i in (1, 2)})
     assert [c.status for c in check.node_checks(config, fields)] == [check.OK]
@@ -351,7 +360,8 @@ def test_defunct_options_are_flagged_remove_from_23_11(tmp_path, name):
     rows = {c.subject: c for c in check.slurm_checks(config, running) if c.status != check.OK}
     assert set(rows) == {"CommunicationParameters: NoAddrCache", "SlurmctldParameters: cloud_reg_addrs"}
     assert {c.status for c in rows.values()} == {check.WARN}
-    assert rows["CommunicationParameters: NoAddrCache"].fix == "remove NoAddrCache from CommunicationParameters in slurm.conf"
+    assert (rows["CommunicationParameters: NoAddrCache"].fix
+            == "remove NoAddrCache from CommunicationParameters in slurm.conf")
     assert rows["SlurmctldParameters: cloud_reg_addrs"].fix.startswith("remove cloud_reg_addrs")
     assert "defunct" in rows["CommunicationParameters: NoAddrCache"].detail
 

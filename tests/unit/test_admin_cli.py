@@ -254,9 +254,9 @@ def test_slurm_conf_without_slurmctld_uses_scontrols_version_else_assumes_22_05(
 
 def test_slurm_conf_check_flags_defunct_options_on_24_11(site, capsys):
     """--check on 24.11 running a 22.05 block: NoAddrCache is a 'remove' difference, exit 1."""
-    from test_admin_slurm_conf import node_fields
-
     from elastic.config import load_config
+
+    from test_admin_slurm_conf import node_fields
 
     config = load_config(site.path)
     site.slurm.config = lambda: {"SLURM_VERSION": "24.11.5", "CommunicationParameters": "NoAddrCache"}

@@ -67,7 +67,8 @@ def test_user_data_carries_no_munge_key_only_where_to_fetch_it(config):
 def test_user_data_refuses_to_render_without_a_controller(config):
     """Without `controller:` in the YAML the template fails, naming what to set, instead of booting a lost slurmd."""
     with pytest.raises(ConfigError, match="controller_must_be_set_in_elastic_yaml"):
-        userdata.render_user_data(config.pools["cpu"].boot.user_data, context(config, "cpu", "engage1", controller=None))
+        userdata.render_user_data(config.pools["cpu"].boot.user_data,
+                                  context(config, "cpu", "engage1", controller=None))
 
 
 def test_user_data_names_every_variable_it_needs(config):
@@ -79,7 +80,8 @@ def test_user_data_names_every_variable_it_needs(config):
 
 
 def test_shipped_slurm_include_matches_the_generated_one(config):
-    """etc/slurm/elastic.conf is exactly what `elastic slurm-conf --programs-dir /opt/elastic/bin` prints (comments aside)."""
+    """etc/slurm/elastic.conf is exactly what `elastic slurm-conf --programs-dir /opt/elastic/bin` prints (comments
+    aside)."""
     generated = slurmconf.render(config, default_programs(Path("/opt/elastic/bin")))
 
     def settings(text: str) -> list[str]:

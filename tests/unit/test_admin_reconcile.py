@@ -107,8 +107,8 @@ def test_apply_deletes_due_orphans_and_powers_down_missing_nodes(tmp_path):
     slurm = FakeSlurm(node_states=slurm_nodes(gpu_1=IDLE))
     clock = FakeClock(NOW)
     repairs = plan_for(config, {"alpha": cloud}, slurm.nodes())
-    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=no_locks, log=null_log(),
-                             clock=clock)
+    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=no_locks,
+                             log=null_log(), clock=clock)
     assert summary(result.done) == [("delete", "cpu-001", old.id), ("power_down", "gpu-1", None)]
     assert result.failed == [] and result.skipped == []
     assert ("delete", old.id) in cloud.calls and ("delete", young.id) not in cloud.calls
@@ -130,8 +130,8 @@ def test_apply_skips_a_node_whose_resume_started_since_the_plan(tmp_path):
 
     slurm.on_read = resume_starts
     clock = FakeClock(NOW)
-    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=no_locks, log=null_log(),
-                             clock=clock)
+    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=no_locks,
+                             log=null_log(), clock=clock)
     assert result.done == [] and [r.node for r, _ in result.skipped] == ["cpu-001"]
     assert not any(op == "delete" for op, _ in cloud.calls)
 
@@ -167,10 +167,11 @@ def test_apply_takes_each_nodes_lock_and_skips_busy_nodes(tmp_path):
     slurm = FakeSlurm()
     repairs = plan_for(config, {"alpha": cloud}, slurm.nodes())
     clock = FakeClock(NOW)
-    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=locks, log=null_log(),
-                             clock=clock)
+    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=locks,
+                             log=null_log(), clock=clock)
     assert summary(result.done) == [("delete", "cpu-001", a.id)]
-    assert [(r.server.id, why) for r, why in result.skipped] == [(b.id, "node busy: another elastic run holds its lock")]
+    assert [(r.server.id, why) for r, why in result.skipped] == [
+        (b.id, "node busy: another elastic run holds its lock")]
     assert seen_during_delete == [["cpu-001"]] and held == []
 
 
@@ -183,8 +184,8 @@ def test_apply_reports_failed_deletes_and_state_changes(tmp_path):
     slurm = FakeSlurm(node_states=slurm_nodes(cpu_003=IDLE), fail_updates=True)
     repairs = plan_for(config, {"alpha": cloud}, slurm.nodes())
     clock = FakeClock(NOW)
-    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=no_locks, log=null_log(),
-                             clock=clock)
+    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=no_locks,
+                             log=null_log(), clock=clock)
     assert result.done == []
     failed = {r.node: why for r, why in result.failed}
     assert "server is locked" in failed["cpu-001"] and "Invalid node state" in failed["cpu-003"]
@@ -198,8 +199,8 @@ def test_waiting_repairs_are_not_applied(tmp_path):
     slurm = FakeSlurm()
     repairs = plan_for(config, {"alpha": cloud}, slurm.nodes())
     clock = FakeClock(NOW)
-    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=no_locks, log=null_log(),
-                             clock=clock)
+    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=no_locks,
+                             log=null_log(), clock=clock)
     assert result.done == result.failed == result.skipped == [] and slurm.reads == 1
     assert [s.status for s in cloud.live()] == [BUILDING] and not any(op == "delete" for op, _ in cloud.calls)
 

@@ -65,7 +65,8 @@ def test_suspend_time_option_is_compared(tmp_path):
 def test_cloud_reg_addrs_is_not_required_from_23_11(tmp_path):
     """23.11 dropped the cloud_reg_addrs option (it is the behaviour): its absence is no difference there."""
     config = make_config(tmp_path, CONFIG + "slurm: {addresses: none}\n")
-    assert [d.subject for d in slurm_conf.power_save_differences(config, PROGRAMS, running())] == ["SlurmctldParameters"]
+    differences = slurm_conf.power_save_differences(config, PROGRAMS, running())
+    assert [d.subject for d in differences] == ["SlurmctldParameters"]
     assert slurm_conf.power_save_differences(config, PROGRAMS, running(**RUNNING_23_11)) == []
 
 
@@ -158,7 +159,8 @@ def test_a_version_slurmctld_does_not_show_is_an_error(tmp_path, shown):
 
 
 def test_hidden_nodes_are_explained_by_version(tmp_path):
-    """A pool node slurmctld does not show may be hidden by PrivateData before 23.02; from 23.02 it is not in slurm.conf."""
+    """A pool node slurmctld does not show may be hidden by PrivateData before 23.02; from 23.02 it is not in
+    slurm.conf."""
     config = make_config(tmp_path)
     nodes = node_fields(config)
     del nodes["gpu-1"]

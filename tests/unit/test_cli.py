@@ -46,10 +46,10 @@ def test_missing_hostlist_is_a_usage_error(capsys):
 def program(tmp_path, monkeypatch):
     """A config (from power_fixtures) with real state dir and log, memory clouds and a recording
     Slurm wired in place of the real ones; returns (run(command, hostlist), slurm, config path)."""
-    from power_fixtures import CONFIG
-
     from elastic import runtime
     from elastic.testing import MemoryCloud, RecordingSlurm
+
+    from power_fixtures import CONFIG
 
     path = tmp_path / "elastic.yaml"
     path.write_text(CONFIG + f"state_dir: {tmp_path / 'state'}\nlog_file: {tmp_path / 'elastic.log'}\n")
@@ -101,7 +101,8 @@ def test_a_state_dir_that_cannot_be_made_is_a_local_failure_not_a_traceback(prog
     power_down_force with `elastic: local: cannot create state_dir`."""
     run, slurm, path = program
     (tmp_path / "blocker").write_text("")
-    path.write_text(path.read_text().replace(f"state_dir: {tmp_path / 'state'}", f"state_dir: {tmp_path / 'blocker' / 'state'}"))
+    path.write_text(path.read_text().replace(f"state_dir: {tmp_path / 'state'}",
+                                             f"state_dir: {tmp_path / 'blocker' / 'state'}"))
     assert run("resume", "cpu-001") == 1
     ((names, state, reason),) = slurm.states
     assert names == ("cpu-001",) and state == "power_down_force"

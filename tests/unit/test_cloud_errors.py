@@ -74,9 +74,9 @@ def _raised_while_handling(cause: Callable[[], BaseException], outer: Callable[[
     try:
         try:
             raise cause()
-        except Exception as inner:
+        except Exception as inner:  # noqa: BLE001 - whatever `cause` built
             raise outer(inner)  # noqa: B904 - implicit __context__ is what the libraries produce
-    except Exception as error:
+    except Exception as error:  # noqa: BLE001 - whatever `outer` built is the result
         return error
 
 
@@ -86,8 +86,8 @@ def _ksa_connect_timeout() -> ksa.ConnectTimeout:
     # Session._send_request: `except requests.exceptions.Timeout: raise ConnectTimeout(...)`,
     # for a read timeout as much as for a connect timeout.
     return _raised_while_handling(
-        lambda: requests.exceptions.ReadTimeout(f"HTTPSConnectionPool(host='nova.lab.example', port=8774): "
-                                                f"Read timed out. (read timeout=30.0)"),
+        lambda: requests.exceptions.ReadTimeout("HTTPSConnectionPool(host='nova.lab.example', port=8774): "
+                                                "Read timed out. (read timeout=30.0)"),
         lambda _: ksa.ConnectTimeout(f"Request to {NOVA}/servers timed out"))
 
 
@@ -351,7 +351,8 @@ def test_nova_quota_refusals_without_the_word_quota_are_quota(message):
     lambda: _authorize_failure(lambda: _ksa_error(_response(
         404, {"error": {"code": 404, "message": "Not Found"}}, url=f"{KEYSTONE}/v3/auth/tokens"))),
     lambda: _authorize_failure(lambda: _ksa_error(_response(
-        400, {"error": {"code": 400, "message": "Expecting to find domain in user"}}, url=f"{KEYSTONE}/v3/auth/tokens"))),
+        400, {"error": {"code": 400, "message": "Expecting to find domain in user"}},
+        url=f"{KEYSTONE}/v3/auth/tokens"))),
 ], ids=["wrong-auth-url", "tokens-404", "tokens-400"])
 def test_login_refused_for_wrong_auth_settings_is_config(make_exc):
     """A 4xx from Keystone while logging in (wrapped by Connection.authorize) is config: no retry helps."""

@@ -6,8 +6,7 @@ import threading
 
 import pytest
 
-from elastic.history import MAX_NODE_FAILURES
-from elastic.history import History as _History
+from elastic.history import MAX_NODE_FAILURES, History as _History
 from elastic.locks import exclusive_lock
 
 NOW = 1_000_000.0

@@ -4,11 +4,10 @@ import time
 
 import hostlist
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
+from hypothesis import given, strategies as st
 
-from elastic.errors import UsageError
 from elastic import hostlists
+from elastic.errors import UsageError
 from elastic.hostlists import compress, expand
 
 
@@ -113,7 +112,8 @@ def test_limit_refuses_a_huge_hostlist_without_expanding(mocker):
     with pytest.raises(UsageError) as caught:
         expand(text, limit=10_000)
     assert time.perf_counter() - started < 0.1
-    assert str(caught.value) == f"hostlist {text[:200]!r}... (241 characters) names 2200000 nodes, more than the limit of 10000"
+    assert str(caught.value) == (f"hostlist {text[:200]!r}... (241 characters) names 2200000 nodes, "
+                                 "more than the limit of 10000")
     expanding.assert_not_called()
 
 

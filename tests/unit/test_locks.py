@@ -6,10 +6,10 @@ import os
 import resource
 import stat
 import threading
+from pathlib import Path
 
 import filelock
 import pytest
-from pathlib import Path
 
 from elastic import locks
 from elastic.errors import LocalError, LockTimeout, UsageError
@@ -192,7 +192,8 @@ def test_symlinked_exclusive_lock_is_refused(tmp_path):
     (errno.EIO, "Input/output error"),
 ])
 def test_os_error_opening_lock_file_is_local_error(tmp_path, monkeypatch, code, reason):
-    """Any OSError opening a lock file is a one-line LocalError naming the file and strerror; earlier locks are released."""
+    """Any OSError opening a lock file is a one-line LocalError naming the file and strerror; earlier locks are
+    released."""
     real_open = os.open
 
     def failing_open(path, flags, mode=0o777, *args, **kwargs):

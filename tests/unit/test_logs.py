@@ -142,7 +142,8 @@ def test_not_interactive_writes_nothing_to_stderr(tmp_path, capsys):
 
 def test_interactive_adds_readable_line_without_colors(tmp_path, capsys):
     """Interactive runs also print one plain line per event to stderr (no ANSI colors when not a tty)."""
-    _logger(tmp_path / "x.log", interactive=True).warning("resume.slow", nodes=["a", "b"], reason="no room", password=SECRET)
+    _logger(tmp_path / "x.log", interactive=True).warning("resume.slow", nodes=["a", "b"], reason="no room",
+                                                          password=SECRET)
     err = capsys.readouterr().err
     assert err.endswith(' warning resume.slow nodes=a,b reason="no room" password=***\n')
     assert "\033[" not in err and "{" not in err and SECRET not in err
@@ -192,7 +193,8 @@ def test_full_disk_moves_lines_to_stderr_after_one_warning(capsys):
     events = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [e["event"] for e in events] == ["logging.file_failed", "resume.start", "resume.slow", "resume.done"]
     warning = events[0]
-    assert (warning["level"], warning["log_file"], warning["error"]) == ("warning", "/dev/full", "No space left on device")
+    assert (warning["level"], warning["log_file"], warning["error"]) == ("warning", "/dev/full",
+                                                                         "No space left on device")
     assert (warning["run_id"], warning["command"]) == ("r-1", "resume") and "timestamp" in warning
     assert events[1]["count"] == 2
 

@@ -182,7 +182,8 @@ def test_addresses_found_in_one_poll_go_in_one_call_before_a_fallback_round(tmp_
     outcome = resume(["cpu-001", "cpu-002", "cpu-003"], svc)
 
     assert outcome.exit_code == 0
-    assert events == [("addresses", ["cpu-001", "cpu-002"]), ("create on beta", ["cpu-003"]), ("addresses", ["cpu-003"])]
+    assert events == [("addresses", ["cpu-001", "cpu-002"]), ("create on beta", ["cpu-003"]),
+                      ("addresses", ["cpu-003"])]
 
 
 def test_every_cloud_full_fails_node_with_power_down_force(tmp_path):

@@ -79,7 +79,8 @@ def test_sigterm_during_a_blocked_flow_gives_every_node_an_elastic_state(site, m
         time.sleep(30)
         pytest.fail("the SIGTERM did not interrupt the flow")
 
-    monkeypatch.setattr(power, {"resume": "resume", "suspend": "suspend", "resume-fail": "resume_fail"}[command], blocked)
+    flow = {"resume": "resume", "suspend": "suspend", "resume-fail": "resume_fail"}[command]
+    monkeypatch.setattr(power, flow, blocked)
     before = signal.getsignal(signal.SIGTERM)
     started = time.monotonic()
     assert run(site, command) == 1
@@ -207,7 +208,7 @@ def test_uninterrupted_holds_the_sigterm_until_the_block_ends():
     when the block raised something else; later SIGTERMs only count."""
     reported = []
     finished = []
-    with pytest.raises(process.Terminated) as caught:  # noqa: SIM117 - one level per context, on purpose
+    with pytest.raises(process.Terminated) as caught:  # one level per context, on purpose
         with process.sigterm_raises(lambda seconds, frame: reported.append(seconds)) as state:
             with process.uninterrupted():
                 with process.uninterrupted():
@@ -218,7 +219,7 @@ def test_uninterrupted_holds_the_sigterm_until_the_block_ends():
                 time.sleep(0.05)
                 finished.append(True)
     assert finished == [True] and state.signals == 2 and len(reported) == 1
-    with pytest.raises(process.Terminated) as caught, process.sigterm_raises():  # noqa: SIM117
+    with pytest.raises(process.Terminated) as caught, process.sigterm_raises():
         with process.uninterrupted():
             sigterm_main_thread()
             raise ValueError("scontrol failed")

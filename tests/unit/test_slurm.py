@@ -8,8 +8,17 @@ from collections.abc import Sequence
 import pytest
 
 from elastic.errors import SlurmError, UsageError
-from elastic.slurm import (NodeState, Slurm, find_command, parse_node_line, parse_nodes, parse_version,
-                          subprocess_runner, version_of_config, version_text)
+from elastic.slurm import (
+    NodeState,
+    Slurm,
+    find_command,
+    parse_node_line,
+    parse_nodes,
+    parse_version,
+    subprocess_runner,
+    version_of_config,
+    version_text,
+)
 
 SCONTROL = "/usr/bin/scontrol"
 

@@ -56,7 +56,8 @@ def test_node_line_carries_every_slurm_attribute(tmp_path):
     line = slurmconf.node_line(config(tmp_path).pools["cpu"])
     assert line == ("NodeName=cpu-[001-004] CPUs=8 RealMemory=30000 Sockets=1 CoresPerSocket=4 ThreadsPerCore=2 "
                     "Weight=10 Feature=cloud,avx2 Gres=gpu:0 State=CLOUD")
-    assert slurmconf.node_line(config(tmp_path).pools["big"]) == "NodeName=big-[1-2] CPUs=16 RealMemory=60000 State=CLOUD"
+    assert (slurmconf.node_line(config(tmp_path).pools["big"])
+            == "NodeName=big-[1-2] CPUs=16 RealMemory=60000 State=CLOUD")
 
 
 def test_pools_sharing_a_partition_give_one_partition_line(tmp_path):
@@ -68,7 +69,8 @@ def test_pools_sharing_a_partition_give_one_partition_line(tmp_path):
 
 def test_power_save_block_follows_the_timeouts(tmp_path):
     """ResumeTimeout and SuspendTimeout leave room beyond elastic's own boot and delete waits."""
-    lines = dict(line.split("=", 1) for line in slurmconf.power_save_lines(config(tmp_path), PROGRAMS, suspend_time=300))
+    lines = dict(line.split("=", 1)
+                 for line in slurmconf.power_save_lines(config(tmp_path), PROGRAMS, suspend_time=300))
     assert lines["ResumeTimeout"] == str(500 + slurmconf.SLURMD_START_MARGIN)
     assert lines["SuspendTimeout"] == str(100 + slurmconf.SUSPEND_MARGIN)
     assert lines["SuspendTime"] == "300" and lines["ResumeProgram"] == "/opt/elastic/bin/elastic-resume"
