@@ -149,10 +149,6 @@ class History:
                 data["nodes"].pop(node, None)
             return len(recent)
 
-    def clear_node_failures(self, node: str) -> None:
-        with self._update() as data:
-            data["nodes"].pop(node, None)
-
     # ---- the file --------------------------------------------------------------------------------
 
     @contextlib.contextmanager

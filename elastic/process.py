@@ -29,6 +29,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
 
+# slurmctld starts our programs with no PATH at all; this is where scontrol usually lives.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 _closed_at_start: set[int] = set()

@@ -14,7 +14,6 @@ stays authoritative; this file only says which jobs wait for which nodes.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,28 +36,6 @@ class ResumeJob:
 class ResumeRequest:
     all_nodes: tuple[str, ...]
     jobs: tuple[ResumeJob, ...] = ()
-
-
-def read_resume_file(env: Mapping[str, str]) -> ResumeRequest | None:
-    """The request in the file SLURM_RESUME_FILE names, None when it is not set.
-
-    The path is a /proc/<slurmctld pid>/fd/N that exists only while slurmctld keeps the file open:
-    call this first thing, before anything slow.
-    """
-    path = env.get(ENV)
-    if not path:
-        return None
-    try:
-        with open(path, "rb") as handle:
-            data = handle.read()
-    except OSError as exc:
-        raise UsageError(f"cannot read {ENV} {path}: {exc.strerror or exc}") from None
-    source = f"{ENV} {path}"
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise UsageError(f"{source}: not UTF-8 text at byte {exc.start}") from None
-    return parse_resume_file(text, source=source)
 
 
 def parse_resume_file(text: str, *, source: str = ENV) -> ResumeRequest:

@@ -20,9 +20,6 @@ from elastic.hostlists import compress
 Runner = Callable[[Sequence[str]], str]
 """Runs argv and returns its stdout; raises SlurmError when the program fails."""
 
-# slurmctld starts our programs with no PATH at all; this is where scontrol usually lives.
-DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-
 STATES = frozenset({"power_down", "power_down_force", "power_down_asap", "power_up", "resume", "down", "drain",
                     "idle"})
 # scontrol refuses state=down/drain without a reason ("You must specify a reason").
@@ -75,7 +72,7 @@ def find_command(name: str, configured: str | None = None) -> str:
             return os.path.abspath(configured)
         else:
             raise SlurmError(f"{name}: {configured} is not an executable file")
-    search = os.environ.get("PATH") or DEFAULT_PATH
+    search = os.environ.get("PATH") or process.DEFAULT_PATH
     found = shutil.which(name, path=search)
     if found is None:
         raise SlurmError(f"{name}: not found in {search}; set its path in the config")

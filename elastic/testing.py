@@ -254,12 +254,6 @@ class MemoryHistory:
     def clear_cloud_failure(self, cloud: str, pool: str) -> None:
         self.cloud_failures.pop((cloud, pool), None)
 
-    def record_node_failure(self, node: str, now: float) -> None:
-        self.node_failure_times.setdefault(node, []).append(now)
-
-    def node_failures(self, node: str, now: float, window_seconds: float) -> int:
-        return sum(1 for t in self.node_failure_times.get(node, []) if now - t < window_seconds)
-
 
 class FakeClock:
     """time.time and time.sleep in one: sleeping advances the clock instantly."""

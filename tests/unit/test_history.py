@@ -74,16 +74,6 @@ def test_node_failures_count_within_window_and_prune_older(path):
     assert stored == {"cpu-001": [NOW + 100, NOW + 200], "cpu-002": [NOW]}
 
 
-def test_clear_node_failures(path):
-    """Clearing a node forgets its failures only."""
-    history = History(path)
-    history.record_node_failure("cpu-001", NOW)
-    history.record_node_failure("cpu-002", NOW)
-    history.clear_node_failures("cpu-001")
-    assert history.node_failures("cpu-001", NOW, 3600) == 0
-    assert history.node_failures("cpu-002", NOW, 3600) == 1
-
-
 def test_node_failure_list_is_bounded(path):
     """A node's stored failures are capped, keeping the newest."""
     history = History(path)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from elastic.errors import UsageError
-from elastic.resume_request import ResumeJob, ResumeRequest, parse_resume_file, read_resume_file
+from elastic.resume_request import ResumeJob, ResumeRequest, parse_resume_file
 
 SCHEMA_22_05 = '{"jobs":[{"job_id":1,"nodes":"cn[1-2]"}],"all_nodes":"cn[1-2]"}'
 SCHEMA_23_02 = json.dumps({
@@ -66,31 +66,3 @@ def test_parse_rejects_bad_input_with_one_line_naming_source(text, message):
     with pytest.raises(UsageError) as caught:
         parse_resume_file(text, source="SRC")
     assert str(caught.value) == message
-
-
-def test_read_resume_file_unset():
-    """No SLURM_RESUME_FILE (admin run, SuspendProgram) means no request."""
-    assert read_resume_file({}) is None
-    assert read_resume_file({"SLURM_RESUME_FILE": ""}) is None
-
-
-def test_read_resume_file_reads_the_named_file(tmp_path):
-    """The file SLURM_RESUME_FILE names is read and parsed."""
-    path = tmp_path / "7"
-    path.write_text(SCHEMA_22_05)
-    assert read_resume_file({"SLURM_RESUME_FILE": str(path)}).all_nodes == ("cn1", "cn2")
-
-
-def test_read_resume_file_gone(tmp_path):
-    """A path that no longer exists (slurmctld closed the fd) is a UsageError naming it."""
-    missing = tmp_path / "fd" / "9"
-    with pytest.raises(UsageError, match=f"cannot read SLURM_RESUME_FILE {missing}: No such file or directory"):
-        read_resume_file({"SLURM_RESUME_FILE": str(missing)})
-
-
-def test_read_resume_file_bad_content_names_path(tmp_path):
-    """Bad content read from the file names the file in the error."""
-    path = tmp_path / "7"
-    path.write_bytes(b"\xff\xfe")
-    with pytest.raises(UsageError, match=f"SLURM_RESUME_FILE {path}: not UTF-8 text at byte 0"):
-        read_resume_file({"SLURM_RESUME_FILE": str(path)})
