@@ -27,6 +27,8 @@ ERROR = "ERROR"
 
 # Above this many names, listing all servers and filtering here is cheaper than a huge regex.
 _NAME_FILTER_MAX = 40
+# How messages name a resource kind where it is not the word itself.
+_WORDS = {"keypair": "key pair"}
 
 
 @dataclass(frozen=True)
@@ -125,6 +127,7 @@ class Cloud(Protocol):
     def attach_floating_ip(self, server: Server, external_network: str) -> str: ...
     def release_floating_ips(self, server_id: str) -> None: ...
     def flavor(self, name: str) -> Flavor: ...
+    def find_keypair(self, name: str) -> None: ...
     def limits(self) -> Limits: ...
     def probe(self, timeout: float) -> None: ...
 
@@ -277,16 +280,20 @@ class OpenStackCloud:
                       disk=int(item.disk or 0))
 
     def find_keypair(self, name: str) -> None:
-        self._find("key pair", name, lambda: self._c.compute.find_keypair(name, ignore_missing=True))
+        """Raises NOT_FOUND when the project has no key pair of that name."""
+        self._find("keypair", name, lambda: self._c.compute.find_keypair(name, ignore_missing=True))
 
-    def _find(self, what: str, name: str, lookup: Callable[[], Any]) -> Any:
-        key = (what, name)
+    def _find(self, kind: str, name: str, lookup: Callable[[], Any]) -> Any:
+        """`kind` as in `openstack <kind> list`; every error raised here carries (kind, name)."""
+        key = (kind, name)
         if key not in self._cache:
-            with self._translated(f"find {what} {name}"):
+            what = _WORDS.get(kind, kind)
+            with self._translated(f"find {what} {name}", resource=key):
                 self._limiter.wait()
                 found = lookup()
             if found is None:
-                raise CloudError(CloudErrorKind.NOT_FOUND, f"{what} {name!r} not found", cloud=self.name)
+                raise CloudError(CloudErrorKind.NOT_FOUND, f"{what} {name!r} not found", cloud=self.name,
+                                 resource=key)
             self._cache[key] = found
         return self._cache[key]
 
@@ -298,7 +305,8 @@ class OpenStackCloud:
         with self._translated(f"floating IP for {server.name}"):
             ports = list(self._c.network.ports(device_id=server.id))
             if not ports:
-                raise CloudError(CloudErrorKind.BOOT, f"server {server.name} has no port", cloud=self.name)
+                raise CloudError(CloudErrorKind.BOOT, f"server {server.name} has no port", cloud=self.name,
+                                 resource=("server", server.name))
             for existing in self._c.network.ips(port_id=ports[0].id):
                 return existing.floating_ip_address
             self._limiter.wait()
@@ -338,13 +346,15 @@ class OpenStackCloud:
         )
 
     @contextmanager
-    def _translated(self, action: str) -> Iterator[None]:
+    def _translated(self, action: str, resource: tuple[str, str] | None = None) -> Iterator[None]:
         try:
             yield
         except CloudError:
             raise
         except Exception as exc:  # every SDK failure becomes one of our kinds
-            raise classify_exception(exc, cloud=self.name, action=action) from exc
+            error = classify_exception(exc, cloud=self.name, action=action)
+            error.resource = resource
+            raise error from exc
 
 
 def classify_fault(message: str | None) -> CloudErrorKind:

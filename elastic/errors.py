@@ -73,7 +73,12 @@ PERMANENT_KINDS = frozenset({CloudErrorKind.AUTH, CloudErrorKind.NOT_FOUND, Clou
 
 
 class CloudError(ElasticError):
-    """A cloud call failed; `kind` is what the flows decide on."""
+    """A cloud call failed; `kind` is what the flows decide on.
+
+    `resource` is what the call was about when the caller knows it, as (kind, name): ("image",
+    "debian-12"), ("flavor", "m1.small"), ("network", "private"), ("keypair", "hpc"); the kinds are
+    those of `openstack <kind> list`.
+    """
 
     def __init__(
         self,
@@ -84,6 +89,7 @@ class CloudError(ElasticError):
         status: int | None = None,
         retry_after: float | None = None,
         final: bool = False,
+        resource: tuple[str, str] | None = None,
     ):
         self.kind = kind
         # No retry in this run will help: the cloud gave no reply within api_timeout (sending again
@@ -93,6 +99,7 @@ class CloudError(ElasticError):
         self.cloud = cloud
         self.status = status
         self.retry_after = retry_after
+        self.resource = resource
         super().__init__(str(self))
 
     @property

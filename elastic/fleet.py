@@ -84,6 +84,9 @@ class CloudGuard:
     def flavor(self, name: str) -> Flavor:
         return self._call(lambda: self._cloud.flavor(name))
 
+    def find_keypair(self, name: str) -> None:
+        return self._call(lambda: self._cloud.find_keypair(name))
+
     def limits(self) -> Limits:
         return self._call(lambda: self._cloud.limits())
 
@@ -131,7 +134,7 @@ class CloudGuard:
     def _stop(self, error: CloudError, *, probed: bool) -> None:
         what = "probe failed" if probed else "stopped asking"
         self._stopped = CloudError(error.kind, f"{error.message} ({what}: not asked again in this run)",
-                                   cloud=self.name, status=error.status, final=True)
+                                   cloud=self.name, status=error.status, final=True, resource=error.resource)
         if error.kind is CloudErrorKind.UNREACHABLE:
             self._memory.mark_cloud_down(self.name, str(error), self._clock())
         self._log.warning("cloud.down", cloud=self.name, kind=error.kind.value, error=str(error), probe=probed)

@@ -39,6 +39,7 @@ class MemoryCloud:
     flavors: dict[str, Flavor] = field(default_factory=lambda: {"m1.small": Flavor("f1", "m1.small", 1, 2048, 20)})
     images: set[str] = field(default_factory=lambda: {"debian-12"})
     networks: set[str] = field(default_factory=lambda: {"private", "public"})
+    keypairs: set[str] = field(default_factory=lambda: {"hpc"})
     instance_quota: int = 1000
     servers: dict[str, Server] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
@@ -108,7 +109,8 @@ class MemoryCloud:
         for what, name, known in (("flavor", flavor, self.flavors), ("image", image, self.images),
                                   ("network", network, self.networks)):
             if name not in known:
-                raise CloudError(CloudErrorKind.NOT_FOUND, f"{what} {name!r} not found", cloud=self.name)
+                raise CloudError(CloudErrorKind.NOT_FOUND, f"{what} {name!r} not found", cloud=self.name,
+                                 resource=(what, name))
         return BootTarget(flavor_id=self.flavors[flavor].id, image_id=image, network_id=network)
 
     def attach_floating_ip(self, server: Server, external_network: str) -> str:
@@ -130,8 +132,15 @@ class MemoryCloud:
     def flavor(self, name: str) -> Flavor:
         self._record("flavor", name)
         if name not in self.flavors:
-            raise CloudError(CloudErrorKind.NOT_FOUND, f"flavor {name!r} not found", cloud=self.name)
+            raise CloudError(CloudErrorKind.NOT_FOUND, f"flavor {name!r} not found", cloud=self.name,
+                             resource=("flavor", name))
         return self.flavors[name]
+
+    def find_keypair(self, name: str) -> None:
+        self._record("find_keypair", name)
+        if name not in self.keypairs:
+            raise CloudError(CloudErrorKind.NOT_FOUND, f"key pair {name!r} not found", cloud=self.name,
+                             resource=("keypair", name))
 
     def limits(self) -> Limits:
         self._record("limits", "")

@@ -97,10 +97,9 @@ def _pool_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, cloud: Cloud,
         try:
             cloud.resolve_boot(flavor_name, image, entry.network)
         except CloudError as error:
-            # cloud.py names what it could not find first in its message ("image 'x' not found").
-            what = error.message.split()[0] if error.kind is CloudErrorKind.NOT_FOUND else ""
+            what = error.resource[0] if error.resource is not None else "image"
             checks.append(Check(FAIL, f"{where}: image and network", _error_text(error),
-                                _lookup_fix(error, os_cloud, what or "image", keys.get(what, f"pools.{pool_name}"))))
+                                _lookup_fix(error, os_cloud, what, keys.get(what, f"pools.{pool_name}"))))
         else:
             checks.append(Check(OK, f"{where}: image and network", f"image {image}, network {entry.network} found"))
         if entry.floating_ip:
@@ -108,14 +107,10 @@ def _pool_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, cloud: Cloud,
                                   lambda: _find_network(cloud, flavor_name, image, entry.floating_ip),
                                   f"network {entry.floating_ip} found", os_cloud, "network",
                                   f"pools.{pool_name}.clouds[{index}].floating_ip"))
-    if pool.boot.key_name:
-        find = getattr(cloud, "find_keypair", None)
-        if find is None:
-            checks.append(Check(SKIP, f"{where}: key pair", "this cloud object cannot look key pairs up"))
-        else:
-            checks.append(_lookup(f"{where}: key pair", lambda: find(pool.boot.key_name),
-                                  f"key pair {pool.boot.key_name} found", os_cloud, "keypair",
-                                  f"pools.{pool_name}.boot.key_name"))
+    key_name = pool.boot.key_name
+    if key_name:
+        checks.append(_lookup(f"{where}: key pair", lambda: cloud.find_keypair(key_name),
+                              f"key pair {key_name} found", os_cloud, "keypair", f"pools.{pool_name}.boot.key_name"))
     return flavor, checks
 
 

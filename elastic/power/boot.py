@@ -287,7 +287,7 @@ def _find_live(cloud: Cloud, node: str, svc: Services) -> Server | None:
         servers = with_retries(lambda: cloud.list_servers(svc.config.cluster, [node]), sleep=svc.sleep)
     except CloudError as error:
         raise CloudError(error.kind, f"cannot look before resending a create: {error.message}", cloud=error.cloud,
-                         status=error.status, final=True) from None
+                         status=error.status, final=True, resource=error.resource) from None
     keep, _ = placement.choose_server(servers)
     return keep
 

@@ -34,6 +34,7 @@ def _emulated() -> Iterator[Subject]:
         "boot_seconds": 0.2, "delete_seconds": 0.2,
         "flavors": [{"name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20}],
         "images": [{"name": "debian-12"}],
+        "keypairs": ["hpc"],
         "networks": [{"name": "private", "cidr": "127.10.0.0/16"},
                      {"name": "public", "cidr": "127.20.0.0/16", "external": True}],
         "quotas": {"instances": 100, "cores": 400, "ram": 1024000, "floating_ips": 10},
@@ -124,17 +125,23 @@ def test_a_deleted_server_goes_and_a_second_delete_is_harmless(subject):
 
 
 def test_unknown_names_are_not_found_errors(subject):
-    """An unknown image, flavor or network is a NOT_FOUND CloudError naming it and the cloud."""
-    for flavor, image, network, missing in (("m1.small", "centos-5", "private", "centos-5"),
-                                            ("m9.huge", "debian-12", "private", "m9.huge"),
-                                            ("m1.small", "debian-12", "nowhere", "nowhere")):
+    """An unknown image, flavor, network or key pair is a NOT_FOUND CloudError naming it and the
+    cloud, with the resource it is about as (kind, name)."""
+    for flavor, image, network, missing in ((("m1.small", "centos-5", "private", ("image", "centos-5")),
+                                             ("m9.huge", "debian-12", "private", ("flavor", "m9.huge")),
+                                             ("m1.small", "debian-12", "nowhere", ("network", "nowhere")))):
         with pytest.raises(CloudError) as caught:
             subject.cloud.resolve_boot(flavor, image, network)
-        assert caught.value.kind is CloudErrorKind.NOT_FOUND and missing in caught.value.message
-        assert caught.value.cloud == "lab"
+        assert caught.value.kind is CloudErrorKind.NOT_FOUND and missing[1] in caught.value.message
+        assert caught.value.cloud == "lab" and caught.value.resource == missing
     with pytest.raises(CloudError) as caught:
         subject.cloud.flavor("m9.huge")
-    assert caught.value.kind is CloudErrorKind.NOT_FOUND
+    assert caught.value.kind is CloudErrorKind.NOT_FOUND and caught.value.resource == ("flavor", "m9.huge")
+    subject.cloud.find_keypair("hpc")
+    with pytest.raises(CloudError) as caught:
+        subject.cloud.find_keypair("nokey")
+    assert caught.value.kind is CloudErrorKind.NOT_FOUND and caught.value.resource == ("keypair", "nokey")
+    assert "key pair 'nokey' not found" in caught.value.message
 
 
 def test_flavor_and_limits_describe_the_cloud(subject):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import sys
-from dataclasses import dataclass, field
 
 import pytest
 
@@ -34,17 +33,6 @@ RUNNING_24_11 = dict(RUNNING_23_11, SLURM_VERSION="24.11.5")
 RUNNING_26_05 = dict(RUNNING_23_11, SLURM_VERSION="26.05.3")
 RUNNING = {"22.05": {}, "23.02": RUNNING_23_02, "23.11": RUNNING_23_11, "24.11": RUNNING_24_11,
            "26.05": RUNNING_26_05}
-
-
-@dataclass
-class KeyedCloud(MemoryCloud):
-    """MemoryCloud that also knows key pairs, as OpenStackCloud.find_keypair does."""
-
-    keypairs: set[str] = field(default_factory=lambda: {"hpc"})
-
-    def find_keypair(self, name: str) -> None:
-        if name not in self.keypairs:
-            raise CloudError(CloudErrorKind.NOT_FOUND, f"key pair {name!r} not found", cloud=self.name)
 
 
 def by_subject(checks):
@@ -116,7 +104,7 @@ def test_cloud_checks_resolve_every_pool_name(tmp_path):
     config = make_config(tmp_path, CONFIG.replace("image: debian-12}\n    clouds:\n      - {cloud: alpha",
                                                   "image: debian-12, key_name: hpc}\n"
                                                   "    clouds:\n      - {cloud: alpha"))
-    cloud = KeyedCloud("alpha")
+    cloud = MemoryCloud("alpha")
     checks = check.cloud_checks(config, "alpha", cloud)
     assert [c for c in checks if c.status != check.OK] == []
     subjects = [c.subject for c in checks]
@@ -136,11 +124,26 @@ def test_missing_cloud_names_fail_with_the_key_to_fix(tmp_path, break_it, subjec
     config = make_config(tmp_path, CONFIG.replace("image: debian-12}\n    clouds:\n      - {cloud: alpha",
                                                   "image: debian-12, key_name: hpc}\n"
                                                   "    clouds:\n      - {cloud: alpha"))
-    cloud = KeyedCloud("alpha")
+    cloud = MemoryCloud("alpha")
     break_it(cloud)
     checks = by_subject(check.cloud_checks(config, "alpha", cloud))
     assert checks[subject].status == check.FAIL and words in checks[subject].fix
     assert "not found" in checks[subject].detail
+
+
+def test_the_row_for_image_and_network_names_what_the_error_is_about(tmp_path, monkeypatch):
+    """The listing and the key to fix come from the error's resource, however the cloud words it."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha")
+
+    def refuse(flavor: str, image: str, network: str) -> None:
+        raise CloudError(CloudErrorKind.NOT_FOUND, "Network private could not be found.", cloud="alpha",
+                         resource=("network", network))
+
+    monkeypatch.setattr(cloud, "resolve_boot", refuse)
+    row = by_subject(check.cloud_checks(config, "alpha", cloud))["pool cpu on alpha: image and network"]
+    assert row.status == check.FAIL
+    assert row.fix == "see `openstack --os-cloud alpha network list`; fix pools.cpu.clouds[0].network"
 
 
 def test_floating_ip_network_is_looked_up(tmp_path):

@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from http import HTTPStatus
+from types import SimpleNamespace
 
 import pytest
 import requests
@@ -23,7 +24,8 @@ from keystoneauth1.exceptions import http as ksa_http
 from openstack import exceptions as sdk
 from requests.structures import CaseInsensitiveDict
 
-from elastic.cloud import classify_exception, classify_fault
+from elastic.cloud import OpenStackCloud, classify_exception, classify_fault
+from elastic.config import CloudConfig
 from elastic.errors import CloudError, CloudErrorKind as K
 
 CLOUD = "lab-east"
@@ -312,6 +314,28 @@ def test_message_without_cloud_or_action():
                                                                            "Image x could not be found."}},
                                                     url=f"{NOVA}/images/x", method="GET")))
     assert str(error) == "not-found: Image x could not be found."
+
+
+def test_a_failed_look_up_names_the_resource(tmp_path):
+    """A look-up by name that fails on the way (here Glance's 503) is about the resource it looked for,
+    as a name that is not found is; other calls name none."""
+    def find_image(name: str, ignore_missing: bool) -> None:
+        raise _sdk_error(_response(503, "busy", url=f"https://glance.lab.example:9292/v2/images?name={name}",
+                                   method="GET"))
+
+    cloud = OpenStackCloud(CLOUD, CloudConfig(clouds_yaml=tmp_path / "clouds.yaml", rate=0))
+    cloud._conn = SimpleNamespace(
+        compute=SimpleNamespace(find_flavor=lambda name, ignore_missing: SimpleNamespace(id="f1"),
+                                find_keypair=lambda name, ignore_missing: None),
+        image=SimpleNamespace(find_image=find_image))
+    with pytest.raises(CloudError) as caught:
+        cloud.resolve_boot("m1.small", "debian-12", "private")
+    assert (caught.value.kind, caught.value.resource) == (K.TRANSIENT, ("image", "debian-12"))
+    with pytest.raises(CloudError) as caught:
+        cloud.find_keypair("hpc")
+    assert (caught.value.kind, caught.value.resource) == (K.NOT_FOUND, ("keypair", "hpc"))
+    assert str(caught.value) == f"{CLOUD}: not-found: key pair 'hpc' not found"
+    assert classify_exception(_sdk_error(_response(503, "busy", url=f"{NOVA}/servers"))).resource is None
 
 
 FAULT_ROWS = [
