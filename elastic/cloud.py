@@ -139,10 +139,11 @@ def is_ours(server_metadata: Mapping[str, str], cluster: str) -> bool:
 class OpenStackCloud:
     """One configured cloud. Thread-safe after `connect()` (see openstack-notes: touch proxies first)."""
 
-    def __init__(self, name: str, config: CloudConfig, *, monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, name: str, config: CloudConfig, *, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.name = name
         self._config = config
+        self._clock = clock
         self._conn: Any = None
         self._connect_lock = threading.Lock()
         self._half_connected: Any = None
@@ -256,7 +257,7 @@ class OpenStackCloud:
             created = self._c.compute.create_server(**attrs)
         # The create reply holds only id, links and adminPass: describe it from what we sent.
         return Server(id=created.id, name=request.name, status=BUILDING, cloud=self.name,
-                      metadata=dict(request.metadata), created=time.time())
+                      metadata=dict(request.metadata), created=self._clock())
 
     def delete_server(self, server_id: str) -> None:
         with self._translated(f"delete server {server_id}"):

@@ -176,10 +176,12 @@ class Fleet:
     """The configured clouds behind their guards, asked in parallel, one thread per cloud."""
 
     def __init__(self, config: Config, clouds: Mapping[str, Cloud], memory: HealthMemory, *, log: Any,
-                 clock: Callable[[], float] = time.time, sleep: Callable[[float], None] = time.sleep):
+                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
+                 sleep: Callable[[float], None] = time.sleep):
         self.config = config
         self.log = log
         self.clock = clock
+        self.monotonic = monotonic  # only for the durations the logs show
         self.sleep = sleep
         down = memory.clouds_down()
         self.clouds: dict[str, CloudGuard] = {
@@ -275,7 +277,7 @@ class Fleet:
 
     def _delete_one(self, server: Server, why: str) -> CloudError | None:
         cloud = self.clouds[server.cloud]
-        started = time.monotonic()
+        started = self.monotonic()
         try:
             if self._may_hold_floating_ip(server):
                 # Ask Neutron (by the server's ports): Nova's address cache may not show the IP yet.
@@ -283,10 +285,10 @@ class Fleet:
             with_retries(lambda: cloud.delete_server(server.id), sleep=self.sleep)
         except CloudError as error:
             self.log.error("cloud.delete", node=server.name, cloud=server.cloud, server=server.id, ok=False, why=why,
-                           kind=error.kind.value, error=str(error), seconds=round(time.monotonic() - started, 3))
+                           kind=error.kind.value, error=str(error), seconds=round(self.monotonic() - started, 3))
             return error
         self.log.info("cloud.delete", node=server.name, cloud=server.cloud, server=server.id, ok=True, why=why,
-                      seconds=round(time.monotonic() - started, 3))
+                      seconds=round(self.monotonic() - started, 3))
         return None
 
     def _may_hold_floating_ip(self, server: Server) -> bool:

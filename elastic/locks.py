@@ -52,6 +52,8 @@ def node_locks(lock_dir: Path, names: Iterable[str], *, timeout: float) -> Itera
         check_node_name(name)
     _check_open_file_limit(len(wanted))
     _make_dir(Path(lock_dir))
+    # Real time, not an injected clock: the wait is for another process to let go, which a fake
+    # clock cannot hasten (and whose sleep would spin); tests pass short timeouts instead.
     deadline = time.monotonic() + timeout
     held: list[int] = []
     try:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from elastic.cloud import OpenStackCloud
@@ -20,8 +21,8 @@ def make_slurm(config: Config) -> Slurm:
     return Slurm(subprocess_runner(), scontrol=scontrol)
 
 
-def make_clouds(config: Config) -> dict[str, OpenStackCloud]:
-    return {name: OpenStackCloud(name, cloud) for name, cloud in config.clouds.items()}
+def make_clouds(config: Config, clock: Callable[[], float] = time.time) -> dict[str, OpenStackCloud]:
+    return {name: OpenStackCloud(name, cloud, clock=clock) for name, cloud in config.clouds.items()}
 
 
 def ensure_state_dir(config: Config) -> Path:
@@ -35,13 +36,15 @@ def ensure_state_dir(config: Config) -> Path:
 
 def make_services(config: Config, log) -> Services:
     ensure_state_dir(config)
+    clock = time.time
     return Services(
         config=config,
-        clouds=make_clouds(config),
+        clouds=make_clouds(config, clock),
         slurm=make_slurm(config),
         history=History(config.history_path, on_error=lambda message: log.error("history.unsaved", error=message)),
         log=log,
-        clock=time.time,
+        clock=clock,
+        monotonic=time.monotonic,
         sleep=time.sleep,
         locks=functools.partial(node_locks, config.lock_dir, timeout=config.timeouts.lock),
     )

@@ -131,10 +131,10 @@ def _node_names(config, pools: list[str] | None) -> list[str] | None:
     return [node for pool in pools for node in config.pools[pool].node_names]
 
 
-def _clouds(config):
+def _clouds(config, clock):
     from elastic.runtime import make_clouds
 
-    return make_clouds(config)
+    return make_clouds(config, clock)
 
 
 def _history(config):
@@ -144,14 +144,14 @@ def _history(config):
     return History(config.history_path, on_error=lambda message: print(f"elastic: warning: {message}", file=sys.stderr))
 
 
-def _fleet(config, history, log=None):
+def _fleet(config, history, clock, log=None):
     from elastic import logs
     from elastic.fleet import Fleet
 
     if log is None:
         log = logs.configure_logging(log_file=None, run_id=logs.new_run_id(), command="admin", interactive=False,
                                      level="error")
-    return Fleet(config, _clouds(config), history, log=log)
+    return Fleet(config, _clouds(config, clock), history, log=log, clock=clock)
 
 
 def _slurm(config):
@@ -163,7 +163,7 @@ def _slurm(config):
 # ---- check ---------------------------------------------------------------------------------------
 
 
-def check_command(args: argparse.Namespace) -> int:
+def check_command(args: argparse.Namespace, clock: Callable[[], float] = time.time) -> int:
     from elastic.admin import check
     from elastic.admin.slurm_conf import default_programs
 
@@ -176,8 +176,8 @@ def check_command(args: argparse.Namespace) -> int:
             slurm, slurm_error = None, "scontrol ping: slurmctld does not answer"
     except SlurmError as error:
         slurm, slurm_error = None, str(error)
-    checks = check.run_all(config, _clouds(config), slurm, slurm_error=slurm_error, programs=programs,
-                           history=_history(config), now=time.time())
+    checks = check.run_all(config, _clouds(config, clock), slurm, slurm_error=slurm_error, programs=programs,
+                           history=_history(config), now=clock())
     sys.stdout.write(check.render(checks))
     counts = {status: sum(1 for c in checks if c.status == status)
               for status in (check.OK, check.WARN, check.FAIL, check.SKIP)}
@@ -189,13 +189,13 @@ def check_command(args: argparse.Namespace) -> int:
 # ---- status --------------------------------------------------------------------------------------
 
 
-def status_command(args: argparse.Namespace) -> int:
+def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.time) -> int:
     from elastic.admin import status
 
     config = _load(args)
     pools = _pools(config, args.pool)
     history = _history(config)
-    fleet = _fleet(config, history)
+    fleet = _fleet(config, history, clock)
     try:
         slurm = _slurm(config)
     except SlurmError as error:
@@ -205,7 +205,7 @@ def status_command(args: argparse.Namespace) -> int:
     snapshot = status.collect(config, fleet, slurm, _node_names(config, pools), pending=history.pending_deletes())
     slurm_error = slurm_error or snapshot.slurm_error
     known = snapshot.nodes is not None
-    now = time.time()
+    now = clock()
     table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools, unseen=snapshot.unseen,
                              pending=snapshot.pending)
     unseen = {cloud: _why_unseen(error, config) for cloud, error in snapshot.unseen.items()}
@@ -230,23 +230,23 @@ def status_command(args: argparse.Namespace) -> int:
 # ---- reconcile -----------------------------------------------------------------------------------
 
 
-def reconcile_command(args: argparse.Namespace) -> int:
+def reconcile_command(args: argparse.Namespace, clock: Callable[[], float] = time.time) -> int:
     config = _load(args)
     pools = _pools(config, args.pool)
     slurm = _slurm(config)
     if not args.apply:
-        return _reconcile(config, slurm, pools, apply=False)
+        return _reconcile(config, slurm, pools, apply=False, clock=clock)
     from elastic.locks import exclusive_lock
 
     lock_path = config.state_dir / "reconcile.lock"
     try:
         with exclusive_lock(lock_path, timeout=1):
-            return _reconcile(config, slurm, pools, apply=True)
+            return _reconcile(config, slurm, pools, apply=True, clock=clock)
     except LockTimeout:
         raise LockTimeout(f"another `elastic reconcile --apply` is running (lock {lock_path})") from None
 
 
-def _reconcile(config, slurm, pools: list[str] | None, *, apply: bool) -> int:
+def _reconcile(config, slurm, pools: list[str] | None, *, apply: bool, clock: Callable[[], float]) -> int:
     from elastic import logs
     from elastic.admin import reconcile, status
 
@@ -258,10 +258,10 @@ def _reconcile(config, slurm, pools: list[str] | None, *, apply: bool) -> int:
         ensure_state_dir(config)
         log = logs.configure_logging(log_file=config.log_file, run_id=logs.new_run_id(), command="reconcile",
                                      interactive=False, level=config.log_level)
-    fleet = _fleet(config, history, log)
+    fleet = _fleet(config, history, clock, log)
     snapshot = status.collect(config, fleet, slurm, _node_names(config, pools), need_slurm=True,
                               pending=history.pending_deletes())
-    now = time.time()
+    now = clock()
     for cloud, error in snapshot.unseen.items():
         print(f"elastic: warning: cloud {cloud} cannot be listed: {_why_unseen(error, config)}; "
               "its servers get no repair now", file=sys.stderr)
@@ -279,13 +279,13 @@ def _reconcile(config, slurm, pools: list[str] | None, *, apply: bool) -> int:
         return EXIT_FOUND if due else blind
     if not due:
         return blind
-    result = _apply(config, fleet, slurm, repairs, history, log)
+    result = _apply(config, fleet, slurm, repairs, history, log, clock)
     print()
     sys.stdout.write(reconcile.render_result(result))
     return EXIT_FOUND if result.failed else blind
 
 
-def _apply(config, fleet, slurm, repairs, history, log):
+def _apply(config, fleet, slurm, repairs, history, log, clock):
     from elastic.admin import reconcile
     from elastic.locks import node_locks
 
@@ -293,7 +293,7 @@ def _apply(config, fleet, slurm, repairs, history, log):
                                           "server": r.server.id if r.server else None, "wait": r.wait or None}
                                          for r in repairs])
     locks = functools.partial(node_locks, config.lock_dir, timeout=config.timeouts.lock)
-    result = reconcile.apply(config, fleet, slurm, repairs, locks=locks, log=log, history=history)
+    result = reconcile.apply(config, fleet, slurm, repairs, locks=locks, log=log, clock=clock, history=history)
     log.info("reconcile.done", done=len(result.done), failed=len(result.failed), skipped=len(result.skipped))
     return result
 

@@ -13,7 +13,6 @@ says why.
 from __future__ import annotations
 
 import math
-import time
 from collections import defaultdict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -230,7 +229,7 @@ def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[s
     def create(node: str) -> tuple[str, Server | CloudError | None]:
         if svc.clock() >= deadline:
             return node, None  # no create starts after the boot deadline
-        started = time.monotonic()
+        started = svc.monotonic()
         try:
             server = with_retries(
                 lambda: cloud.create_server(requests[node]), sleep=svc.sleep,
@@ -242,10 +241,10 @@ def _create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[s
             )
         except CloudError as error:
             svc.log.warning("cloud.create", cloud=entry.cloud, node=node, ok=False, kind=error.kind.value,
-                            error=str(error), seconds=round(time.monotonic() - started, 3))
+                            error=str(error), seconds=round(svc.monotonic() - started, 3))
             return node, error
         svc.log.info("cloud.create", cloud=entry.cloud, node=node, ok=True, server=server.id,
-                     seconds=round(time.monotonic() - started, 3))
+                     seconds=round(svc.monotonic() - started, 3))
         return node, server
 
     workers = min(svc.config.clouds[entry.cloud].max_parallel, len(nodes))

@@ -50,9 +50,12 @@ class Services:
     history: FailureMemory
     log: Any  # a structlog BoundLogger
     clock: Callable[[], float] = time.time
+    # Only for the durations the logs show; deadlines are on `clock`.
+    monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     locks: Callable[[Iterable[str]], AbstractContextManager[None]] = field(default=_no_locks)
 
     def fleet(self) -> Fleet:
         """The clouds as one, behind their breakers, for one run."""
-        return Fleet(self.config, self.clouds, self.history, log=self.log, clock=self.clock, sleep=self.sleep)
+        return Fleet(self.config, self.clouds, self.history, log=self.log, clock=self.clock,
+                     monotonic=self.monotonic, sleep=self.sleep)

@@ -44,5 +44,6 @@ def make_services(tmp_path: Path, extra: str = "",
     slurm = RecordingSlurm()
     clock = FakeClock()
     services = Services(config=config, clouds=clouds, slurm=slurm, history=MemoryHistory(),
-                        log=structlog.wrap_logger(structlog.testing.CapturingLogger()), clock=clock, sleep=clock.sleep)
+                        log=structlog.wrap_logger(structlog.testing.CapturingLogger()), clock=clock, monotonic=clock,
+                        sleep=clock.sleep)
     return services, clouds, slurm, clock

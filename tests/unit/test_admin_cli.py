@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 
 import pytest
 
 from elastic import cli, runtime
+from elastic.admin import cli as admin_cli
 from elastic.errors import CloudErrorKind, SlurmError
 from elastic.locks import exclusive_lock
 from elastic.testing import MemoryCloud
@@ -23,7 +25,7 @@ def site(tmp_path, monkeypatch):
     slurm = FakeSlurm()
     made: list[str] = []
 
-    def make_clouds(config):
+    def make_clouds(config, clock):
         made.append("clouds")
         return clouds
 
@@ -81,6 +83,15 @@ def test_status_exit_1_on_mismatch_and_json_rows(site, capsys):
     data = json.loads(capsys.readouterr().out)
     assert [r["node"] for r in data["rows"]] == ["cpu-001", "cpu-002", "cpu-003", "cpu-004"]
     assert data["rows"][0]["problem"] == "orphan" and data["slurm_error"] is None
+
+
+def test_status_takes_the_time_from_the_clock_it_is_given(site, capsys):
+    """The command's clock is its one source of time: the JSON's time and each server's age."""
+    site.clouds["alpha"].add("cpu-001", metadata=ours("cpu-001"), created=1000.0)
+    args = argparse.Namespace(config=str(site.path), pool=["cpu"], json=True)
+    assert admin_cli.status_command(args, clock=lambda: 1600.0) == 1
+    data = json.loads(capsys.readouterr().out)
+    assert data["time"] == 1600.0 and data["rows"][0]["server"]["age_seconds"] == 600.0
 
 
 def test_status_without_slurm_warns_and_still_shows_servers(site, capsys):

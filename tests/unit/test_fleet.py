@@ -46,6 +46,18 @@ def test_find_returns_a_dead_clouds_error_as_data_and_still_sees_the_others(tmp_
     assert fleet.blind_spots(["cpu-001", "gpu-1"], sighting) == {"cpu-001": ["alpha"], "gpu-1": []}
 
 
+def test_a_delete_logs_its_duration_on_the_fleets_monotonic_clock(tmp_path):
+    """The seconds a delete took come from the monotonic clock the fleet was given."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    server = clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
+    ticks = iter([10.0, 12.5])
+    captured = structlog.testing.CapturingLogger()
+    fleet = Fleet(svc.config, svc.clouds, MemoryHistory(), log=structlog.wrap_logger(captured, processors=[]),
+                  monotonic=lambda: next(ticks))
+    assert fleet.delete([server], why="test").accepted == [server]
+    assert [c.kwargs["seconds"] for c in captured.calls if c.kwargs["event"] == "cloud.delete"] == [2.5]
+
+
 def test_gpu_only_nodes_never_ask_a_cloud_their_pool_does_not_use(tmp_path):
     """Looking for nodes of a pool only on beta sends nothing to alpha."""
     svc, clouds, _, _ = make_services(tmp_path)

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
+
+import structlog
+
 from elastic.cloud import ACTIVE, BUILDING, ERROR
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudError, CloudErrorKind
@@ -27,6 +31,17 @@ OURS = {META_CLUSTER: "test", META_POOL: "cpu"}
 
 def _meta(node: str) -> dict[str, str]:
     return {**OURS, META_NODE: node}
+
+
+def test_a_create_logs_its_duration_on_the_services_monotonic_clock(tmp_path):
+    """The seconds a create took come from Services.monotonic, not from the process's clock."""
+    svc, _, _, _ = make_services(tmp_path)
+    captured = structlog.testing.CapturingLogger()
+    svc.log = structlog.wrap_logger(captured, processors=[])
+    svc.monotonic = itertools.count(start=100.0, step=3.0).__next__
+    assert resume(["cpu-001"], svc).exit_code == 0
+    creates = [c.kwargs for c in captured.calls if c.kwargs["event"] == "cloud.create"]
+    assert [(e["node"], e["seconds"]) for e in creates] == [("cpu-001", 3.0)]
 
 
 def test_boots_one_server_per_node_and_sends_addresses_in_one_call(tmp_path):
