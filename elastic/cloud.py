@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Collection, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypedDict
 
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, CloudConfig
 from elastic.errors import CloudError, CloudErrorKind
@@ -31,6 +31,11 @@ _NAME_FILTER_MAX = 40
 _WORDS = {"keypair": "key pair"}
 
 
+# One address of a server, as Nova lists it under its network's name. Old clouds omit the type.
+Address = TypedDict("Address", {"addr": str, "version": int, "OS-EXT-IPS:type": str,
+                                "OS-EXT-IPS-MAC:mac_addr": str}, total=False)
+
+
 @dataclass(frozen=True)
 class Server:
     id: str
@@ -38,7 +43,7 @@ class Server:
     status: str
     cloud: str
     metadata: Mapping[str, str] = field(default_factory=dict)
-    addresses: Mapping[str, list[dict]] = field(default_factory=dict)
+    addresses: Mapping[str, list[Address]] = field(default_factory=dict)
     task_state: str | None = None
     created: float | None = None  # epoch seconds
     fault: str | None = None
@@ -309,10 +314,12 @@ class OpenStackCloud:
                 raise CloudError(CloudErrorKind.BOOT, f"server {server.name} has no port", cloud=self.name,
                                  resource=("server", server.name))
             for existing in self._c.network.ips(port_id=ports[0].id):
-                return existing.floating_ip_address
+                address: str = existing.floating_ip_address
+                return address
             self._limiter.wait()
             ip = self._c.network.create_ip(floating_network_id=network.id, port_id=ports[0].id)
-        return ip.floating_ip_address
+        created: str = ip.floating_ip_address
+        return created
 
     def release_floating_ips(self, server_id: str) -> None:
         # Nova deletes the port with the server, but a floating IP stays allocated to the

@@ -16,6 +16,7 @@ from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic_core import ErrorDetails
 
 from elastic import hostlists
 from elastic.errors import ConfigError, UsageError
@@ -228,10 +229,14 @@ class Config(_Model):
         return self.state_dir / "history.json"
 
 
+# Where a value sits in the YAML: keys and list indexes from the root, ("pools", "cpu", "clouds", 0).
+Loc = tuple[str | int, ...]
+
+
 class _LocatedError(ValueError):
     """A cross-field error that knows which key it is about (pydantic would blame the root)."""
 
-    def __init__(self, loc: tuple[str | int, ...], message: str):
+    def __init__(self, loc: Loc, message: str):
         self.loc = loc
         self.message = message
         super().__init__(message)
@@ -264,7 +269,7 @@ def load_config(path: Path) -> Config:
     return _resolve_paths(config, path, lines)
 
 
-def _resolve_paths(config: Config, path: Path, lines: dict[tuple, int]) -> Config:
+def _resolve_paths(config: Config, path: Path, lines: dict[Loc, int]) -> Config:
     """Relative paths in the file are relative to the file, not to whatever cwd Slurm gave us."""
     base = path.resolve().parent
     pools = {}
@@ -301,7 +306,7 @@ def _absolute(value: Path, base: Path) -> Path:
 # ---- YAML with line numbers -------------------------------------------------------------------
 
 
-def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
+def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[Loc, int]]:
     """Parse YAML keeping the 1-based line of every key path; duplicate keys are errors."""
     try:
         root = yaml.compose(text, Loader=yaml.SafeLoader)
@@ -312,12 +317,12 @@ def _parse_yaml(text: str, path: Path) -> tuple[Any, dict[tuple, int]]:
         raise ConfigError(f"not valid YAML: {problem}", where=where) from None
     if root is None:
         raise ConfigError("the config file is empty", where=f"{path}:1")
-    lines: dict[tuple, int] = {}
+    lines: dict[Loc, int] = {}
     data = _to_python(root, (), lines, path, yaml.SafeLoader(""))
     return data, lines
 
 
-def _to_python(node: yaml.Node, loc: tuple, lines: dict[tuple, int], path: Path, loader: yaml.SafeLoader) -> Any:
+def _to_python(node: yaml.Node, loc: Loc, lines: dict[Loc, int], path: Path, loader: yaml.SafeLoader) -> Any:
     lines[loc] = node.start_mark.line + 1
     if isinstance(node, yaml.MappingNode):
         result: dict[Any, Any] = {}
@@ -335,21 +340,21 @@ def _to_python(node: yaml.Node, loc: tuple, lines: dict[tuple, int], path: Path,
     return loader.construct_object(node)
 
 
-def _where(path: Path, lines: dict[tuple, int], loc: tuple) -> str:
+def _where(path: Path, lines: dict[Loc, int], loc: Loc) -> str:
     for end in range(len(loc), -1, -1):
         if loc[:end] in lines:
             return f"{path}:{lines[loc[:end]]}"
     return str(path)
 
 
-def _dotted(loc: tuple) -> str:
+def _dotted(loc: Loc) -> str:
     out = ""
     for part in loc:
         out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
     return out
 
 
-def _first_error(exc: ValidationError, path: Path, lines: dict[tuple, int]) -> ConfigError:
+def _first_error(exc: ValidationError, path: Path, lines: dict[Loc, int]) -> ConfigError:
     error = exc.errors(include_url=False)[0]
     cause = error.get("ctx", {}).get("error")
     if isinstance(cause, _LocatedError):
@@ -358,7 +363,7 @@ def _first_error(exc: ValidationError, path: Path, lines: dict[tuple, int]) -> C
     return ConfigError(_describe(error, loc), where=_where(path, lines, loc), key=_dotted(loc))
 
 
-def _describe(error: dict, loc: tuple) -> str:
+def _describe(error: ErrorDetails, loc: Loc) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         allowed = _allowed_keys(loc[:-1])
@@ -378,7 +383,7 @@ def _describe(error: dict, loc: tuple) -> str:
     return f"{message} (got {value!r})"
 
 
-def _allowed_keys(loc: tuple) -> list[str]:
+def _allowed_keys(loc: Loc) -> list[str]:
     """The field names a model allows at `loc`, walking through dict and list levels."""
     model: Any = Config
     for part in loc:

@@ -15,17 +15,21 @@ and fail).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any, Protocol, TypeVar
+from typing import Protocol, TypeVar
+
+from structlog.typing import FilteringBoundLogger
 
 from elastic.cloud import BootRequest, BootTarget, Cloud, Flavor, Limits, Server
 from elastic.config import Config
 from elastic.errors import CloudError, CloudErrorKind
+from elastic.history import CloudDown
 from elastic.retry import ATTEMPTS, with_retries
 
 T = TypeVar("T")
@@ -35,7 +39,7 @@ _STOP_ASKING = frozenset({CloudErrorKind.UNREACHABLE, CloudErrorKind.AUTH})
 
 
 class HealthMemory(Protocol):
-    def clouds_down(self) -> Mapping[str, Mapping[str, Any]]: ...
+    def clouds_down(self) -> Mapping[str, CloudDown]: ...
     def mark_cloud_down(self, cloud: str, error: str, now: float) -> None: ...
     def mark_cloud_up(self, cloud: str) -> None: ...
 
@@ -44,7 +48,7 @@ class CloudGuard:
     """A Cloud that stops asking a dead cloud for the rest of the run (see the module doc)."""
 
     def __init__(self, cloud: Cloud, memory: HealthMemory, *, down_since: float | None, probe_timeout: float,
-                 clock: Callable[[], float], log: Any):
+                 clock: Callable[[], float], log: FilteringBoundLogger):
         self.name = cloud.name
         self._cloud = cloud
         self._memory = memory
@@ -116,8 +120,7 @@ class CloudGuard:
                 self._cloud.probe(self._probe_timeout)
             except CloudError as error:
                 if error.kind in _STOP_ASKING:
-                    self._stop(error, probed=True)
-                    raise self._stopped from None  # type: ignore[misc]
+                    raise self._stop(error, probed=True) from None
                 raise
             self._memory.mark_cloud_up(self.name)
             self._log.info("cloud.up", cloud=self.name)
@@ -131,13 +134,16 @@ class CloudGuard:
             if error.kind in _STOP_ASKING and self._stopped is None:
                 self._stop(error, probed=False)
 
-    def _stop(self, error: CloudError, *, probed: bool) -> None:
+    def _stop(self, error: CloudError, *, probed: bool) -> CloudError:
+        """Stop asking the cloud for this run; returns the error every later call raises."""
         what = "probe failed" if probed else "stopped asking"
-        self._stopped = CloudError(error.kind, f"{error.message} ({what}: not asked again in this run)",
-                                   cloud=self.name, status=error.status, final=True, resource=error.resource)
+        stopped = CloudError(error.kind, f"{error.message} ({what}: not asked again in this run)",
+                             cloud=self.name, status=error.status, final=True, resource=error.resource)
+        self._stopped = stopped
         if error.kind is CloudErrorKind.UNREACHABLE:
             self._memory.mark_cloud_down(self.name, str(error), self._clock())
         self._log.warning("cloud.down", cloud=self.name, kind=error.kind.value, error=str(error), probe=probed)
+        return stopped
 
 
 @dataclass(frozen=True)
@@ -162,7 +168,7 @@ class Deletion:
 class NoMemory:
     """A HealthMemory that remembers nothing (read-only admin views, tests)."""
 
-    def clouds_down(self) -> Mapping[str, Mapping[str, Any]]:
+    def clouds_down(self) -> Mapping[str, CloudDown]:
         return {}
 
     def mark_cloud_down(self, cloud: str, error: str, now: float) -> None:
@@ -175,9 +181,9 @@ class NoMemory:
 class Fleet:
     """The configured clouds behind their guards, asked in parallel, one thread per cloud."""
 
-    def __init__(self, config: Config, clouds: Mapping[str, Cloud], memory: HealthMemory, *, log: Any,
-                 clock: Callable[[], float] = time.time, monotonic: Callable[[], float] = time.monotonic,
-                 sleep: Callable[[float], None] = time.sleep):
+    def __init__(self, config: Config, clouds: Mapping[str, Cloud], memory: HealthMemory, *,
+                 log: FilteringBoundLogger, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):
         self.config = config
         self.log = log
         self.clock = clock
@@ -185,7 +191,7 @@ class Fleet:
         self.sleep = sleep
         down = memory.clouds_down()
         self.clouds: dict[str, CloudGuard] = {
-            name: CloudGuard(cloud, memory, down_since=(down.get(name) or {}).get("since"),
+            name: CloudGuard(cloud, memory, down_since=down[name]["since"] if name in down else None,
                              probe_timeout=config.clouds[name].probe_timeout if name in config.clouds else 10.0,
                              clock=clock, log=log)
             for name, cloud in clouds.items()
@@ -212,12 +218,17 @@ class Fleet:
         if nodes is None:
             names_by_cloud = dict.fromkeys(self.clouds)
         else:
+            wanted: dict[str, list[str]] = {}
             for node in dict.fromkeys(nodes):
                 for cloud in self.scope(node):
-                    names_by_cloud.setdefault(cloud, []).append(node)  # type: ignore[union-attr]
-        results = self.each_cloud({cloud: (lambda c=cloud, n=names: with_retries(
-            lambda: self.clouds[c].list_servers(self.config.cluster, n), sleep=self.sleep))
-            for cloud, names in names_by_cloud.items()})
+                    wanted.setdefault(cloud, []).append(node)
+            names_by_cloud = {cloud: names for cloud, names in wanted.items()}
+
+        def list_on(cloud: str, names: list[str] | None) -> list[Server]:
+            return with_retries(lambda: self.clouds[cloud].list_servers(self.config.cluster, names), sleep=self.sleep)
+
+        results = self.each_cloud({cloud: functools.partial(list_on, cloud, names)
+                                   for cloud, names in names_by_cloud.items()})
         servers: dict[str, list[Server]] = defaultdict(list)
         unseen: dict[str, CloudError] = {}
         for cloud, result in results.items():
@@ -231,7 +242,7 @@ class Fleet:
 
     def poll(self, names_by_cloud: Mapping[str, Collection[str]]) -> dict[str, list[Server] | CloudError]:
         """One list per cloud, no retries (the caller polls again); servers or the cloud's error."""
-        return self.each_cloud({cloud: (lambda c=cloud, n=names: self.clouds[c].list_servers(self.config.cluster, n))
+        return self.each_cloud({cloud: functools.partial(self.clouds[cloud].list_servers, self.config.cluster, names)
                                 for cloud, names in names_by_cloud.items() if names})
 
     def each_cloud(self, calls: Mapping[str, Callable[[], T]]) -> dict[str, T | CloudError]:
@@ -266,7 +277,7 @@ class Fleet:
             with ThreadPoolExecutor(max_workers=workers, thread_name_prefix=f"delete-{cloud}") as pool:
                 return list(pool.map(lambda s: (s, self._delete_one(s, why)), by_cloud[cloud]))
 
-        for outcome in self.each_cloud({cloud: (lambda c=cloud: delete_on(c)) for cloud in by_cloud}).values():
+        for outcome in self.each_cloud({cloud: functools.partial(delete_on, cloud) for cloud in by_cloud}).values():
             assert not isinstance(outcome, CloudError)  # delete_on returns errors per server
             for server, error in outcome:
                 if error is None:

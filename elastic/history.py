@@ -23,15 +23,46 @@ import copy
 import json
 import os
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol, TypedDict
 
 from elastic.errors import ElasticError
 from elastic.locks import exclusive_lock
 
 # A node that keeps failing is cut off long before this; the cap only bounds the file.
 MAX_NODE_FAILURES = 100
+
+
+class CloudDown(TypedDict):
+    """A cloud that gave a run no answer (`clouds_down`)."""
+
+    since: float  # the first run it did not answer, of those in a row
+    at: float  # the last one
+    error: str
+
+
+class Problem(TypedDict):
+    """A cloud's permanent error for a pool (`problems`): auth, config, a missing image."""
+
+    kind: str  # a CloudErrorKind value
+    error: str
+    at: float
+
+
+class PendingDelete(TypedDict):
+    """A delete that could not happen on a cloud (`pending_deletes`)."""
+
+    since: float
+    why: str
+
+
+class HistoryView(Protocol):
+    """What the admin commands read of the history (History; elastic.testing.MemoryHistory)."""
+
+    def clouds_down(self) -> Mapping[str, CloudDown]: ...
+    def problems(self) -> Mapping[str, Mapping[str, Problem]]: ...
+    def pending_deletes(self) -> Mapping[str, Mapping[str, PendingDelete]]: ...
 
 
 class History:
@@ -62,9 +93,10 @@ class History:
 
     # ---- health: a cloud that did not answer is probed briefly by the next runs ------------------
 
-    def clouds_down(self) -> dict[str, dict[str, Any]]:
-        """{cloud: {"since": t, "error": text}} for clouds whose last call got no answer."""
-        return self._read()["health"]
+    def clouds_down(self) -> dict[str, CloudDown]:
+        """The clouds whose last call got no answer."""
+        down: dict[str, CloudDown] = self._read()["health"]  # its shape checked by _valid
+        return down
 
     def mark_cloud_down(self, cloud: str, error: str, now: float) -> None:
         with self._update() as data:
@@ -77,9 +109,10 @@ class History:
 
     # ---- problems: permanent errors of a cloud for a pool, until it serves the pool again -------
 
-    def problems(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """{cloud: {pool: {"kind", "error", "at"}}}."""
-        return self._read()["problems"]
+    def problems(self) -> dict[str, dict[str, Problem]]:
+        """{cloud: {pool: problem}}."""
+        problems: dict[str, dict[str, Problem]] = self._read()["problems"]  # its shape checked by _valid
+        return problems
 
     def record_problem(self, cloud: str, pool: str, kind: str, error: str, now: float) -> None:
         with self._update() as data:
@@ -94,10 +127,11 @@ class History:
 
     # ---- pending deletes: servers that may sit on a cloud that did not answer ------------------
 
-    def pending_deletes(self) -> dict[str, dict[str, dict[str, Any]]]:
-        """{node: {cloud: {"since": t, "why": text}}}: every server of ours named for the node on that
-        cloud is to be deleted (none may be adopted) once the cloud answers."""
-        return self._read()["pending"]
+    def pending_deletes(self) -> dict[str, dict[str, PendingDelete]]:
+        """{node: {cloud: pending}}: every server of ours named for the node on that cloud is to be
+        deleted (none may be adopted) once the cloud answers."""
+        pending: dict[str, dict[str, PendingDelete]] = self._read()["pending"]  # its shape checked by _valid
+        return pending
 
     def add_pending_deletes(self, entries: dict[str, dict[str, str]], now: float) -> None:
         """`entries`: {node: {cloud: why}}; an entry already pending keeps its first time and why."""

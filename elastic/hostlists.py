@@ -96,7 +96,8 @@ def check_name(name: str, text: str | None = None) -> None:
 
 def compress(names: Iterable[str]) -> str:
     """Slurm's compressed form of node names, e.g. `cpu-[001-003],gpu7` ("" for none)."""
-    return hostlist.collect_hostlist(list(dict.fromkeys(names)))
+    compressed: str = hostlist.collect_hostlist(list(dict.fromkeys(names)))
+    return compressed
 
 
 def _rangelist_size(rangelist: str, text: str) -> int:

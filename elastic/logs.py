@@ -55,7 +55,7 @@ def configure_logging(*, log_file: Path | None, run_id: str, command: str, inter
     file, file_error = _open_log(log_file) if log_file is not None else (None, None)
     output = _Output(file=file, json_to_stderr=file is None and not interactive, console=interactive,
                      log_file=log_file)
-    logger = structlog.wrap_logger(
+    logger: FilteringBoundLogger = structlog.wrap_logger(
         output,
         processors=[
             structlog.processors.add_log_level,
@@ -75,7 +75,8 @@ def configure_logging(*, log_file: Path | None, run_id: str, command: str, inter
 
 def redact_secrets(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> EventDict:
     """structlog processor: mask the values of secret-looking keys, at any depth."""
-    return _redact(event_dict)
+    redacted: EventDict = _redact(event_dict)
+    return redacted
 
 
 def _redact(value: Any) -> Any:
@@ -103,7 +104,8 @@ def _os_error_text(exc: OSError) -> str:
     return f"{exc.strerror}: {exc.filename}" if exc.strerror and exc.filename else (exc.strerror or str(exc))
 
 
-def _render(logger: WrappedLogger, method_name: str, event_dict: EventDict) -> tuple[tuple[str, dict], dict]:
+def _render(logger: WrappedLogger, method_name: str,
+            event_dict: EventDict) -> tuple[tuple[str, dict[str, Any]], dict[str, Any]]:
     ordered = {key: event_dict[key] for key in _FIRST_KEYS if key in event_dict}
     ordered.update((key, value) for key, value in event_dict.items() if key not in ordered)
     return (json.dumps(ordered, default=_json_default, ensure_ascii=False), ordered), {}
@@ -121,7 +123,7 @@ _COLORS = {"debug": "\033[2m", "info": "\033[32m", "warning": "\033[33m", "error
            "critical": "\033[31;1m"}
 
 
-def _console_line(event: dict, colors: bool) -> str:
+def _console_line(event: dict[str, Any], colors: bool) -> str:
     """`10:04:05 info    resume.start count=3 nodes=cpu-001,cpu-002`, then a traceback if any."""
     level = str(event.get("level", ""))
     shown = f"{level:<7}"
@@ -158,7 +160,7 @@ class _Output:
         self._log_file = log_file
         self._switch = threading.Lock()  # flows log from worker threads
 
-    def write(self, json_line: str, event: dict) -> None:
+    def write(self, json_line: str, event: dict[str, Any]) -> None:
         file = self._file
         if file is not None:
             try:
@@ -169,7 +171,7 @@ class _Output:
 
     debug = info = msg = warning = warn = error = exception = critical = fatal = write
 
-    def _file_failed(self, file: BinaryIO, exc: Exception, event: dict) -> None:
+    def _file_failed(self, file: BinaryIO, exc: Exception, event: dict[str, Any]) -> None:
         with self._switch:
             if self._file is not file:  # another thread already switched
                 return
@@ -187,7 +189,7 @@ class _Output:
                     "detail": "this and later lines go to stderr"}
         self._to_stderr(json.dumps(warning, ensure_ascii=False), warning)
 
-    def _to_stderr(self, json_line: str, event: dict) -> None:
+    def _to_stderr(self, json_line: str, event: dict[str, Any]) -> None:
         stream = sys.stderr  # looked up per event: the CLI and tests may replace it
         if stream is None or not (self._json_to_stderr or self._console):
             return

@@ -85,7 +85,7 @@ def raise_open_file_limit() -> int:
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     if soft == hard:
         return soft
-    targets = [hard]
+    targets: list[int | None] = [hard]
     if hard == resource.RLIM_INFINITY:
         # Linux refuses an infinite RLIMIT_NOFILE; fs.nr_open is the most it takes.
         targets.insert(0, _nr_open())

@@ -75,7 +75,7 @@ def _job(job: Any, source: str, where: str) -> ResumeJob:
     )
 
 
-def _nodes(container: dict, key: str, source: str, where: str) -> tuple[str, ...]:
+def _nodes(container: dict[str, Any], key: str, source: str, where: str) -> tuple[str, ...]:
     value = container.get(key)
     if value is None or value == "":  # a job with no node left to resume has "" (or no key)
         return ()
@@ -87,7 +87,7 @@ def _nodes(container: dict, key: str, source: str, where: str) -> tuple[str, ...
         raise UsageError(f"{source}: {where}{key}: {exc}") from None
 
 
-def _optional_str(job: dict, key: str, source: str, where: str) -> str | None:
+def _optional_str(job: dict[str, Any], key: str, source: str, where: str) -> str | None:
     value = job.get(key)
     if value is not None and not isinstance(value, str):
         raise UsageError(f"{source}: {where}{key}: expected a string or null, got {_kind(value)}")

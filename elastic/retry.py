@@ -17,7 +17,7 @@ ATTEMPTS = {CloudErrorKind.RATE_LIMITED: 8, CloudErrorKind.TRANSIENT: 4, CloudEr
 
 def backoff_delay(attempt: int, error: CloudError, *, base: float = 1.0, cap: float = 30.0) -> float:
     """Seconds to wait before attempt `attempt + 1` (attempt counts from 0), before jitter."""
-    delay = min(base * (2 ** attempt), cap)
+    delay = min(base * (2.0 ** attempt), cap)
     if error.retry_after is not None:
         delay = max(delay, min(max(error.retry_after, 0.0), cap))
     return delay

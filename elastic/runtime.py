@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from structlog.typing import FilteringBoundLogger
+
 from elastic.cloud import OpenStackCloud
 from elastic.config import Config
 from elastic.errors import LocalError
@@ -34,7 +36,7 @@ def ensure_state_dir(config: Config) -> Path:
     return config.state_dir
 
 
-def make_services(config: Config, log) -> Services:
+def make_services(config: Config, log: FilteringBoundLogger) -> Services:
     ensure_state_dir(config)
     clock = time.time
     return Services(

@@ -11,12 +11,12 @@ import itertools
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
 
 from elastic.cloud import (
     ACTIVE,
     BUILDING,
     ERROR,
+    Address,
     BootRequest,
     BootTarget,
     Flavor,
@@ -26,6 +26,7 @@ from elastic.cloud import (
     is_ours,
 )
 from elastic.errors import CloudError, CloudErrorKind
+from elastic.history import CloudDown, PendingDelete, Problem
 
 
 @dataclass
@@ -46,7 +47,7 @@ class MemoryCloud:
     error_on_boot: dict[str, str] = field(default_factory=dict)  # node name -> fault message
     stuck_in_build: set[str] = field(default_factory=set)  # node names whose servers never leave BUILD
 
-    def __post_init__(self):
+    def __post_init__(self) -> None:
         self._ids = itertools.count(1)
         self._polls: dict[str, int] = {}
         self._failures: dict[str, list[CloudError]] = {}
@@ -118,7 +119,7 @@ class MemoryCloud:
         with self._lock:
             current = self.servers[server.id]
             address = f"127.20.0.{len(self.servers) % 250 + 1}"
-            floating = {"addr": address, "version": 4, "OS-EXT-IPS:type": "floating"}
+            floating: Address = {"addr": address, "version": 4, "OS-EXT-IPS:type": "floating"}
             addresses = {**current.addresses, "private": [*current.addresses.get("private", []), floating]}
             self.servers[server.id] = replace(current, addresses=addresses)
             return address
@@ -162,7 +163,7 @@ class MemoryCloud:
             return replace(server, status=ERROR, fault=fault, fault_kind=classify_fault(fault))
         return replace(server, status=ACTIVE, addresses=self._addresses(ACTIVE))
 
-    def _addresses(self, status: str) -> dict[str, list[dict]]:
+    def _addresses(self, status: str) -> dict[str, list[Address]]:
         if status != ACTIVE:
             return {}
         return {"private": [{"addr": f"{self.network_prefix}{len(self.servers) % 250 + 1}", "version": 4,
@@ -204,20 +205,21 @@ class MemoryHistory:
 
     cloud_failures: dict[tuple[str, str], float] = field(default_factory=dict)
     node_failure_times: dict[str, list[float]] = field(default_factory=dict)
-    down: dict[str, dict[str, Any]] = field(default_factory=dict)
-    cloud_problems: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
-    pending: dict[str, dict[str, dict[str, Any]]] = field(default_factory=dict)
+    down: dict[str, CloudDown] = field(default_factory=dict)
+    cloud_problems: dict[str, dict[str, Problem]] = field(default_factory=dict)
+    pending: dict[str, dict[str, PendingDelete]] = field(default_factory=dict)
 
-    def clouds_down(self) -> dict[str, dict[str, Any]]:
+    def clouds_down(self) -> dict[str, CloudDown]:
         return self.down
 
     def mark_cloud_down(self, cloud: str, error: str, now: float) -> None:
-        self.down[cloud] = {"since": self.down.get(cloud, {}).get("since", now), "error": error, "at": now}
+        before = self.down.get(cloud)
+        self.down[cloud] = {"since": before["since"] if before else now, "error": error, "at": now}
 
     def mark_cloud_up(self, cloud: str) -> None:
         self.down.pop(cloud, None)
 
-    def problems(self) -> dict[str, dict[str, dict[str, Any]]]:
+    def problems(self) -> dict[str, dict[str, Problem]]:
         return self.cloud_problems
 
     def record_problem(self, cloud: str, pool: str, kind: str, error: str, now: float) -> None:
@@ -228,7 +230,7 @@ class MemoryHistory:
         if not self.cloud_problems.get(cloud, True):
             self.cloud_problems.pop(cloud)
 
-    def pending_deletes(self) -> dict[str, dict[str, dict[str, Any]]]:
+    def pending_deletes(self) -> dict[str, dict[str, PendingDelete]]:
         return self.pending
 
     def add_pending_deletes(self, entries: dict[str, dict[str, str]], now: float) -> None:
@@ -244,7 +246,7 @@ class MemoryHistory:
                 self.pending.pop(node)
 
     def record_node_failures(self, nodes: list[str], now: float, window_seconds: float | None = None) -> dict[str, int]:
-        counts = {}
+        counts: dict[str, int] = {}
         for node in dict.fromkeys(nodes):
             times = self.node_failure_times.setdefault(node, [])
             if window_seconds is not None:

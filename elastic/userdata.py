@@ -128,7 +128,7 @@ def _written_names(environment: jinja2.Environment, path: Path) -> set[str]:
             names.add(repr(node.name))
         elif isinstance(node, jinja2.nodes.Getattr):
             names.add(repr(node.attr))
-        else:
+        elif isinstance(node, jinja2.nodes.Const):
             names.add(repr(node.value))
     return names
 

@@ -14,15 +14,16 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 from elastic import userdata
-from elastic.cloud import ACTIVE, ERROR, BootRequest, Cloud, Server
+from elastic.cloud import ACTIVE, ERROR, BootRequest, BootTarget, Cloud, Server
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, Pool, PoolCloud
 from elastic.errors import FALLBACK_KINDS, PERMANENT_KINDS, CloudError, CloudErrorKind, ConfigError, SlurmError
 from elastic.fleet import Fleet, Sighting
+from elastic.history import Problem
 from elastic.power import placement
 from elastic.power.outcome import Failure, Outcome, failure_from, internal_failure, report_failures
 from elastic.power.services import Services
@@ -104,8 +105,8 @@ def _place_round(pending: dict[str, str], state: _Round, outcome: Outcome, fleet
             for cloud in clouds:
                 state.note(node, cloud, failure_from(sighting.unseen[cloud]))
         doomed, blocked = _condemned(pending, sighting, fleet, svc)
-        for node, clouds in blocked.items():
-            for cloud in clouds - state.tried[node]:
+        for node, unanswered in blocked.items():
+            for cloud in unanswered - state.tried[node]:
                 state.note(node, cloud, Failure("unreachable", f"{cloud}: an earlier delete there is still pending"))
         to_create: dict[str, list[str]] = defaultdict(list)
         stale: list[Server] = []
@@ -153,8 +154,7 @@ def _create_in_pool(pool_name: str, nodes: list[str], state: _Round, outcome: Ou
     # are tried last, for the cloud's cooldown; then the pool's own order is back.
     later = [e.cloud for e in pool.clouds
              if svc.history.cooling_down(e.cloud, pool_name, now, svc.config.clouds[e.cloud].cooldown)
-             or (now - problems.get(e.cloud, {}).get(pool_name, {}).get("at", -math.inf)
-                 < svc.config.clouds[e.cloud].cooldown)
+             or now - _problem_at(problems, e.cloud, pool_name) < svc.config.clouds[e.cloud].cooldown
              or e.cloud in down]
     booting: dict[str, _Booting] = {}
     left = list(nodes)
@@ -279,6 +279,12 @@ def _remember_problem(error: CloudError, cloud: str, pool: str, svc: Services) -
         svc.history.record_problem(cloud, pool, error.kind.value, error.message, svc.clock())
 
 
+def _problem_at(problems: Mapping[str, Mapping[str, Problem]], cloud: str, pool: str) -> float:
+    """When the cloud last had a permanent error for the pool; -inf when it has none."""
+    problem = problems.get(cloud, {}).get(pool)
+    return problem["at"] if problem is not None else -math.inf
+
+
 def _find_live(cloud: Cloud, node: str, svc: Services) -> Server | None:
     """The node's server that an unanswered create may have made. A look that fails stops the
     retries: resending blind could make a second server."""
@@ -291,7 +297,8 @@ def _find_live(cloud: Cloud, node: str, svc: Services) -> Server | None:
     return keep
 
 
-def _boot_request(node: str, pool_name: str, pool: Pool, entry: PoolCloud, target, svc: Services) -> BootRequest:
+def _boot_request(node: str, pool_name: str, pool: Pool, entry: PoolCloud, target: BootTarget,
+                  svc: Services) -> BootRequest:
     config = svc.config
     metadata = {**pool.boot.metadata, META_CLUSTER: config.cluster, META_NODE: node, META_POOL: pool_name}
     encoded = None

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from elastic.errors import PERMANENT_KINDS, CloudError, LocalError
+
+if TYPE_CHECKING:
+    from elastic.power.services import Services
 
 # Slurm keeps the reason as typed; long reasons make `sinfo -R` unreadable.
 _REASON_MAX = 200
@@ -46,7 +51,7 @@ class Outcome:
     # Served, but a delete could not happen yet: node -> clouds that did not answer (see History).
     deferred: dict[str, list[str]] = field(default_factory=dict)
 
-    def fail(self, nodes, failure: Failure) -> None:
+    def fail(self, nodes: Iterable[str], failure: Failure) -> None:
         for node in nodes:
             self.served.pop(node, None)
             self.failed[node] = failure
@@ -73,14 +78,14 @@ def slurm_updates(failed: dict[str, Failure], *, transient_state: str,
     groups: dict[tuple[bool, str], list[str]] = defaultdict(list)
     for node, failure in sorted(failed.items()):
         groups[(failure.permanent, failure.reason)].append(node)
-    calls = []
+    calls: list[tuple[str, str, list[str]]] = []
     for (permanent, reason), nodes in groups.items():
         for state in (permanent_states if permanent else (transient_state,)):
             calls.append((state, reason, nodes))
     return calls
 
 
-def report_failures(failed: dict[str, Failure], svc, *, transient_state: str,
+def report_failures(failed: dict[str, Failure], svc: Services, *, transient_state: str,
                     permanent_states: tuple[str, ...] = ("down",)) -> None:
     """Put every failed node in its Slurm state with its reason; a failing scontrol is logged."""
     from elastic.errors import SlurmError
