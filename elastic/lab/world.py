@@ -5,8 +5,6 @@ deletion would. The demo and the end-to-end tests both run on it.
 
 from __future__ import annotations
 
-import shutil
-import sys
 import textwrap
 import threading
 import time
@@ -16,9 +14,9 @@ from pathlib import Path
 from elastic.config import Config, load_config
 from elastic.lab.cloud import LabCloud
 from elastic.lab.slurm import LocalSlurm
+from elastic.lab.slurm.install import SlurmInstall, default_install
 from elastic.slurmconf import node_lines, partition_lines
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 ADDRESS_WAIT_SECONDS = 20
 
 DEFAULT_FLAVORS = [
@@ -43,15 +41,11 @@ def lab_cloud_config(**overrides) -> dict:
     return cloud
 
 
-def installed_programs() -> dict[str, Path]:
-    """The three programs for slurm.conf: the console scripts beside this Python when installed
-    (their shebang names this interpreter: slurmctld gives programs no PATH), else the repo's."""
-    bindir = Path(sys.executable).parent
-    scripts = {"resume": "elastic-resume", "suspend": "elastic-suspend", "resume_fail": "elastic-resume-fail"}
-    if all((bindir / name).is_file() for name in scripts.values()):
-        return {key: bindir / name for key, name in scripts.items()}
-    return {"resume": REPO_ROOT / "resume.py", "suspend": REPO_ROOT / "suspend.py",
-            "resume_fail": REPO_ROOT / "resume_fail.py"}
+def installed_programs(install: SlurmInstall | None = None) -> dict[str, Path]:
+    """The three programs for slurm.conf: on this machine the console scripts beside this Python
+    when installed (their shebang names this interpreter: slurmctld gives programs no PATH), else
+    the repo's; in a Debian root those of its venv, where this checkout is installed."""
+    return (install or SlurmInstall()).programs()
 
 
 @dataclass
@@ -62,12 +56,17 @@ class LabWorld:
     power_save: dict[str, int | str] = field(default_factory=dict)
     extra_config: str = ""  # more top-level elastic.yaml keys
     silent_nodes: set[str] = field(default_factory=set)  # their servers boot, but no slurmd starts
+    # Which Slurm (this machine's, or a Debian root's): default $ELASTIC_SLURM, else this machine's.
+    # In a root, `workdir` must be below it (install.tmpdir()).
+    install: SlurmInstall | None = None
 
     cloud: LabCloud | None = None
     slurm: LocalSlurm | None = None
     config: Config | None = None
 
     def __post_init__(self):
+        if self.install is None:
+            self.install = default_install()
         self._hook_lock = threading.Lock()
         self._stopping = False
 
@@ -92,7 +91,7 @@ class LabWorld:
             text = self.render_config(clouds_yaml)
             self.elastic_yaml.write_text(text)
             self.config = load_config(self.elastic_yaml)
-            programs = installed_programs()
+            programs = installed_programs(self.install)
             self.slurm = LocalSlurm(
                 self.workdir,
                 node_lines=node_lines(self.config),
@@ -102,6 +101,7 @@ class LabWorld:
                 resume_fail_program=str(programs["resume_fail"]),
                 power_save={"SuspendTime": 20, "SuspendTimeout": 30, "ResumeTimeout": 60, **self.power_save},
                 elastic_yaml=text,
+                slurm=self.install,
             )
             self.slurm.start()
         except BaseException:
@@ -110,7 +110,9 @@ class LabWorld:
         return self
 
     def render_config(self, clouds_yaml: Path) -> str:
-        scontrol = shutil.which("scontrol") or "/usr/bin/scontrol"
+        # One path for the programs slurmctld runs and for an admin command on the host (in a
+        # Debian root: a wrapper that enters it when called from outside).
+        scontrol = self.install.scontrol
         cloud_lines = "\n".join(f"  {name}: {{clouds_yaml: {clouds_yaml}, rate: 0, api_timeout: 10}}" for name in self.clouds)
         return (
             f"cluster: lab\n"

@@ -13,23 +13,25 @@ from pathlib import Path
 import pytest
 
 from elastic.lab.slurm import LocalSlurm
-from elastic.lab.slurm.cluster import SLURMCTLD
+from elastic.lab.slurm.install import SlurmInstall
 
 # Writes one block per call: argv, the exact environment (from /proc, not from `env`, which a
-# shell would add PWD to), whether fds 0-2 were open when slurmctld exec'd it, uid, pid, cwd,
-# blocked signals, and the resume file's content.
+# shell would add PWD to), whether fds 0-2 were open when slurmctld exec'd it and what they were,
+# uid, pid, cwd, blocked signals, and the resume file's content.
 RECORDER = r"""#!/bin/sh
 # The signal mask first, with no fork: dash clears its mask after it first waits for a child.
 while read -r key value; do [ "$key" = "SigBlk:" ] && sigblk=$value; done < /proc/$$/status
 if [ -e /proc/$$/fd/0 ]; then f0=open; else f0=closed; fi
 if [ -e /proc/$$/fd/1 ]; then f1=open; else f1=closed; fi
 if [ -e /proc/$$/fd/2 ]; then f2=open; else f2=closed; fi
+fd0=$(/usr/bin/readlink /proc/$$/fd/0); fd1=$(/usr/bin/readlink /proc/$$/fd/1); fd2=$(/usr/bin/readlink /proc/$$/fd/2)
 conf_dir=$(/usr/bin/dirname "$SLURM_CONF")
 if [ -f "$conf_dir/elastic.yaml" ]; then yaml=yes; else yaml=no; fi
 {
     echo "call $(/usr/bin/id -u) $f0,$f1,$f2 $yaml $*"
     echo "pid $$"
     echo "cwd $(/usr/bin/readlink /proc/$$/cwd)"
+    echo "fd_targets ${fd0:--} ${fd1:--} ${fd2:--}"
     echo "sigblk $sigblk"
     /usr/bin/tr '\0' '\n' < /proc/$$/environ | /usr/bin/sed 's/^/env /'
     if [ -n "$SLURM_RESUME_FILE" ]; then echo "resume_file $(/usr/bin/cat "$SLURM_RESUME_FILE")"; fi
@@ -49,7 +51,8 @@ class Recorder:
 
     def calls(self) -> list[dict]:
         """Each finished call as {"uid", "fds", "elastic_yaml", "argv", "env", "pid", "cwd", "sigblk",
-        "resume_file"}. A call still being written (no "end" line yet) is left out, so a reader never
+        "fd_targets", "resume_file"}: fds "open"/"closed" per fd 0-2, fd_targets what they were
+        ("/dev/null", "pipe:[123]", "-" when closed). A call still being written (no "end" line yet) is left out, so a reader never
         sees half a block."""
         calls: list[dict] = []
         if not self.log.exists():
@@ -69,6 +72,8 @@ class Recorder:
                 calls[-1]["cwd"] = rest
             elif kind == "sigblk":
                 calls[-1]["sigblk"] = rest
+            elif kind == "fd_targets":
+                calls[-1]["fd_targets"] = rest.split(" ")
             elif kind == "resume_file":
                 calls[-1]["resume_file"] = rest
             elif kind == "end":
@@ -104,11 +109,13 @@ def recorder() -> Callable[..., Recorder]:
 
 
 @pytest.fixture
-def local_slurm(tmp_path) -> Iterator[Callable[..., LocalSlurm]]:
-    """make(workdir=None, **LocalSlurm kwargs) -> a started LocalSlurm; all stopped at teardown,
-    and teardown fails if any daemon started by one of them is still alive."""
-    if not os.access(SLURMCTLD, os.X_OK):
-        pytest.fail(f"{SLURMCTLD} missing: ./run.sh installs Debian's slurmctld, slurmd, slurm-client, munge")
+def local_slurm(tmp_path, slurm_install: SlurmInstall) -> Iterator[Callable[..., LocalSlurm]]:
+    """make(workdir=None, **LocalSlurm kwargs) -> a started LocalSlurm of the Slurm chosen with
+    --slurm; all stopped at teardown, and teardown fails if any daemon started by one of them is
+    still alive."""
+    if not slurm_install.available():
+        pytest.fail(f"no slurmctld in {slurm_install.describe()}: ./run.sh installs Debian's slurmctld, "
+                    "slurmd, slurm-client, munge")
     clusters: list[LocalSlurm] = []
 
     def make(workdir: Path | None = None, **kwargs) -> LocalSlurm:
@@ -124,9 +131,10 @@ def local_slurm(tmp_path) -> Iterator[Callable[..., LocalSlurm]]:
 
 
 @pytest.fixture
-def shared_dir() -> Iterator[Path]:
-    """A scratch directory that users other than root can enter (tmp_path's parents are 0700)."""
-    path = Path(tempfile.mkdtemp(prefix="lab-slurm-", dir="/tmp"))
+def shared_dir(slurm_install: SlurmInstall) -> Iterator[Path]:
+    """A scratch directory that users other than root can enter (tmp_path's parents are 0700),
+    in /tmp (of the Debian root, when the tests run one)."""
+    path = Path(tempfile.mkdtemp(prefix="lab-slurm-", dir=slurm_install.tmpdir() or "/tmp"))
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)

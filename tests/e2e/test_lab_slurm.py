@@ -1,14 +1,14 @@
-"""The local Slurm test bed (elastic.lab.slurm) against Debian's real munged, slurmctld and slurmd.
+"""The local Slurm test bed (elastic.lab.slurm) against Debian's real munged, slurmctld and slurmd
+(this machine's 22.05, or with --slurm 24.11 / 26.05 those of a Debian 13 / sid root).
 
-These tests also pin down the contract slurmctld 22.05 gives power-save programs, with stand-in
-programs that record how they were run (see conftest.Recorder).
+These tests also pin down the contract slurmctld gives power-save programs, per version, with
+stand-in programs that record how they were run (see conftest.Recorder).
 """
 
 from __future__ import annotations
 
 import json
 import os
-import pwd
 import signal
 import socket
 import time
@@ -83,15 +83,19 @@ def test_stop_slurmd_ends_the_nodes_jobs(local_slurm):
     assert not any(pid_alive(p) for p in job_procs)
 
 
+SIGTERM_BIT = 1 << (signal.SIGTERM - 1)
+
+
 def test_resume_program_contract_and_prompt_job_start(local_slurm, recorder, tmp_path):
-    """ResumeProgram gets the hostlist, only SLURM_CONF+SLURM_RESUME_FILE, fds 0-2 closed; the job starts at once."""
+    """ResumeProgram gets the hostlist, only SLURM_CONF+SLURM_RESUME_FILE, fds 0-2 closed (22.05) or
+    /dev/null and pipes (23.02+, under slurmscriptd); the job starts at once."""
     resume = recorder(tmp_path, "resume",
                       after='/usr/bin/scontrol update nodename="$1" nodeaddr=127.10.0.5')
     suspend = recorder(tmp_path, "suspend")
     s = local_slurm(node_lines=CLOUD_NODES, partition_lines=CLOUD_PARTITION,
                     resume_program=str(resume.path), suspend_program=str(suspend.path),
                     power_save={"SuspendTime": 300, "ResumeTimeout": 60}, elastic_yaml="cluster: lab\n")
-    assert powered_down(s.node_state("c-1"))  # visible at all thanks to PrivateData=cloud
+    assert powered_down(s.node_state("c-1"))  # visible at all: PrivateData=cloud on 22.05, always from 23.02
 
     job = submit(s, "--wrap", "hostname")
     [call] = resume.wait_calls(1)
@@ -100,13 +104,29 @@ def test_resume_program_contract_and_prompt_job_start(local_slurm, recorder, tmp
     assert set(call["env"]) == {"SLURM_CONF", "SLURM_RESUME_FILE"}
     assert call["env"]["SLURM_CONF"] == str(s.conf_path)
     assert call["elastic_yaml"], "elastic.yaml lies beside SLURM_CONF"
-    assert call["fds"] == "closed,closed,closed"
-    # slurmctld's own blocked signals (SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGPIPE, ...) stay
-    # blocked in the program and in whatever it starts.
-    assert int(call["sigblk"], 16) & (1 << (signal.SIGTERM - 1))
-    assert call["cwd"] == str(s.workdir)  # slurmctld's own, inherited
+    resume_file = json.loads(call["resume_file"])
+    if s.version < (23, 2):
+        assert call["fds"] == "closed,closed,closed"
+        # slurmctld's own blocked signals (SIGTERM, SIGINT, SIGHUP, SIGCHLD, SIGPIPE, ...) stay
+        # blocked in the program and in whatever it starts.
+        assert int(call["sigblk"], 16) & SIGTERM_BIT
+        assert resume_file == {"jobs": [{"job_id": job, "nodes": "c-1"}], "all_nodes": "c-1"}
+    else:
+        # Run by slurmscriptd: stdin /dev/null, stdout and stderr one pipe it reads, nothing blocked.
+        assert call["fds"] == "open,open,open"
+        fd0, fd1, fd2 = call["fd_targets"]
+        assert fd0 == "/dev/null" and fd1.startswith("pipe:") and fd2 == fd1
+        assert int(call["sigblk"], 16) == 0
+        [job_entry] = resume_file["jobs"]
+        assert resume_file["all_nodes_resume"] == "c-1"
+        assert {"job_id": job, "nodes_alloc": "c-1", "nodes_resume": "c-1", "partition": "cloud"}.items() <= job_entry.items()
+        expected_keys = {"job_id", "nodes_alloc", "nodes_resume", "partition", "features", "reservation",
+                         "oversubscribe", "extra"}
+        if s.version >= (26, 5):
+            expected_keys |= {"exclusive", "priority"}
+        assert expected_keys <= set(job_entry), sorted(job_entry)
+    assert call["cwd"] == s.inside(s.workdir)  # slurmctld's own, inherited
     assert call["uid"] == 0
-    assert json.loads(call["resume_file"]) == {"jobs": [{"job_id": job, "nodes": "c-1"}], "all_nodes": "c-1"}
     assert "POWERING_UP" in s.node_state("c-1")
     assert s.node_fields("c-1")["NodeAddr"] == "127.10.0.5"
 
@@ -115,6 +135,8 @@ def test_resume_program_contract_and_prompt_job_start(local_slurm, recorder, tmp
     assert s.wait_job(job, {"COMPLETED", "FAILED"}, 15) == "COMPLETED"
     assert s.node_state("c-1") == "IDLE+CLOUD"
     assert suspend.calls() == []
+    # From 23.11 registration replaces NodeAddr with the address slurmd connected from.
+    assert s.node_fields("c-1")["NodeAddr"] == ("127.10.0.5" if s.version < (23, 11) else "127.0.0.1")
 
 
 def test_suspend_program_runs_after_suspend_time(local_slurm, recorder, tmp_path):
@@ -140,16 +162,16 @@ def test_suspend_program_runs_after_suspend_time(local_slurm, recorder, tmp_path
 
 def test_slurm_user_runs_programs_as_that_user(local_slurm, recorder, shared_dir):
     """With slurm_user="slurm", slurmctld runs as slurm and so do the programs it starts."""
-    slurm = pwd.getpwnam("slurm")
     resume = recorder(shared_dir, "resume", after='/usr/bin/scontrol update nodename="$1" nodeaddr=127.0.0.1')
     suspend = recorder(shared_dir, "suspend")
     s = local_slurm(shared_dir / "w", slurm_user="slurm", node_lines=CLOUD_NODES, partition_lines=CLOUD_PARTITION,
                     resume_program=str(resume.path), suspend_program=str(suspend.path))
-    assert _uid(s.slurmctld.pid) == slurm.pw_uid
+    slurm_uid, _ = s.install.user_ids("slurm")
+    assert _uid(s.slurmctld.pid) == slurm_uid
 
     job = submit(s, "--wrap", "id -u")
     [call] = resume.wait_calls(1)
-    assert call["uid"] == slurm.pw_uid
+    assert call["uid"] == slurm_uid
     s.start_slurmd("c-1")
 
     assert s.wait_job(job, {"COMPLETED", "FAILED"}, 15) == "COMPLETED"

@@ -1,11 +1,11 @@
-"""The admin commands against a real local slurmctld (Debian's 22.05, elastic.lab.slurm.LocalSlurm):
-slurm-conf --check and check read its running config, status and reconcile its real node states,
-with the real openstacksdk against the lab emulator."""
+"""The admin commands against a real local slurmctld (elastic.lab.slurm.LocalSlurm: this machine's
+Debian 12 22.05, or with --slurm 24.11 / 26.05 a Debian 13 / sid root's): slurm-conf --check and
+check read its running config, status and reconcile its real node states, with the real
+openstacksdk against the lab emulator."""
 
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -15,7 +15,7 @@ from elastic import cli, slurmconf
 from elastic.admin.slurm_conf import default_programs
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, load_config
 from elastic.lab.slurm import LocalSlurm
-from elastic.lab.slurm.cluster import SLURMCTLD
+from elastic.lab.slurm.install import SlurmInstall, default_install
 
 pytestmark = pytest.mark.integration
 
@@ -43,19 +43,22 @@ def write_programs(directory: Path) -> slurmconf.Programs:
 def write_config(tmp_path: Path, clouds_yaml: Path, *, pools: str = POOLS, extra: str = "") -> Path:
     path = tmp_path / "elastic.yaml"
     indented = "".join(f"  {line}\n" for line in pools.splitlines())
+    # The scontrol of the Slurm under test (with --slurm 24.11: the root's, entered from here).
+    scontrol = default_install().scontrol
     path.write_text(f"cluster: itest\nclouds:\n  lab: {{clouds_yaml: {clouds_yaml}, rate: 0, api_timeout: 10}}\n"
-                    f"pools:\n{indented}slurm: {{scontrol: /usr/bin/scontrol}}\n"
+                    f"pools:\n{indented}slurm: {{scontrol: {scontrol}}}\n"
                     f"timeouts: {{boot: 30, delete: 10, poll: 0.2, lock: 5}}\nreconcile: {{grace: 600}}\n"
                     f"log_file: {tmp_path / 'elastic.log'}\nstate_dir: {tmp_path / 'state'}\n{extra}")
     return path
 
 
 @pytest.fixture
-def local_slurm(tmp_path, monkeypatch) -> Iterator[Callable[..., LocalSlurm]]:
+def local_slurm(tmp_path, monkeypatch, slurm_install: SlurmInstall) -> Iterator[Callable[..., LocalSlurm]]:
     """make(config_path, programs, **kwargs) -> a started LocalSlurm with the YAML's nodes and
     partitions and elastic's power-save timers; SLURM_CONF points elastic's scontrol at it."""
-    if not os.access(SLURMCTLD, os.X_OK):
-        pytest.fail(f"{SLURMCTLD} missing: ./run.sh installs Debian's slurmctld, slurmd, slurm-client, munge")
+    if not slurm_install.available():
+        pytest.fail(f"no slurmctld in {slurm_install.describe()}: ./run.sh installs Debian's slurmctld, "
+                    "slurmd, slurm-client, munge")
     started: list[LocalSlurm] = []
 
     def make(config_path: Path, programs: slurmconf.Programs, **kwargs) -> LocalSlurm:
@@ -67,7 +70,7 @@ def local_slurm(tmp_path, monkeypatch) -> Iterator[Callable[..., LocalSlurm]]:
         cluster = LocalSlurm(tmp_path / f"slurm{len(started)}", node_lines=slurmconf.node_lines(config),
                              partition_lines=slurmconf.partition_lines(config), resume_program=str(programs.resume),
                              suspend_program=str(programs.suspend), resume_fail_program=str(programs.resume_fail),
-                             power_save=power_save, **kwargs)
+                             power_save=power_save, slurm=slurm_install, **kwargs)
         started.append(cluster)
         cluster.start()
         monkeypatch.setenv("SLURM_CONF", str(cluster.conf_path))
@@ -171,12 +174,12 @@ def test_check_reads_the_running_slurmctld(tmp_path, capsys, lab, local_slurm):
     """check against a real slurmctld: version, programs, timeouts and nodes pass; the missing enable_configless only warns."""
     programs = write_programs(tmp_path / "bin")
     path = write_config(tmp_path, tmp_path / "clouds.yaml", pools=POOLS.replace("boot: {", "boot: {key_name: hpc, "))
-    local_slurm(path, programs)
+    slurm = local_slurm(path, programs)
     assert cli.main(["check", "--config", str(path)]) == 0
     out = capsys.readouterr().out
     from test_admin_cloud import check_rows
 
     rows = {subject: line.split()[0] for subject, line in check_rows(out).items()}
-    assert rows["slurmctld"] == "ok" and "Slurm 22.05" in out
+    assert rows["slurmctld"] == "ok" and f"Slurm {slurm.version[0]:02d}.{slurm.version[1]:02d}" in out
     assert rows["ResumeProgram program"] == rows["ResumeTimeout"] == rows["slurm.conf nodes"] == "ok"
     assert rows["SlurmctldParameters"] == "warn"

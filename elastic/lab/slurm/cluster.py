@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
-import pwd
 import shutil
 import stat
 import subprocess
@@ -17,7 +16,8 @@ from pathlib import Path
 
 from elastic.lab.slurm import procs
 from elastic.lab.slurm.conf import (DEFAULT_POWER_SAVE, Layout, NodeSpec, Ports, Programs, expand_node_lines,
-                                    render_conf, render_prolog)
+                                    render_cgroup_conf, render_conf, render_prolog)
+from elastic.lab.slurm.install import SlurmInstall, default_install
 
 MUNGED = "/usr/sbin/munged"
 SLURMCTLD = "/usr/sbin/slurmctld"
@@ -37,7 +37,10 @@ class LocalSlurm:
                  resume_program: str | None = None, suspend_program: str | None = None,
                  resume_fail_program: str | None = None, power_save: Mapping[str, str | int] | None = None,
                  extra_conf: Iterable[str] = (), elastic_yaml: str | None = None,
-                 slurm_user: str = "root", cloud_reg_addrs: bool = False, prompt_launch: bool = True):
+                 slurm_user: str = "root", cloud_reg_addrs: bool = False, prompt_launch: bool = True,
+                 slurm: SlurmInstall | None = None):
+        # Which Slurm: this machine's, or a Debian root's (default: $ELASTIC_SLURM, else the host's).
+        self.install = slurm if slurm is not None else default_install()
         self.layout = Layout(Path(workdir).resolve())
         self.node_lines = list(node_lines)
         self.partition_lines = list(partition_lines)
@@ -79,10 +82,23 @@ class LocalSlurm:
     def node_port(self, name: str) -> int:
         return self.ports.nodes[name]
 
+    @property
+    def version(self) -> tuple[int, int, int]:
+        """The Slurm release the daemons run, e.g. (24, 11, 5)."""
+        return self.install.version
+
+    def inside(self, path: Path | str) -> str:
+        """`path` as the daemons and the programs they start see it (the same path on the host)."""
+        return self.install.inside(path)
+
     # -- lifecycle -------------------------------------------------------------------------
 
     def start(self) -> LocalSlurm:
-        self.layout = dataclasses.replace(self.layout, short=Path(tempfile.mkdtemp(prefix="elastic-slurmd-")))
+        if not self.install.contains(self.workdir):
+            raise LocalSlurmError(f"{self.workdir}: the daemons of {self.install.describe()} only see files "
+                                  f"below it: put the work directory in {self.install.tmpdir()}")
+        short = tempfile.mkdtemp(prefix="elastic-slurmd-", dir=self.install.tmpdir())
+        self.layout = dataclasses.replace(self.layout, short=Path(short))
         try:
             self._write_files()
             self._start_munged()
@@ -216,8 +232,8 @@ class LocalSlurm:
 
     def run(self, *argv: str, check: bool = True, timeout: float = COMMAND_TIMEOUT) -> str:
         """Run a Slurm command (scontrol, sbatch, sinfo, ...) against this cluster; its stdout."""
-        done = subprocess.run(list(argv), env=self.env, stdin=subprocess.DEVNULL, capture_output=True,
-                              text=True, timeout=timeout, check=False)
+        done = subprocess.run(self.install.command(list(argv), cwd=self.workdir), env=self.env,
+                              stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=timeout, check=False)
         if check and done.returncode != 0:
             raise LocalSlurmError(f"{' '.join(argv)}: exit {done.returncode}: "
                                   f"{(done.stderr or done.stdout).strip()}")
@@ -235,7 +251,8 @@ class LocalSlurm:
 
     def _spawn(self, name: str, argv: list[str]) -> procs.Daemon:
         # cwd: slurmctld's is where its power-save programs start (they inherit it).
-        daemon = procs.spawn(name, argv, self.layout.log / f"{name}.out", self.env, cwd=self.workdir)
+        daemon = procs.spawn(name, self.install.command(argv, cwd=self.workdir), self.layout.log / f"{name}.out",
+                             self.env, cwd=self.workdir)
         self._spawned.append(daemon)
         return daemon
 
@@ -249,6 +266,9 @@ class LocalSlurm:
             layout.prolog.chmod(0o755)
         if self.elastic_yaml is not None:
             (layout.etc / "elastic.yaml").write_text(self.elastic_yaml)
+        cgroup_conf = render_cgroup_conf(self.version)
+        if cgroup_conf is not None:
+            layout.cgroup_conf.write_text(cgroup_conf)
         self._give_to_slurm_user()
         self._write_conf()
         self._check_slurm_user_reach()
@@ -261,7 +281,7 @@ class LocalSlurm:
         text = render_conf(self.layout, self.ports, specs, self.partition_lines, programs=self.programs,
                            power_save=self.power_save, slurm_user=self.slurm_user,
                            cloud_reg_addrs=self.cloud_reg_addrs, prompt_launch=self.prompt_launch,
-                           extra_conf=self.extra_conf)
+                           extra_conf=self.extra_conf, version=self.version, inside=self.inside)
         tmp = self.conf_path.with_suffix(".tmp")
         tmp.write_text(text)
         tmp.chmod(0o644)
@@ -284,9 +304,10 @@ class LocalSlurm:
                 # --force: munged refuses a socket below a directory that is not world-searchable,
                 # and pytest's tmp_path is below /tmp/pytest-of-root (0700); root can reach it.
                 "--force",
-                f"--socket={self.layout.munge_socket}", f"--key-file={munge / 'munge.key'}",
+                # (Paths as munged sees them: a socket's must stay under 108 bytes.)
+                f"--socket={self.inside(self.layout.munge_socket)}", f"--key-file={self.inside(munge / 'munge.key')}",
                 # In the foreground munged logs to stderr (our munged.out), not to --log-file.
-                f"--pid-file={munge / 'munged.pid'}", f"--seed-file={munge / 'munged.seed'}"]
+                f"--pid-file={self.inside(munge / 'munged.pid')}", f"--seed-file={self.inside(munge / 'munged.seed')}"]
         self.munged = self._spawn("munged", argv)
         self._wait(lambda: self.layout.munge_socket.is_socket() or not self.munged.alive(), bool,
                    START_TIMEOUT, "munged's socket")
@@ -304,9 +325,9 @@ class LocalSlurm:
         """With a SlurmUser other than root, slurmctld must own its state and write its logs."""
         if self.slurm_user == "root":
             return
-        user = pwd.getpwnam(self.slurm_user)
+        uid, gid = self.install.user_ids(self.slurm_user)
         for path in (self.layout.state, self.layout.log, self.layout.run):
-            os.chown(path, user.pw_uid, user.pw_gid)
+            os.chown(path, uid, gid)
 
     def _check_slurm_user_reach(self) -> None:
         """Fail early, and clearly, where slurmctld as SlurmUser would fail late and quietly.
@@ -326,7 +347,8 @@ class LocalSlurm:
             if interpreter:
                 checks.append(("-x", Path(interpreter), f"interpreter of {program}"))
         for flag, path, what in checks:
-            if subprocess.run([RUNUSER, "-u", self.slurm_user, "--", "/usr/bin/test", flag, str(path)]).returncode:
+            argv = [RUNUSER, "-u", self.slurm_user, "--", "/usr/bin/test", flag, str(path)]
+            if subprocess.run(self.install.command(argv), stdin=subprocess.DEVNULL).returncode:
                 raise LocalSlurmError(f"SlurmUser {self.slurm_user} cannot {'read' if flag == '-r' else 'execute'} "
                                       f"{what} {path}")
 

@@ -6,7 +6,7 @@ Pure text generation plus free-port picking; `LocalSlurm` writes what this retur
 from __future__ import annotations
 
 import socket
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +24,8 @@ DEFAULT_POWER_SAVE: dict[str, str | int] = {
 }
 
 SCONTROL = "/usr/bin/scontrol"
+
+Version = tuple[int, int, int]
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,10 @@ class Layout:
     @property
     def conf(self) -> Path:
         return self.etc / "slurm.conf"
+
+    @property
+    def cgroup_conf(self) -> Path:
+        return self.etc / "cgroup.conf"
 
     @property
     def prolog(self) -> Path:
@@ -170,12 +176,21 @@ class Programs:
 
 def render_conf(layout: Layout, ports: Ports, nodes: list[NodeSpec], partition_lines: Iterable[str], *,
                 programs: Programs, power_save: Mapping[str, str | int], slurm_user: str,
-                cloud_reg_addrs: bool, prompt_launch: bool, extra_conf: Iterable[str]) -> str:
+                cloud_reg_addrs: bool, prompt_launch: bool, extra_conf: Iterable[str],
+                version: Version = (22, 5, 8), inside: Callable[[Path], str] = str) -> str:
+    """slurm.conf for Slurm `version` (major, minor, micro): the same cluster on 22.05 and 24.11,
+    without the options a later release dropped or no longer needs.
+
+    `inside` gives a path as the daemons see it (in a Debian root: without the root's prefix),
+    used for the socket paths, which must stay under 108 bytes; every other path is the host's,
+    which works inside a root too (see elastic.lab.slurm.install).
+    """
     out = ["# Written by elastic.lab.slurm for a one-machine test cluster; see docs/lab-slurm.md.",
-           *_daemon_lines(layout, ports, slurm_user),
+           f"# For Slurm {'.'.join(map(str, version))}.",
+           *_daemon_lines(layout, ports, slurm_user, inside),
            *_plugin_lines(),
            *_timer_lines(),
-           *_cloud_lines(cloud_reg_addrs)]
+           *_cloud_lines(cloud_reg_addrs, version)]
     if programs.resume or programs.suspend:
         out += _power_save_lines(programs, power_save)
     if prompt_launch:
@@ -184,6 +199,19 @@ def render_conf(layout: Layout, ports: Ports, nodes: list[NodeSpec], partition_l
     out += [spec.line for spec in nodes]
     out += list(partition_lines)
     return "\n".join(out) + "\n"
+
+
+def render_cgroup_conf(version: Version) -> str | None:
+    """cgroup.conf, beside slurm.conf, or None for none.
+
+    From 24.05 slurmd initialises its cgroup plugin whatever ProctrackType and TaskPlugin say, and
+    refuses to start without a cgroup file system it may use (the root's /sys has none mounted).
+    `CgroupPlugin=disabled` (new in 24.05) turns that off; 22.05 rejects the value.
+    """
+    if version[:2] < (24, 5):
+        return None
+    return ("# Written by elastic.lab.slurm: no cgroups (proctrack/linuxproc, task/none).\n"
+            "CgroupPlugin=disabled\n")
 
 
 def _override(lines: list[str], extra: Iterable[str]) -> list[str]:
@@ -204,7 +232,7 @@ def _override(lines: list[str], extra: Iterable[str]) -> list[str]:
 CRED_EXPIRE_SECONDS = 10
 
 
-def _daemon_lines(layout: Layout, ports: Ports, slurm_user: str) -> list[str]:
+def _daemon_lines(layout: Layout, ports: Ports, slurm_user: str, inside: Callable[[Path], str]) -> list[str]:
     return [
         "ClusterName=lab",
         # slurmctld only starts on a host named in SlurmctldHost; "localhost" always matches.
@@ -217,10 +245,10 @@ def _daemon_lines(layout: Layout, ports: Ports, slurm_user: str) -> list[str]:
         # Every daemon and command reads the munge socket from here (SLURM_CONF is all they share).
         # cred_expire is also how long a requeued job waits to start again: 120 s by default,
         # which a job requeued off a failed cloud node would spend pending.
-        f"AuthInfo=socket={layout.munge_socket},cred_expire={CRED_EXPIRE_SECONDS}",
+        f"AuthInfo=socket={inside(layout.munge_socket)},cred_expire={CRED_EXPIRE_SECONDS}",
         f"StateSaveLocation={layout.state}",
         # %n: each node's slurmd has its own spool, pid file and log on this one machine.
-        f"SlurmdSpoolDir={layout.spool}/%n",
+        f"SlurmdSpoolDir={inside(layout.spool)}/%n",
         f"SlurmdPidFile={layout.run}/slurmd-%n.pid",
         f"SlurmdLogFile={layout.log}/slurmd-%n.log",
         f"SlurmctldPidFile={layout.run}/slurmctld.pid",
@@ -263,19 +291,24 @@ def _timer_lines() -> list[str]:
     ]
 
 
-def _cloud_lines(cloud_reg_addrs: bool) -> list[str]:
+def _cloud_lines(cloud_reg_addrs: bool, version: Version) -> list[str]:
     params = ["power_save_interval=1", "power_save_min_interval=0"]
-    if cloud_reg_addrs:
-        params.insert(0, "cloud_reg_addrs")
-    return [
-        f"SlurmctldParameters={','.join(params)}",
-        # Addresses change with every boot; never reuse one cached from an earlier boot.
-        "CommunicationParameters=NoAddrCache",
-        # 22.05 hides CLOUD nodes (all states) from scontrol/sinfo without this.
-        "PrivateData=cloud",
-        # 22.05 cannot fan messages out through nodes that have no address yet.
-        "TreeWidth=65533",
-    ]
+    lines = []
+    if version[:2] < (23, 11):
+        # From 23.11 a registering CLOUD node always gets slurmd's source address: cloud_reg_addrs
+        # and NoAddrCache are logged as defunct, and fan-out skips nodes without an address.
+        if cloud_reg_addrs:
+            params.insert(0, "cloud_reg_addrs")
+        lines += [
+            # Addresses change with every boot; never reuse one cached from an earlier boot.
+            "CommunicationParameters=NoAddrCache",
+            # 22.05 cannot fan messages out through nodes that have no address yet.
+            "TreeWidth=65533",
+        ]
+    if version[:2] < (23, 2):
+        # 22.05 hides CLOUD nodes (all states) from scontrol/sinfo without this; 23.02 dropped the flag.
+        lines.append("PrivateData=cloud")
+    return [f"SlurmctldParameters={','.join(params)}", *lines]
 
 
 def _power_save_lines(programs: Programs, power_save: Mapping[str, str | int]) -> list[str]:
