@@ -10,11 +10,11 @@ from __future__ import annotations
 
 import os
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Protocol
 
 from elastic import slurmconf, userdata
 from elastic.admin import slurm_conf
@@ -22,11 +22,19 @@ from elastic.admin.table import format_table
 from elastic.cloud import Cloud, Flavor, Limits
 from elastic.config import Config, Pool, PoolCloud
 from elastic.errors import CloudError, CloudErrorKind, ConfigError, SlurmError
+from elastic.history import HistoryView
 from elastic.slurm import version_text
 
 OK, WARN, FAIL, SKIP = "ok", "warn", "FAIL", "skip"
 # slurmctld accepts a CLOUD node that registers with at least this share of its RealMemory.
 CLOUD_MEMORY_SHARE = 0.9
+
+
+class SlurmSettings(Protocol):
+    """What check reads from slurmctld (elastic.slurm.Slurm)."""
+
+    def config(self) -> Mapping[str, str]: ...
+    def node_fields(self) -> Mapping[str, Mapping[str, str]]: ...
 
 
 @dataclass(frozen=True)
@@ -85,14 +93,15 @@ def _pool_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, cloud: Cloud,
             "network": f"pools.{pool_name}.clouds[{index}].network"}
     checks: list[Check] = []
     flavor_name, image = pool.flavor_on(entry), pool.image_on(entry)
+    flavor: Flavor | None = None
     try:
-        flavor = cloud.flavor(flavor_name)
+        found = cloud.flavor(flavor_name)
     except CloudError as error:
         checks.append(Check(FAIL, f"{where}: flavor", _error_text(error),
                             _lookup_fix(error, os_cloud, "flavor", keys["flavor"])))
-        flavor = None
     else:
-        checks += size_checks(pool_name, pool, flavor)
+        flavor = found
+        checks += size_checks(pool_name, pool, found)
     if flavor is not None:
         try:
             cloud.resolve_boot(flavor_name, image, entry.network)
@@ -102,10 +111,11 @@ def _pool_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, cloud: Cloud,
                                 _lookup_fix(error, os_cloud, what, keys.get(what, f"pools.{pool_name}"))))
         else:
             checks.append(Check(OK, f"{where}: image and network", f"image {image}, network {entry.network} found"))
-        if entry.floating_ip:
+        floating_ip = entry.floating_ip
+        if floating_ip:
             checks.append(_lookup(f"{where}: floating IP network",
-                                  lambda: _find_network(cloud, flavor_name, image, entry.floating_ip),
-                                  f"network {entry.floating_ip} found", os_cloud, "network",
+                                  lambda: _find_network(cloud, flavor_name, image, floating_ip),
+                                  f"network {floating_ip} found", os_cloud, "network",
                                   f"pools.{pool_name}.clouds[{index}].floating_ip"))
     key_name = pool.boot.key_name
     if key_name:
@@ -119,7 +129,7 @@ def _find_network(cloud: Cloud, flavor: str, image: str, network: str) -> None:
     cloud.resolve_boot(flavor, image, network)
 
 
-def _lookup(subject: str, call, ok_text: str, cloud_name: str, listing: str, key: str) -> Check:
+def _lookup(subject: str, call: Callable[[], object], ok_text: str, cloud_name: str, listing: str, key: str) -> Check:
     try:
         call()
     except CloudError as error:
@@ -375,7 +385,7 @@ def slurm_unavailable(reason: str, programs: slurmconf.Programs) -> list[Check]:
     return checks
 
 
-def history_checks(config: Config, history: Any, now: float) -> list[Check]:
+def history_checks(config: Config, history: HistoryView, now: float) -> list[Check]:
     """What the programs' runs found and left (the state dir): a cloud that did not answer them, a
     pool's permanent error on a cloud, deletes still pending. One row per cloud with any."""
     from elastic.admin.table import duration
@@ -401,8 +411,8 @@ def history_checks(config: Config, history: Any, now: float) -> list[Check]:
     return checks
 
 
-def run_all(config: Config, clouds: Mapping[str, Cloud], slurm, *, slurm_error: str | None,
-            programs: slurmconf.Programs, history: Any | None = None, now: float = 0.0) -> list[Check]:
+def run_all(config: Config, clouds: Mapping[str, Cloud], slurm: SlurmSettings | None, *, slurm_error: str | None,
+            programs: slurmconf.Programs, history: HistoryView | None = None, now: float = 0.0) -> list[Check]:
     """Every check in table order; `slurm` None (with `slurm_error`) when slurmctld is not reachable.
     The clouds are checked in parallel: one that does not answer costs its own api_timeout only."""
     checks = [config_check(config)]

@@ -16,13 +16,24 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from elastic.errors import CloudError, ElasticError, LockTimeout, SlurmError, UsageError
+
+if TYPE_CHECKING:  # imported where used: `elastic --help` and slurm-conf should not pay for them
+    from structlog.typing import FilteringBoundLogger
+
+    from elastic.admin.reconcile import Repair, Result
+    from elastic.cloud import OpenStackCloud
+    from elastic.config import Config
+    from elastic.fleet import Fleet
+    from elastic.history import History
+    from elastic.slurm import Slurm
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 
 
-def add_admin_commands(subparsers) -> None:
+def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     check = subparsers.add_parser(
         "check", help="check the YAML, the clouds and slurmctld's power-save settings",
         description="Validate the pool YAML, authenticate on every cloud and resolve each pool's flavor, image, "
@@ -102,7 +113,7 @@ def _one_line(error: BaseException) -> str:
     return " ".join(str(error).split())
 
 
-def _why_unseen(error: CloudError, config) -> str:
+def _why_unseen(error: CloudError, config: Config) -> str:
     """`kind: message (fix)` for a cloud that could not be listed."""
     from elastic.admin.check import cloud_fix
 
@@ -110,13 +121,13 @@ def _why_unseen(error: CloudError, config) -> str:
     return f"{error.kind.value}: {error.message}" + (f" ({hint})" if hint else "")
 
 
-def _load(args: argparse.Namespace):
+def _load(args: argparse.Namespace) -> Config:
     from elastic.config import config_from_env
 
     return config_from_env(args.config)
 
 
-def _pools(config, names: list[str] | None) -> list[str] | None:
+def _pools(config: Config, names: list[str] | None) -> list[str] | None:
     if not names:
         return None
     unknown = [name for name in names if name not in config.pools]
@@ -125,36 +136,40 @@ def _pools(config, names: list[str] | None) -> list[str] | None:
     return list(dict.fromkeys(names))
 
 
-def _node_names(config, pools: list[str] | None) -> list[str] | None:
+def _node_names(config: Config, pools: list[str] | None) -> list[str] | None:
     if pools is None:
         return None
     return [node for pool in pools for node in config.pools[pool].node_names]
 
 
-def _clouds(config, clock):
+def _clouds(config: Config, clock: Callable[[], float]) -> dict[str, OpenStackCloud]:
     from elastic.runtime import make_clouds
 
     return make_clouds(config, clock)
 
 
-def _history(config):
+def _history(config: Config) -> History:
     """The state dir's history, read by status and reconcile; a change it cannot save is said once."""
     from elastic.history import History
 
     return History(config.history_path, on_error=lambda message: print(f"elastic: warning: {message}", file=sys.stderr))
 
 
-def _fleet(config, history, clock, log=None):
+def _quiet_log() -> FilteringBoundLogger:
+    """The log of a read-only admin command: errors only, to stderr."""
     from elastic import logs
+
+    return logs.configure_logging(log_file=None, run_id=logs.new_run_id(), command="admin", interactive=False,
+                                  level="error")
+
+
+def _fleet(config: Config, history: History, clock: Callable[[], float], log: FilteringBoundLogger) -> Fleet:
     from elastic.fleet import Fleet
 
-    if log is None:
-        log = logs.configure_logging(log_file=None, run_id=logs.new_run_id(), command="admin", interactive=False,
-                                     level="error")
     return Fleet(config, _clouds(config, clock), history, log=log, clock=clock)
 
 
-def _slurm(config):
+def _slurm(config: Config) -> Slurm:
     from elastic.runtime import make_slurm
 
     return make_slurm(config)
@@ -169,7 +184,8 @@ def check_command(args: argparse.Namespace, clock: Callable[[], float] = time.ti
 
     config = _load(args)
     programs = default_programs(args.programs_dir)
-    slurm, slurm_error = None, None
+    slurm: Slurm | None = None
+    slurm_error: str | None = None
     try:
         slurm = _slurm(config)
         if not slurm.ping():
@@ -195,13 +211,13 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
     config = _load(args)
     pools = _pools(config, args.pool)
     history = _history(config)
-    fleet = _fleet(config, history, clock)
+    fleet = _fleet(config, history, clock, _quiet_log())
+    slurm: Slurm | None = None
+    slurm_error: str | None = None
     try:
         slurm = _slurm(config)
     except SlurmError as error:
-        slurm, slurm_error = None, str(error)
-    else:
-        slurm_error = None
+        slurm_error = str(error)
     snapshot = status.collect(config, fleet, slurm, _node_names(config, pools), pending=history.pending_deletes())
     slurm_error = slurm_error or snapshot.slurm_error
     known = snapshot.nodes is not None
@@ -246,18 +262,20 @@ def reconcile_command(args: argparse.Namespace, clock: Callable[[], float] = tim
         raise LockTimeout(f"another `elastic reconcile --apply` is running (lock {lock_path})") from None
 
 
-def _reconcile(config, slurm, pools: list[str] | None, *, apply: bool, clock: Callable[[], float]) -> int:
+def _reconcile(config: Config, slurm: Slurm, pools: list[str] | None, *, apply: bool,
+               clock: Callable[[], float]) -> int:
     from elastic import logs
     from elastic.admin import reconcile, status
 
     history = _history(config)
-    log = None
     if apply:
         from elastic.runtime import ensure_state_dir
 
         ensure_state_dir(config)
         log = logs.configure_logging(log_file=config.log_file, run_id=logs.new_run_id(), command="reconcile",
                                      interactive=False, level=config.log_level)
+    else:
+        log = _quiet_log()
     fleet = _fleet(config, history, clock, log)
     snapshot = status.collect(config, fleet, slurm, _node_names(config, pools), need_slurm=True,
                               pending=history.pending_deletes())
@@ -285,7 +303,8 @@ def _reconcile(config, slurm, pools: list[str] | None, *, apply: bool, clock: Ca
     return EXIT_FOUND if result.failed else blind
 
 
-def _apply(config, fleet, slurm, repairs, history, log, clock):
+def _apply(config: Config, fleet: Fleet, slurm: Slurm, repairs: list[Repair], history: History,
+           log: FilteringBoundLogger, clock: Callable[[], float]) -> Result:
     from elastic.admin import reconcile
     from elastic.locks import node_locks
 
@@ -351,7 +370,7 @@ def slurm_conf_command(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _slurm_version_for(config) -> tuple[tuple[int, ...], str]:
+def _slurm_version_for(config: Config) -> tuple[tuple[int, ...], str]:
     """The version to write slurm.conf lines for, and where it came from: the running slurmctld's;
     when it does not answer, the installed scontrol's (`scontrol --version`); else 22.05, assumed.
     A version slurmctld shows that is not one is an error (exit 2), not a guess."""

@@ -25,7 +25,9 @@ from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from contextlib import AbstractContextManager as ContextManager
 from dataclasses import dataclass, field
-from typing import Any, cast
+from typing import Protocol, cast
+
+from structlog.typing import FilteringBoundLogger
 
 from elastic.admin import status
 from elastic.admin.table import duration, format_table
@@ -33,12 +35,26 @@ from elastic.cloud import ACTIVE, Server
 from elastic.config import Config
 from elastic.errors import LockTimeout, SlurmError
 from elastic.fleet import Fleet
+from elastic.history import PendingDelete
 from elastic.power import placement
 
 DELETE = "delete"
 POWER_DOWN = "power_down"
 FORGET = "forget"
 REASON = "elastic: reconcile: server vanished"
+
+
+class SlurmRepairs(status.SlurmNodes, Protocol):
+    """What reconcile reads from slurmctld and changes there (elastic.slurm.Slurm)."""
+
+    def set_state(self, names: Sequence[str], state: str, reason: str | None = None) -> None: ...
+
+
+class PendingMemory(Protocol):
+    """The pending deletes of the history (elastic.history.History)."""
+
+    def pending_deletes(self) -> Mapping[str, Mapping[str, PendingDelete]]: ...
+    def clear_pending_deletes(self, node_clouds: dict[str, list[str]]) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -67,7 +83,8 @@ class Result:
 
 
 def plan(table_rows: Iterable[status.Row], now: float, grace: float, *,
-         pending: Mapping[str, Mapping[str, Any]] | None = None, unseen: Collection[str] = ()) -> list[Repair]:
+         pending: Mapping[str, Mapping[str, PendingDelete]] | None = None,
+         unseen: Collection[str] = ()) -> list[Repair]:
     """The repairs for the flagged rows, in row order; those not due yet carry `wait`.
     `pending`: History's pending deletes; `unseen`: clouds that did not answer."""
     by_node: dict[str, list[status.Row]] = defaultdict(list)
@@ -107,7 +124,7 @@ def keep_of(servers: Sequence[Server], slurm_address: str | None) -> Server | No
 
 
 def _addresses(server: Server) -> set[str]:
-    return {entry.get("addr") for entries in server.addresses.values() for entry in entries if entry.get("addr")}
+    return {addr for entries in server.addresses.values() for entry in entries if (addr := entry.get("addr"))}
 
 
 def _delete(node: str, problem: str, server: Server, now: float, grace: float) -> Repair:
@@ -120,9 +137,9 @@ def _delete(node: str, problem: str, server: Server, now: float, grace: float) -
     return Repair(DELETE, node, problem, server, wait)
 
 
-def apply(config: Config, fleet: Fleet, slurm, repairs: Sequence[Repair], *,
-          locks: Callable[[Iterable[str]], ContextManager[None]], log: Any,
-          clock: Callable[[], float] = time.time, history: Any | None = None) -> Result:
+def apply(config: Config, fleet: Fleet, slurm: SlurmRepairs, repairs: Sequence[Repair], *,
+          locks: Callable[[Iterable[str]], ContextManager[None]], log: FilteringBoundLogger,
+          clock: Callable[[], float] = time.time, history: PendingMemory | None = None) -> Result:
     """Carry out the due repairs, each node under its lock and only if a fresh look still wants it.
 
     A SlurmError while taking the fresh look propagates: nothing is changed then. A cloud that
@@ -161,7 +178,8 @@ def apply(config: Config, fleet: Fleet, slurm, repairs: Sequence[Repair], *,
     return result
 
 
-def _run(todo: Sequence[Repair], fleet: Fleet, slurm, result: Result, *, log: Any, history: Any | None) -> None:
+def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Result, *, log: FilteringBoundLogger,
+         history: PendingMemory | None) -> None:
     deletes = [r for r in todo if r.action == DELETE]
     settled: dict[str, list[str]] = defaultdict(list)
     if deletes:

@@ -29,13 +29,14 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 from elastic.admin.table import duration, format_table
 from elastic.cloud import Server
 from elastic.config import Config
 from elastic.errors import CloudError, SlurmError
 from elastic.fleet import Fleet
+from elastic.history import HistoryView, PendingDelete
 from elastic.hostlists import compress
 from elastic.slurm import NodeState
 
@@ -52,6 +53,12 @@ PROBLEM_TEXT = {
 }
 
 
+class SlurmNodes(Protocol):
+    """What status reads from slurmctld (elastic.slurm.Slurm)."""
+
+    def nodes(self, names: Iterable[str] | None = None) -> Mapping[str, NodeState]: ...
+
+
 @dataclass(frozen=True)
 class Snapshot:
     """What the clouds and Slurm said, read once."""
@@ -60,7 +67,7 @@ class Snapshot:
     nodes: Mapping[str, NodeState] | None  # None: Slurm could not be asked
     slurm_error: str | None = None
     unseen: Mapping[str, CloudError] = field(default_factory=dict)  # clouds that did not answer
-    pending: Mapping[str, Mapping[str, Mapping[str, Any]]] = field(default_factory=dict)  # node -> cloud -> entry
+    pending: Mapping[str, Mapping[str, PendingDelete]] = field(default_factory=dict)  # node -> cloud -> entry
 
 
 @dataclass(frozen=True)
@@ -83,7 +90,7 @@ class Row:
             return None
         return now - self.server.created
 
-    def to_json(self, now: float, slurm_known: bool) -> dict:
+    def to_json(self, now: float, slurm_known: bool) -> dict[str, Any]:
         server = None
         if self.server is not None:
             age = self.age(now)
@@ -115,7 +122,7 @@ def wants_server(state: NodeState | None) -> bool | None:
 
 def rows(config: Config, servers: Iterable[Server], slurm_nodes: Mapping[str, NodeState] | None, *,
          pools: Sequence[str] | None = None, unseen: Collection[str] = (),
-         pending: Mapping[str, Mapping[str, Any]] | None = None) -> list[Row]:
+         pending: Mapping[str, Mapping[str, PendingDelete]] | None = None) -> list[Row]:
     """The status rows, pools in YAML order, then servers of nodes that are in no pool.
 
     `slurm_nodes` None means Slurm could not be asked: only duplicates can be judged then.
@@ -143,7 +150,7 @@ def rows(config: Config, servers: Iterable[Server], slurm_nodes: Mapping[str, No
 
 def node_rows(node: str, pool: str | None, servers: Sequence[Server],
               slurm_nodes: Mapping[str, NodeState] | None, *, blind: Sequence[str] = (),
-              pending: Mapping[str, Any] | None = None) -> list[Row]:
+              pending: Mapping[str, PendingDelete] | None = None) -> list[Row]:
     """One node's rows. `blind`: clouds of its scope that did not answer; `pending`: cloud ->
     entry of its pending deletes."""
     state = slurm_nodes.get(node) if slurm_nodes is not None else None
@@ -177,8 +184,8 @@ def node_rows(node: str, pool: str | None, servers: Sequence[Server],
             for server in ordered]
 
 
-def collect(config: Config, fleet: Fleet, slurm, names: Iterable[str] | None = None, *,
-            need_slurm: bool = False, pending: Mapping[str, Mapping[str, Any]] | None = None) -> Snapshot:
+def collect(config: Config, fleet: Fleet, slurm: SlurmNodes | None, names: Iterable[str] | None = None, *,
+            need_slurm: bool = False, pending: Mapping[str, Mapping[str, PendingDelete]] | None = None) -> Snapshot:
     """List our servers on the clouds, in parallel (a cloud that does not answer is reported in
     `unseen`), then ask Slurm.
 
@@ -232,7 +239,7 @@ def summary(table_rows: Sequence[Row]) -> str:
     return f"{nodes} nodes, {servers} live servers; mismatches: {found} (elastic reconcile shows the repairs)"
 
 
-def cloud_lines(config: Config, unseen: Mapping[str, str], history: Any | None, now: float) -> list[str]:
+def cloud_lines(config: Config, unseen: Mapping[str, str], history: HistoryView | None, now: float) -> list[str]:
     """One line per cloud that needs an admin's eye: not listed now (`unseen`: cloud -> why, with
     the fix), not answering since an earlier run, a pool's permanent error on it, deletes pending."""
     down = history.clouds_down() if history is not None else {}
@@ -242,7 +249,7 @@ def cloud_lines(config: Config, unseen: Mapping[str, str], history: Any | None, 
     for cloud in config.clouds:
         parts = []
         if cloud in unseen:
-            since = down.get(cloud, {}).get("since")
+            since = down[cloud]["since"] if cloud in down else None
             parts.append(f"cannot be listed{f' (not answering for {duration(now - since)})' if since else ''}: "
                          f"{unseen[cloud]}")
         for pool, entry in sorted(problems.get(cloud, {}).items()):
