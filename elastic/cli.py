@@ -10,14 +10,20 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from types import FrameType
+from typing import TYPE_CHECKING, Any
 
 from elastic import process
 from elastic.errors import ConfigError, ElasticError, SlurmError, UsageError
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:  # imported where used: a program's first steps must not wait for them
+    from structlog.typing import FilteringBoundLogger
+
+    from elastic.config import Config
+    from elastic.power import Outcome, Services
     from elastic.power.outcome import Failure
+    from elastic.power.services import SlurmControl
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -97,7 +103,7 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
     log.info(f"{command}.start", nodes=nodes, count=len(nodes), jobs=jobs)
     handed: set[str] = set()  # nodes this run has already handed to Slurm (address sent, state set)
 
-    def on_sigterm(seconds: float, frame) -> None:
+    def on_sigterm(seconds: float, frame: FrameType | None) -> None:
         # Runs first, before anything unwinds: from 23.02 SIGKILL follows SIGTERM within 10 ms.
         in_flight = [node for node in nodes if node not in handed]
         log.error(f"{command}.sigterm", in_flight=in_flight, count=len(in_flight), handed=len(handed),
@@ -112,8 +118,8 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
 
             services = make_services(config, log)
             services.slurm = _HandedToSlurm(services.slurm, handed)
-            flow: Callable = {"resume": power.resume, "suspend": power.suspend,
-                              "resume-fail": power.resume_fail}[command]
+            flow: Callable[[Sequence[str], Services], Outcome] = {
+                "resume": power.resume, "suspend": power.suspend, "resume-fail": power.resume_fail}[command]
             outcome = flow(nodes, services)
     except process.Terminated as stop:
         # Nodes Slurm already got an address or a state for are left as they are; the servers
@@ -136,28 +142,25 @@ class _HandedToSlurm:
     """The flow's Slurm, noting the nodes whose address or state has reached slurmctld, so that a
     SIGTERM leaves those alone. A SIGTERM during such a call is held back until it is noted."""
 
-    def __init__(self, slurm, handed: set[str]):
+    def __init__(self, slurm: SlurmControl, handed: set[str]):
         self._slurm = slurm
         self._handed = handed
 
-    def set_state(self, names, state: str, reason: str | None = None) -> None:
+    def set_state(self, names: Sequence[str], state: str, reason: str | None = None) -> None:
         with process.uninterrupted():
             self._slurm.set_state(names, state, reason)
             self._handed.update(names)
 
-    def update_addresses(self, addrs, hostnames=None) -> None:
+    def update_addresses(self, addrs: Mapping[str, str], hostnames: Mapping[str, str] | None = None) -> None:
         with process.uninterrupted():
             self._slurm.update_addresses(addrs, hostnames)
             self._handed.update(addrs)
-
-    def __getattr__(self, name: str):
-        return getattr(self._slurm, name)
 
 
 _PACKAGE = os.path.dirname(os.path.abspath(__file__))
 
 
-def _where(frame, depth: int = 8) -> list[str]:
+def _where(frame: FrameType | None, depth: int = 8) -> list[str]:
     """Where the main thread was when the signal came, innermost first (`boot.py:331 _wait`): the
     innermost frame, then elastic's own (not the SDK's internals). No source lines are read: this
     runs inside the SIGTERM handler."""
@@ -179,7 +182,7 @@ def _where(frame, depth: int = 8) -> list[str]:
 _FAIL_CLOSED_STATES = {"resume": ("power_down_force",), "suspend": ("down",), "resume-fail": ("down",)}
 
 
-def _fail_closed(command: str, nodes: list[str], error: BaseException, config, log, *,
+def _fail_closed(command: str, nodes: list[str], error: BaseException, config: Config, log: FilteringBoundLogger, *,
                  failure: Failure | None = None) -> int:
     from elastic.power.outcome import internal_failure
     from elastic.runtime import make_slurm
@@ -203,7 +206,7 @@ def _fail_closed(command: str, nodes: list[str], error: BaseException, config, l
     return EXIT_FAILED
 
 
-def _jobs_of(text: str | None, error: str | None, log) -> list[dict]:
+def _jobs_of(text: str | None, error: str | None, log: FilteringBoundLogger) -> list[dict[str, Any]]:
     if error:
         # The node list in argv is authoritative; the jobs are only logged.
         log.warning("resume.resume_file_unreadable", error=error)
@@ -220,7 +223,7 @@ def _jobs_of(text: str | None, error: str | None, log) -> list[dict]:
     return [{"job_id": job.job_id, "nodes": list(job.nodes), "partition": job.partition} for job in request.jobs]
 
 
-def _print_outcome(outcome) -> None:
+def _print_outcome(outcome: Outcome) -> None:
     for node, address in sorted(outcome.served.items()):
         print(f"{node}: ok{' ' + address if address else ''}", file=sys.stderr)
     for node in sorted(outcome.cancelled):
@@ -271,7 +274,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if rest:
         parser.error(f"unrecognized arguments: {' '.join(rest)}")
     # Admin commands registered by add_admin_commands set `handler(args) -> int`.
-    return args.handler(args)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return handler(args)
 
 
 if __name__ == "__main__":
