@@ -67,10 +67,15 @@ def _read_resume_file_now() -> tuple[str | None, str | None]:
     if not path:
         return None, None
     try:
-        with open(path) as handle:
-            return handle.read(), None
+        with open(path, "rb") as handle:
+            data = handle.read()
     except OSError as exc:
         return None, f"cannot read SLURM_RESUME_FILE {path}: {exc.strerror or exc}"
+    try:
+        return data.decode("utf-8"), None
+    except UnicodeDecodeError as exc:
+        # The node list in argv is what counts; the file only tells which jobs asked.
+        return None, f"SLURM_RESUME_FILE {path} is not UTF-8 text (byte {exc.start})"
 
 
 def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_text: str | None = None,

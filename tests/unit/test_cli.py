@@ -125,3 +125,17 @@ def test_a_full_disk_under_the_log_does_not_stop_the_work(program, tmp_path):
     path.write_text(path.read_text().replace(f"log_file: {tmp_path / 'elastic.log'}", "log_file: /dev/full"))
     assert run("resume", "cpu-001,gpu-1") == 0
     assert {node for update in slurm.addresses for node in update} == {"cpu-001", "gpu-1"}
+
+
+def test_a_resume_file_that_is_not_utf8_is_logged_and_the_nodes_still_served(program, tmp_path, monkeypatch):
+    """SLURM_RESUME_FILE with bytes that are not UTF-8 does not stop the resume: a warning is logged
+    and the nodes from argv are served."""
+    run, slurm, path = program
+    bad = tmp_path / "resume.json"
+    bad.write_bytes(b'{"jobs": [], "all_nodes": "cpu-001\xff"}')
+    monkeypatch.setenv("SLURM_RESUME_FILE", str(bad))
+    text, error = cli._read_resume_file_now()
+    assert text is None and "is not UTF-8 text (byte 34)" in error
+    assert cli.run_power("resume", "cpu-001", str(path), text, error) == 0
+    assert "resume.resume_file_unreadable" in (tmp_path / "elastic.log").read_text()
+    assert [set(update) for update in slurm.addresses] == [{"cpu-001"}]
