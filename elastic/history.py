@@ -85,11 +85,7 @@ class History:
         return entry is not None and now - entry["at"] < cooldown_seconds
 
     def clear_cloud_failure(self, cloud: str, pool: str) -> None:
-        with self._update() as data:
-            pools = data["clouds"].get(cloud, {})
-            pools.pop(pool, None)
-            if not pools:
-                data["clouds"].pop(cloud, None)
+        self._drop("clouds", cloud, pool)
 
     # ---- health: a cloud that did not answer is probed briefly by the next runs ------------------
 
@@ -119,11 +115,15 @@ class History:
             data["problems"].setdefault(cloud, {})[pool] = {"kind": kind, "error": error, "at": now}
 
     def clear_problem(self, cloud: str, pool: str) -> None:
+        self._drop("problems", cloud, pool)
+
+    def _drop(self, section: str, cloud: str, pool: str) -> None:
+        """Remove one pool's entry of a cloud in `section`, and the cloud once it has none."""
         with self._update() as data:
-            pools = data["problems"].get(cloud, {})
+            pools = data[section].get(cloud, {})
             pools.pop(pool, None)
             if not pools:
-                data["problems"].pop(cloud, None)
+                data[section].pop(cloud, None)
 
     # ---- pending deletes: servers that may sit on a cloud that did not answer ------------------
 
