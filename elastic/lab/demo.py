@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TextIO
 
+from elastic.lab.slurm.install import SlurmInstall, SlurmInstallError, resolve
 from elastic.lab.world import LabWorld, lab_cloud_config
 
 DEMO_POOLS = """\
@@ -59,20 +60,23 @@ def take_snapshot(world: LabWorld, nodes: list[str], job_ids: list[int]) -> Snap
 
 
 def run_demo(*, keep: bool = False, out: TextIO = sys.stdout, jobs: int = 4,
-             workdir: Path | None = None, clock: Callable[[], float] = time.monotonic) -> int:
+             workdir: Path | None = None, clock: Callable[[], float] = time.monotonic,
+             install: SlurmInstall | None = None) -> int:
+    install = install or SlurmInstall()
     owned_tmp = None
     if workdir is None:
-        owned_tmp = tempfile.TemporaryDirectory(prefix="elastic-demo-")
+        # In a Debian root the daemons only see files below it: the demo's directory goes there.
+        owned_tmp = tempfile.TemporaryDirectory(prefix="elastic-demo-", dir=install.tmpdir())
         workdir = Path(owned_tmp.name)
     say = _printer(out)
     say(f"elastic demo: an OpenStack emulator with two clouds (east: quota of 2 servers, west) and a real "
-        f"Slurm 22.05 cluster in {workdir}")
-    world = LabWorld(workdir, pools_yaml=DEMO_POOLS, clouds=DEMO_CLOUDS,
+        f"Slurm {install.version_text} cluster ({install.describe()}) in {workdir}")
+    world = LabWorld(workdir, pools_yaml=DEMO_POOLS, clouds=DEMO_CLOUDS, install=install,
                      power_save={"SuspendTime": 15, "SuspendTimeout": 30, "ResumeTimeout": 90})
     try:
         world.start()
         nodes = list(world.config.pools["cpu"].node_names)
-        say(f"slurmctld is up; nodes {', '.join(nodes)} are CLOUD nodes, powered down (idle~).")
+        say(f"slurmctld {install.version_text} is up; nodes {', '.join(nodes)} are CLOUD nodes, powered down (idle~).")
         say(f"submitting {jobs} jobs; Slurm will call elastic-resume for the nodes it picks.")
         job_ids = [int(world.slurm.run("sbatch", "--parsable", "-p", "cloud", f"--output={workdir}/job-%j.out",
                                        "--wrap", "echo running on $(hostname -s) as $SLURMD_NODENAME; sleep 5")
@@ -145,6 +149,8 @@ def _request_summary(world: LabWorld) -> str:
 def _keep_running(world: LabWorld, say) -> int:
     say("--keep: the cluster stays up until you press Ctrl-C. In another shell:")
     say(f"  export SLURM_CONF={world.slurm.conf_path}")
+    if world.install.bin_dir is not None:
+        say(f"  export PATH={world.install.bin_dir}:$PATH   # the root's sinfo, sbatch, squeue, scontrol")
     say("  sinfo; sbatch -p cloud --wrap hostname; squeue; scontrol show node cpu-1")
     say(f"  OS_CLIENT_CONFIG_FILE={world.etc / 'clouds.yaml'} openstack --os-cloud east server list")
     say(f"  tail -f {world.log_file}")
@@ -169,8 +175,20 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="elastic demo", description=__doc__)
     parser.add_argument("--keep", action="store_true", help="leave the cluster up (until Ctrl-C) after the jobs ran")
     parser.add_argument("--jobs", type=int, default=4, help="how many jobs to submit (default 4)")
+    parser.add_argument("--slurm", default=None, metavar="WHICH",
+                        help="host (this machine's Slurm, the default), 24.11 (Debian 13's, from a root "
+                             "file system built on first use with debootstrap) or 26.05 (Debian sid's); "
+                             "default $ELASTIC_SLURM")
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("elastic demo: error: needs root (it starts munged, slurmctld and slurmd)", file=sys.stderr)
         return 2
-    return run_demo(keep=args.keep, jobs=args.jobs)
+    try:
+        install = resolve(args.slurm, build=True, log=lambda line: print(f"elastic demo: {line}", flush=True))
+        if not install.available():
+            raise SlurmInstallError(f"no slurmctld in {install.describe()}: ./run.sh installs Debian's packages")
+        install.version
+    except (SlurmInstallError, RuntimeError, ValueError) as e:
+        print(f"elastic demo: error: {e}", file=sys.stderr)
+        return 2
+    return run_demo(keep=args.keep, jobs=args.jobs, install=install)

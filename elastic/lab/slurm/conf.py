@@ -256,6 +256,8 @@ def _daemon_lines(layout: Layout, ports: Ports, slurm_user: str, inside: Callabl
         "SlurmctldDebug=debug",
         "SlurmdDebug=info",
         "DebugFlags=Power",
+        # Debian's default /usr/bin/mail is not installed (24.11 logs "Configured MailProg is invalid").
+        "MailProg=/bin/true",
     ]
 
 

@@ -74,7 +74,8 @@ class SlurmInstall:
 
     @property
     def version_text(self) -> str:
-        return ".".join(map(str, self.version))
+        major, minor, micro = self.version
+        return f"{major}.{minor:02d}.{micro}"  # as Slurm writes it: 26.05.5
 
     def user_ids(self, name: str) -> tuple[int, int]:
         """uid and gid of a user of this Slurm's system (the root's /etc/passwd in a root)."""
