@@ -17,7 +17,7 @@ from pathlib import Path
 from elastic.lab.slurm import procs
 from elastic.lab.slurm.conf import (DEFAULT_POWER_SAVE, Layout, NodeSpec, Ports, Programs, expand_node_lines,
                                     render_cgroup_conf, render_conf, render_prolog)
-from elastic.lab.slurm.install import SlurmInstall, default_install
+from elastic.lab.slurm.install import REPO_ROOT, SlurmInstall, default_install
 
 MUNGED = "/usr/sbin/munged"
 SLURMCTLD = "/usr/sbin/slurmctld"
@@ -77,6 +77,9 @@ class LocalSlurm:
         variable inherited from an outer Slurm job (sbatch would take SLURM_JOB_ID and friends)."""
         env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
         env["SLURM_CONF"] = str(self.conf_path)
+        if self.install.root is not None:
+            # What the root's `enter` binds at /src: this checkout, which its venv runs editable.
+            env["ELASTIC_LAB_SRC"] = str(REPO_ROOT)
         return env
 
     def node_port(self, name: str) -> int:

@@ -219,7 +219,9 @@ def _link_to_itself(root: Path) -> None:
 def _install_project(root: Path, src: Path, log: Log | None) -> None:
     if not (src / "setup.cfg").is_file():
         raise RuntimeError(f"{src} is not a checkout of elastic (no setup.cfg): the root installs it from there")
-    digest = hashlib.sha256(str(src).encode())
+    # The install is editable from /src, where each process binds the checkout it runs from
+    # ($ELASTIC_LAB_SRC): only the project's dependencies make a reinstall necessary.
+    digest = hashlib.sha256()
     for name in ("setup.cfg", "pyproject.toml"):
         if (src / name).is_file():
             digest.update((src / name).read_bytes())
@@ -244,7 +246,7 @@ def inner_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     Slurm, PATH of the root (its venv first), pip's settings (PIP_*) kept."""
     drop = {"PATH", "HOME", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONPATH", "ELASTIC_SLURM", "SLURM_CONF"}
     env = {k: v for k, v in os.environ.items() if k not in drop and not k.startswith("SLURM_")}
-    env.update(PATH=INNER_PATH, HOME="/root", LANG=env.get("LANG", "C.UTF-8"))
+    env.update(PATH=INNER_PATH, HOME="/root", LANG=env.get("LANG", "C.UTF-8"), ELASTIC_LAB_SRC=str(REPO_ROOT))
     env.update(extra or {})
     return env
 
