@@ -267,3 +267,23 @@ def test_cloud_reg_addrs_takes_the_address_from_registration(local_slurm, record
 
     assert s.wait_job(job, {"COMPLETED", "FAILED"}, 15) == "COMPLETED"
     assert s.node_fields("c-1")["NodeAddr"] == "127.0.0.1"
+
+
+@pytest.mark.parametrize("version, kept, dropped, cgroup", [
+    ((22, 5, 8), ["PrivateData=cloud", "TreeWidth=65533", "CommunicationParameters=NoAddrCache", "cloud_reg_addrs"], [],
+     None),
+    ((23, 2, 7), ["TreeWidth=65533", "CommunicationParameters=NoAddrCache", "cloud_reg_addrs"], ["PrivateData"], None),
+    ((24, 11, 5), [], ["PrivateData", "TreeWidth", "NoAddrCache", "cloud_reg_addrs"], "CgroupPlugin=disabled"),
+    ((26, 5, 5), [], ["PrivateData", "TreeWidth", "NoAddrCache", "cloud_reg_addrs"], "CgroupPlugin=disabled"),
+])
+def test_slurm_conf_is_written_for_the_version_that_runs(tmp_path, version, kept, dropped, cgroup):
+    """No option a release dropped or no longer needs; cgroup.conf only where slurmd needs it (no daemon started)."""
+    from elastic.lab.slurm.conf import Layout, Ports, Programs, render_cgroup_conf, render_conf
+
+    text = render_conf(Layout(tmp_path), Ports(ctld=6817), [], [], programs=Programs(), power_save={},
+                       slurm_user="root", cloud_reg_addrs=True, prompt_launch=False, extra_conf=[], version=version)
+    assert all(option in text for option in kept)
+    assert not [option for option in dropped if option in text]
+    assert "power_save_interval=1" in text
+    written = render_cgroup_conf(version)
+    assert (written is None) if cgroup is None else (cgroup in written.splitlines())
