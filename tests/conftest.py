@@ -58,6 +58,12 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    base = config.stash.get(_OWNED_BASETEMP, None)
+    if base is not None and exitstatus != 0 and base.exists():
+        terminalreporter.write_line(f"temporary files (logs of the Slurm daemons) kept in {base}")
+
+
 @pytest.fixture(scope="session")
 def slurm_install(pytestconfig: pytest.Config) -> SlurmInstall:
     """The Slurm chosen with --slurm: its `version`, `scontrol`, `programs()`, `tmpdir()`."""

@@ -82,7 +82,8 @@ def run_demo(*, keep: bool = False, out: TextIO = sys.stdout, jobs: int = 4,
                                        "--wrap", "echo running on $(hostname -s) as $SLURMD_NODENAME; sleep 5")
                        .strip().split(";")[0]) for _ in range(jobs)]
         started = clock()
-        grown = _watch(world, nodes, job_ids, say, started, clock, until=lambda s: s.jobs.get("COMPLETED", 0) == len(job_ids),
+        grown = _watch(world, nodes, job_ids, say, started, clock,
+                       until=lambda s: s.jobs.get("COMPLETED", 0) == len(job_ids),
                        limit=240, title="growing: jobs queued, servers booting")
         if not grown:
             say("the jobs did not finish in time; see the logs under " + str(workdir / "log"))
@@ -126,7 +127,8 @@ def _watch(world, nodes, job_ids, say, started, clock, *, until, limit: float, t
                 say(snap.line_for(node))
             booting = sum(1 for v in snap.servers.values() if v.startswith("BUILD"))
             if booting:
-                say(f"  ... {booting} server(s) booting, {sum(1 for v in snap.servers.values() if v.startswith('ACTIVE'))} active")
+                active = sum(1 for v in snap.servers.values() if v.startswith("ACTIVE"))
+                say(f"  ... {booting} server(s) booting, {active} active")
             last = snap
         if until(snap):
             return True
@@ -187,7 +189,7 @@ def main(argv: list[str] | None = None) -> int:
         install = resolve(args.slurm, build=True, log=lambda line: print(f"elastic demo: {line}", flush=True))
         if not install.available():
             raise SlurmInstallError(f"no slurmctld in {install.describe()}: ./run.sh installs Debian's packages")
-        install.version
+        _ = install.version  # runs `slurmctld -V` now: a broken root fails here, not mid-demo
     except (SlurmInstallError, RuntimeError, ValueError) as e:
         print(f"elastic demo: error: {e}", file=sys.stderr)
         return 2

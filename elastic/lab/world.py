@@ -113,7 +113,8 @@ class LabWorld:
         # One path for the programs slurmctld runs and for an admin command on the host (in a
         # Debian root: a wrapper that enters it when called from outside).
         scontrol = self.install.scontrol
-        cloud_lines = "\n".join(f"  {name}: {{clouds_yaml: {clouds_yaml}, rate: 0, api_timeout: 10}}" for name in self.clouds)
+        cloud_lines = "\n".join(f"  {name}: {{clouds_yaml: {clouds_yaml}, rate: 0, api_timeout: 10}}"
+                                for name in self.clouds)
         return (
             f"cluster: lab\n"
             f"clouds:\n{cloud_lines}\n"

@@ -3,7 +3,6 @@ programs that record how slurmctld ran them."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
@@ -52,8 +51,8 @@ class Recorder:
     def calls(self) -> list[dict]:
         """Each finished call as {"uid", "fds", "elastic_yaml", "argv", "env", "pid", "cwd", "sigblk",
         "fd_targets", "resume_file"}: fds "open"/"closed" per fd 0-2, fd_targets what they were
-        ("/dev/null", "pipe:[123]", "-" when closed). A call still being written (no "end" line yet) is left out, so a reader never
-        sees half a block."""
+        ("/dev/null", "pipe:[123]", "-" when closed). A call still being written (no "end" line
+        yet) is left out, so a reader never sees half a block."""
         calls: list[dict] = []
         if not self.log.exists():
             return calls

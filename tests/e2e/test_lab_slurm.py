@@ -119,7 +119,8 @@ def test_resume_program_contract_and_prompt_job_start(local_slurm, recorder, tmp
         assert int(call["sigblk"], 16) == 0
         [job_entry] = resume_file["jobs"]
         assert resume_file["all_nodes_resume"] == "c-1"
-        assert {"job_id": job, "nodes_alloc": "c-1", "nodes_resume": "c-1", "partition": "cloud"}.items() <= job_entry.items()
+        wanted = {"job_id": job, "nodes_alloc": "c-1", "nodes_resume": "c-1", "partition": "cloud"}
+        assert wanted.items() <= job_entry.items()
         expected_keys = {"job_id", "nodes_alloc", "nodes_resume", "partition", "features", "reservation",
                          "oversubscribe", "extra"}
         if s.version >= (26, 5):

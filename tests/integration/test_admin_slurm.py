@@ -83,7 +83,8 @@ def local_slurm(tmp_path, monkeypatch, slurm_install: SlurmInstall) -> Iterator[
 
 
 def test_slurm_conf_check_names_exactly_what_slurmctld_runs_differently(tmp_path, capsys, local_slurm):
-    """Against a slurmctld started from the generated lines, --check reports only the setting it lacks, then a YAML edit."""
+    """Against a slurmctld started from the generated lines, --check reports only the setting it lacks,
+    then a YAML edit."""
     programs = write_programs(tmp_path / "bin")
     path = write_config(tmp_path, tmp_path / "clouds.yaml")
     local_slurm(path, programs)
@@ -171,7 +172,8 @@ def test_status_and_reconcile_follow_real_node_states(tmp_path, capsys, lab, loc
 
 
 def test_check_reads_the_running_slurmctld(tmp_path, capsys, lab, local_slurm):
-    """check against a real slurmctld: version, programs, timeouts and nodes pass; the missing enable_configless only warns."""
+    """check against a real slurmctld: version, programs, timeouts and nodes pass; the missing
+    enable_configless only warns."""
     programs = write_programs(tmp_path / "bin")
     path = write_config(tmp_path, tmp_path / "clouds.yaml", pools=POOLS.replace("boot: {", "boot: {key_name: hpc, "))
     slurm = local_slurm(path, programs)

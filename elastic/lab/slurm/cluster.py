@@ -15,8 +15,17 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from elastic.lab.slurm import procs
-from elastic.lab.slurm.conf import (DEFAULT_POWER_SAVE, Layout, NodeSpec, Ports, Programs, expand_node_lines,
-                                    render_cgroup_conf, render_conf, render_prolog)
+from elastic.lab.slurm.conf import (
+    DEFAULT_POWER_SAVE,
+    Layout,
+    NodeSpec,
+    Ports,
+    Programs,
+    expand_node_lines,
+    render_cgroup_conf,
+    render_conf,
+    render_prolog,
+)
 from elastic.lab.slurm.install import REPO_ROOT, SlurmInstall, default_install
 
 MUNGED = "/usr/sbin/munged"

@@ -94,7 +94,7 @@ class Ports:
         fresh = free_ports(wanted, taken=set(self.nodes.values()) | {self.ctld})
         if not self.ctld:
             self.ctld = fresh.pop()
-        self.nodes.update(zip(missing, fresh))
+        self.nodes.update(zip(missing, fresh, strict=True))
 
 
 def free_ports(count: int, taken: set[int] = frozenset()) -> list[int]:

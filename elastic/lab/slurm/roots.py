@@ -226,7 +226,8 @@ def _install_project(root: Path, src: Path, log: Log | None) -> None:
         if (src / name).is_file():
             digest.update((src / name).read_bytes())
     stamp = root / LAB / "project.sha256"
-    if stamp.is_file() and stamp.read_text().strip() == digest.hexdigest() and (root / VENV[1:] / "bin" / "elastic-resume").is_file():
+    installed = (root / VENV[1:] / "bin" / "elastic-resume").is_file()
+    if installed and stamp.is_file() and stamp.read_text().strip() == digest.hexdigest():
         return
     started = time.monotonic()
     _say(log, f"installing elastic from {src} into {root}{VENV} (the root's Python)")
