@@ -14,7 +14,7 @@ from elastic.errors import CloudError, CloudErrorKind
 from elastic.fleet import Fleet
 from elastic.testing import MemoryCloud, MemoryHistory
 
-from power_fixtures import make_services
+from power_fixtures import CONFIG, make_services
 
 
 def _meta(node: str, pool: str = "cpu") -> dict[str, str]:
@@ -180,18 +180,6 @@ def test_delete_reports_errors_per_server_and_releases_floating_ips_of_floating_
     assert not any(op == "release_floating_ips" for op, _ in clouds["beta"].calls)
 
 
-_FLOATING_CONFIG = """\
-cluster: test
-clouds:
-  alpha: {clouds_yaml: clouds.yaml}
-  beta: {clouds_yaml: clouds.yaml}
-pools:
-  cpu:
-    nodes: cpu-[001-004]
-    slurm: {cpus: 1, real_memory: 1000}
-    boot: {flavor: m1.small, image: debian-12}
-    clouds:
-      - {cloud: alpha, network: private, floating_ip: public}
-      - {cloud: beta, network: private}
-timeouts: {boot: 60, delete: 30, poll: 5}
-"""
+# The fixtures' pools, with the cpu pool taking floating IPs on alpha.
+_FLOATING_CONFIG = CONFIG.replace("- {cloud: alpha, network: private}",
+                                  "- {cloud: alpha, network: private, floating_ip: public}")
