@@ -89,7 +89,9 @@ def world(tmp_path):
 def test_queued_jobs_boot_nodes_that_suspend_afterwards(world):
     """Three queued jobs boot three nodes and run; after SuspendTime the servers are gone and nodes idle~."""
     w = world(pools_yaml=CPU_POOL, power_save={"SuspendTime": 10})
-    jobs = [submit(w, "-p", "cloud", "--wrap", "hostname") for _ in range(3)]
+    # Each job outlives the others' boots: with `hostname` alone, 26.05 ran the last job on a node
+    # freed by the first instead of powering up a third.
+    jobs = [submit(w, "-p", "cloud", "--wrap", "hostname; sleep 20") for _ in range(3)]
     # A node that finished early may already be suspending when the last job ends: note each
     # server's address and each job's node while they run, not afterwards.
     server_addresses: dict[str, str] = {}
