@@ -1,6 +1,6 @@
 """Command line: the three Slurm programs and the admin's `elastic` command.
 
-Entry points stay thin: parse, load config, build collaborators (runtime.py), call one flow or
+Entry points stay thin: parse, load config, build collaborators (wiring.py), call one flow or
 command, map the result to an exit code: 0 all served, 1 some node failed (each has its Slurm
 reason), 2 usage or config error (no cloud call, no Slurm change).
 """
@@ -119,7 +119,7 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
     try:
         with process.sigterm_raises(on_sigterm):
             from elastic import power
-            from elastic.runtime import make_services
+            from elastic.wiring import make_services
 
             services = make_services(config, log)
             services.slurm = _HandedToSlurm(services.slurm, handed)
@@ -190,7 +190,7 @@ _FAIL_CLOSED_STATES = {"resume": ("power_down_force",), "suspend": ("down",), "r
 def _fail_closed(command: str, nodes: list[str], error: BaseException, config: Config, log: FilteringBoundLogger, *,
                  failure: Failure | None = None) -> int:
     from elastic.power.outcome import internal_failure
-    from elastic.runtime import make_slurm
+    from elastic.wiring import make_slurm
 
     if failure is None:
         failure = internal_failure(error)

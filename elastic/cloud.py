@@ -205,7 +205,7 @@ class OpenStackCloud:
         return openstack.connection.Connection(config=region)
 
     @property
-    def _c(self) -> Any:
+    def _connection(self) -> Any:
         if self._conn is None:
             self.connect()
         return self._conn
@@ -222,7 +222,7 @@ class OpenStackCloud:
             query["name"] = "^(" + "|".join(_regex_escape(n) for n in sorted(names)) + ")$"
         with self._translated("list servers"):
             self._limiter.wait()
-            raw = list(self._c.compute.servers(details=True, **query))
+            raw = list(self._connection.compute.servers(details=True, **query))
         wanted = set(names) if names is not None else None
         servers = []
         for item in raw:
@@ -259,7 +259,7 @@ class OpenStackCloud:
             attrs["security_groups"] = [{"name": g} for g in request.security_groups]
         with self._translated(f"create server {request.name}"):
             self._limiter.wait()
-            created = self._c.compute.create_server(**attrs)
+            created = self._connection.compute.create_server(**attrs)
         # The create reply holds only id, links and adminPass: describe it from what we sent.
         return Server(id=created.id, name=request.name, status=BUILDING, cloud=self.name,
                       metadata=dict(request.metadata), created=self._clock())
@@ -267,27 +267,27 @@ class OpenStackCloud:
     def delete_server(self, server_id: str) -> None:
         with self._translated(f"delete server {server_id}"):
             self._limiter.wait()
-            self._c.compute.delete_server(server_id, ignore_missing=True)
+            self._connection.compute.delete_server(server_id, ignore_missing=True)
 
     # ---- names to ids ------------------------------------------------------------------------
 
     def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget:
         return BootTarget(
-            flavor_id=self._find("flavor", flavor, lambda: self._c.compute.find_flavor(flavor, ignore_missing=True)).id,
-            image_id=self._find("image", image, lambda: self._c.image.find_image(image, ignore_missing=True)).id,
+            flavor_id=self._find("flavor", flavor, lambda: self._connection.compute.find_flavor(flavor, ignore_missing=True)).id,
+            image_id=self._find("image", image, lambda: self._connection.image.find_image(image, ignore_missing=True)).id,
             network_id=self._find("network", network,
-                                  lambda: self._c.network.find_network(network, ignore_missing=True)).id,
+                                  lambda: self._connection.network.find_network(network, ignore_missing=True)).id,
         )
 
     def flavor(self, name: str) -> Flavor:
         item = self._find("flavor", name,
-                          lambda: self._c.compute.find_flavor(name, ignore_missing=True, get_extra_specs=False))
+                          lambda: self._connection.compute.find_flavor(name, ignore_missing=True, get_extra_specs=False))
         return Flavor(id=item.id, name=item.name, vcpus=int(item.vcpus or 0), ram=int(item.ram or 0),
                       disk=int(item.disk or 0))
 
     def find_keypair(self, name: str) -> None:
         """Raises NOT_FOUND when the project has no key pair of that name."""
-        self._find("keypair", name, lambda: self._c.compute.find_keypair(name, ignore_missing=True))
+        self._find("keypair", name, lambda: self._connection.compute.find_keypair(name, ignore_missing=True))
 
     def _find(self, kind: str, name: str, lookup: Callable[[], Any]) -> Any:
         """`kind` as in `openstack <kind> list`; every error raised here carries (kind, name)."""
@@ -307,17 +307,17 @@ class OpenStackCloud:
 
     def attach_floating_ip(self, server: Server, external_network: str) -> str:
         network = self._find("network", external_network,
-                             lambda: self._c.network.find_network(external_network, ignore_missing=True))
+                             lambda: self._connection.network.find_network(external_network, ignore_missing=True))
         with self._translated(f"floating IP for {server.name}"):
-            ports = list(self._c.network.ports(device_id=server.id))
+            ports = list(self._connection.network.ports(device_id=server.id))
             if not ports:
                 raise CloudError(CloudErrorKind.BOOT, f"server {server.name} has no port", cloud=self.name,
                                  resource=("server", server.name))
-            for existing in self._c.network.ips(port_id=ports[0].id):
+            for existing in self._connection.network.ips(port_id=ports[0].id):
                 address: str = existing.floating_ip_address
                 return address
             self._limiter.wait()
-            ip = self._c.network.create_ip(floating_network_id=network.id, port_id=ports[0].id)
+            ip = self._connection.network.create_ip(floating_network_id=network.id, port_id=ports[0].id)
         created: str = ip.floating_ip_address
         return created
 
@@ -325,16 +325,16 @@ class OpenStackCloud:
         # Nova deletes the port with the server, but a floating IP stays allocated to the
         # project (and counts against quota) until it is deleted explicitly.
         with self._translated(f"release floating IPs of {server_id}"):
-            for port in self._c.network.ports(device_id=server_id):
-                for ip in self._c.network.ips(port_id=port.id):
+            for port in self._connection.network.ports(device_id=server_id):
+                for ip in self._connection.network.ips(port_id=port.id):
                     self._limiter.wait()
-                    self._c.network.delete_ip(ip, ignore_missing=True)
+                    self._connection.network.delete_ip(ip, ignore_missing=True)
 
     # ---- quota -------------------------------------------------------------------------------
 
     def limits(self) -> Limits:
         with self._translated("limits"):
-            absolute = self._c.compute.get_limits().absolute
+            absolute = self._connection.compute.get_limits().absolute
         return Limits(
             instances=int(absolute.instances), instances_used=int(absolute.instances_used or 0),
             cores=int(absolute.total_cores), cores_used=int(absolute.total_cores_used or 0),

@@ -197,7 +197,7 @@ class Slurm:
 
     def config(self) -> dict[str, str]:
         """`scontrol show config` as a dict of its "Key = value" lines (the first of a repeated key)."""
-        return parse_config(self._run([self._scontrol, "show", "config"]))
+        return parse_show_config(self._run([self._scontrol, "show", "config"]))
 
     def version(self) -> tuple[int, int, int]:
         """The running slurmctld's version, from `scontrol show config` (SLURM_VERSION)."""
@@ -323,7 +323,7 @@ def parse_node_line(line: str) -> dict[str, str]:
     return fields
 
 
-def parse_config(output: str) -> dict[str, str]:
+def parse_show_config(output: str) -> dict[str, str]:
     """`scontrol show config`: "Key  = value" lines; headers and status lines are skipped."""
     config: dict[str, str] = {}
     for line in output.splitlines():

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
-from elastic import slurmconf, userdata
+from elastic import slurm_conf_lines, userdata
 from elastic.admin import slurm_conf
 from elastic.admin.table import format_table
 from elastic.cloud import Cloud, Flavor, Limits
@@ -269,12 +269,12 @@ def running_version(running: Mapping[str, str]) -> tuple[tuple[int, ...], str | 
     try:
         return slurm_conf.slurm_version(running), None
     except SlurmError as error:
-        return slurmconf.DEFAULT_VERSION, f"{error}: judged as Slurm 22.05"
+        return slurm_conf_lines.DEFAULT_VERSION, f"{error}: judged as Slurm 22.05"
 
 
 def slurm_checks(config: Config, running: Mapping[str, str]) -> list[Check]:
     """The power-save settings slurmctld runs with (`scontrol show config`), against our timeouts,
-    judged by the running version: what it needs (slurmconf.VERSIONED) and what is defunct there."""
+    judged by the running version: what it needs (slurm_conf_lines.VERSIONED) and what is defunct there."""
     version, assumed = running_version(running)
     if assumed:
         checks = [Check(WARN, "slurmctld", f"answers; {assumed}", "check `scontrol show config | grep SLURM_VERSION`")]
@@ -292,10 +292,10 @@ def slurm_checks(config: Config, running: Mapping[str, str]) -> list[Check]:
     else:
         checks.append(Check(OK, "SuspendTime", f"{suspend_time} s"))
     checks.append(_timeout_check("ResumeTimeout", slurm_conf.number(running.get("ResumeTimeout")),
-                                 config.timeouts.boot, "timeouts.boot", slurmconf.SLURMD_START_MARGIN,
+                                 config.timeouts.boot, "timeouts.boot", slurm_conf_lines.SLURMD_START_MARGIN,
                                  "resume must boot the server and slurmd must register within it"))
     checks.append(_timeout_check("SuspendTimeout", slurm_conf.number(running.get("SuspendTimeout")),
-                                 config.timeouts.delete, "timeouts.delete", slurmconf.SUSPEND_MARGIN,
+                                 config.timeouts.delete, "timeouts.delete", slurm_conf_lines.SUSPEND_MARGIN,
                                  "slurmctld may reuse the node while its server is still being deleted",
                                  failing=False))
     params = slurm_conf.items(running.get("SlurmctldParameters"))
@@ -316,7 +316,7 @@ def slurm_checks(config: Config, running: Mapping[str, str]) -> list[Check]:
     if version < (23, 11) and (tree_width is None or tree_width < 65533):
         checks.append(Check(WARN, "TreeWidth", f"{running.get('TreeWidth')}: before 23.11 slurmctld forwards "
                                   "messages through nodes it may have no address for", "set TreeWidth=65533"))
-    for entry in slurmconf.defunct(version):
+    for entry in slurm_conf_lines.defunct(version):
         if entry.item.lower() in slurm_conf.items(running.get(entry.key)):
             checks.append(Check(WARN, f"{entry.key}: {entry.item}", f"set, but {entry.why}",
                                 f"remove {entry.item} from {entry.key} in slurm.conf"))
@@ -366,7 +366,7 @@ def _timeout_check(name: str, value: int | None, ours: float, key: str, margin: 
 
 
 def node_checks(config: Config, running_nodes: Mapping[str, Mapping[str, str]], *,
-                version: tuple[int, ...] = slurmconf.DEFAULT_VERSION) -> list[Check]:
+                version: tuple[int, ...] = slurm_conf_lines.DEFAULT_VERSION) -> list[Check]:
     differences = slurm_conf.node_differences(config, running_nodes, version=version)
     if not differences:
         return [Check(OK, "slurm.conf nodes", "every pool node is a CLOUD node with the pool's CPUs, memory, "
@@ -375,7 +375,7 @@ def node_checks(config: Config, running_nodes: Mapping[str, Mapping[str, str]], 
                   "include `elastic slurm-conf` output in slurm.conf, restart slurmctld") for d in differences]
 
 
-def slurm_unavailable(reason: str, programs: slurmconf.Programs) -> list[Check]:
+def slurm_unavailable(reason: str, programs: slurm_conf_lines.Programs) -> list[Check]:
     checks = [Check(SKIP, "slurmctld", f"not reachable ({reason}): Slurm checks skipped",
                     "run check on the slurmctld host once Slurm is up")]
     for label, path in (("ResumeProgram", programs.resume), ("SuspendProgram", programs.suspend),
@@ -412,7 +412,7 @@ def history_checks(config: Config, history: HistoryView, now: float) -> list[Che
 
 
 def run_all(config: Config, clouds: Mapping[str, Cloud], slurm: SlurmSettings | None, *, slurm_error: str | None,
-            programs: slurmconf.Programs, history: HistoryView | None = None, now: float = 0.0) -> list[Check]:
+            programs: slurm_conf_lines.Programs, history: HistoryView | None = None, now: float = 0.0) -> list[Check]:
     """Every check in table order; `slurm` None (with `slurm_error`) when slurmctld is not reachable.
     The clouds are checked in parallel: one that does not answer costs its own api_timeout only."""
     checks = [config_check(config)]

@@ -143,7 +143,7 @@ def _node_names(config: Config, pools: list[str] | None) -> list[str] | None:
 
 
 def _clouds(config: Config, clock: Callable[[], float]) -> dict[str, OpenStackCloud]:
-    from elastic.runtime import make_clouds
+    from elastic.wiring import make_clouds
 
     return make_clouds(config, clock)
 
@@ -170,7 +170,7 @@ def _fleet(config: Config, history: History, clock: Callable[[], float], log: Fi
 
 
 def _slurm(config: Config) -> Slurm:
-    from elastic.runtime import make_slurm
+    from elastic.wiring import make_slurm
 
     return make_slurm(config)
 
@@ -269,7 +269,7 @@ def _reconcile(config: Config, slurm: Slurm, pools: list[str] | None, *, apply: 
 
     history = _history(config)
     if apply:
-        from elastic.runtime import ensure_state_dir
+        from elastic.wiring import ensure_state_dir
 
         ensure_state_dir(config)
         log = logs.configure_logging(log_file=config.log_file, run_id=logs.new_run_id(), command="reconcile",
@@ -321,7 +321,7 @@ def _apply(config: Config, fleet: Fleet, slurm: Slurm, repairs: list[Repair], hi
 
 
 def slurm_conf_command(args: argparse.Namespace) -> int:
-    from elastic import slurmconf
+    from elastic import slurm_conf_lines
     from elastic.admin import slurm_conf
     from elastic.slurm import parse_version, version_text
 
@@ -354,7 +354,7 @@ def slurm_conf_command(args: argparse.Namespace) -> int:
     else:
         version, source = _slurm_version_for(config)
     print(f"elastic: power-save lines for Slurm {version_text(version)} ({source})", file=sys.stderr)
-    text = slurmconf.render(config, programs, suspend_time=args.suspend_time, version=version)
+    text = slurm_conf_lines.render(config, programs, suspend_time=args.suspend_time, version=version)
     for path in slurm_conf.missing_programs(programs):
         print(f"elastic: warning: {path} does not exist (use --programs-dir)", file=sys.stderr)
     if args.output is None:
@@ -374,19 +374,19 @@ def _slurm_version_for(config: Config) -> tuple[tuple[int, ...], str]:
     """The version to write slurm.conf lines for, and where it came from: the running slurmctld's;
     when it does not answer, the installed scontrol's (`scontrol --version`); else 22.05, assumed.
     A version slurmctld shows that is not one is an error (exit 2), not a guess."""
-    from elastic import slurmconf
+    from elastic import slurm_conf_lines
     from elastic.admin import slurm_conf
 
     assume = "assumed: use --slurm-version to name yours"
     try:
         slurm = _slurm(config)
     except SlurmError as error:
-        return slurmconf.DEFAULT_VERSION, f"{assume}; {_one_line(error)}"
+        return slurm_conf_lines.DEFAULT_VERSION, f"{assume}; {_one_line(error)}"
     try:
         running = slurm.config()
     except SlurmError as error:
         try:
             return slurm.client_version(), f"the installed scontrol's; slurmctld did not answer: {_one_line(error)}"
         except SlurmError:
-            return slurmconf.DEFAULT_VERSION, f"{assume}; slurmctld did not answer: {_one_line(error)}"
+            return slurm_conf_lines.DEFAULT_VERSION, f"{assume}; slurmctld did not answer: {_one_line(error)}"
     return slurm_conf.slurm_version(running), "the running slurmctld's"

@@ -1,7 +1,7 @@
 """`elastic slurm-conf`: the slurm.conf include that follows from the pool YAML, and `--check`,
 which compares it with what the running slurmctld has.
 
-The text itself comes from `elastic.slurmconf`; this module compares it with `scontrol show config`
+The text itself comes from `elastic.slurm_conf_lines`; this module compares it with `scontrol show config`
 and `scontrol show node`, both of which print slurmctld's running values, not the file on disk.
 Both are judged by the running version (SLURM_VERSION): the block that version needs, and the
 options that are defunct there (to be removed).
@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
-from elastic import hostlists, slurmconf
+from elastic import hostlists, slurm_conf_lines
 from elastic.admin.table import format_table
 from elastic.config import Config
 from elastic.slurm import version_of_config, version_text
@@ -37,14 +37,14 @@ class Difference:
     have: str  # what slurmctld runs with
 
 
-def default_programs(directory: Path | None = None) -> slurmconf.Programs:
+def default_programs(directory: Path | None = None) -> slurm_conf_lines.Programs:
     """The console scripts installed beside this Python (their shebang names it: slurmctld gives
     the programs no PATH), or in `directory`."""
     base = Path(directory) if directory is not None else Path(sys.executable).parent
-    return slurmconf.Programs(**{key: base / name for key, name in PROGRAM_NAMES.items()})
+    return slurm_conf_lines.Programs(**{key: base / name for key, name in PROGRAM_NAMES.items()})
 
 
-def missing_programs(programs: slurmconf.Programs) -> list[Path]:
+def missing_programs(programs: slurm_conf_lines.Programs) -> list[Path]:
     return [path for path in (programs.resume, programs.suspend, programs.resume_fail) if not path.is_file()]
 
 
@@ -87,8 +87,8 @@ def items(value: str | None) -> set[str]:
     return {item.strip().lower() for item in value.split(",") if item.strip()}
 
 
-def power_save_differences(config: Config, programs: slurmconf.Programs, running: Mapping[str, str], *,
-                           suspend_time: int = 600, version: slurmconf.Version | None = None) -> list[Difference]:
+def power_save_differences(config: Config, programs: slurm_conf_lines.Programs, running: Mapping[str, str], *,
+                           suspend_time: int = 600, version: slurm_conf_lines.Version | None = None) -> list[Difference]:
     """Settings of the power-save block for the running version that slurmctld does not run with,
     then the options it runs with that are defunct at that version ("remove ...").
 
@@ -98,7 +98,7 @@ def power_save_differences(config: Config, programs: slurmconf.Programs, running
     if version is None:
         version = slurm_version(running)
     differences = []
-    for line in slurmconf.power_save_lines(config, programs, suspend_time=suspend_time, version=version):
+    for line in slurm_conf_lines.power_save_lines(config, programs, suspend_time=suspend_time, version=version):
         key, want = line.split("=", 1)
         have = running.get(key)
         if key in _LIST_SETTINGS:
@@ -109,7 +109,7 @@ def power_save_differences(config: Config, programs: slurmconf.Programs, running
             ok = number(have) == number(want)
         if not ok:
             differences.append(Difference(key, want, have if have is not None else "(not shown)"))
-    for entry in slurmconf.defunct(version):
+    for entry in slurm_conf_lines.defunct(version):
         if entry.item.lower() in items(running.get(entry.key)):
             differences.append(Difference(entry.key, f"remove {entry.item} (defunct from {version_text(entry.until)})",
                                           running.get(entry.key, "")))
@@ -117,7 +117,7 @@ def power_save_differences(config: Config, programs: slurmconf.Programs, running
 
 
 def node_differences(config: Config, running_nodes: Mapping[str, Mapping[str, str]], *,
-                     version: slurmconf.Version = slurmconf.DEFAULT_VERSION) -> list[Difference]:
+                     version: slurm_conf_lines.Version = slurm_conf_lines.DEFAULT_VERSION) -> list[Difference]:
     """Where slurmctld's nodes differ from the pools: per attribute, nodes grouped into hostlists."""
     found: dict[tuple[str, str, str], list[str]] = defaultdict(list)
     # Before 23.02 a powered-down CLOUD node is hidden unless PrivateData=cloud; from 23.02 always shown.

@@ -15,7 +15,7 @@ from elastic.config import Config, load_config
 from elastic.lab.cloud import LabCloud
 from elastic.lab.slurm import LocalSlurm
 from elastic.lab.slurm.install import SlurmInstall, default_install
-from elastic.slurmconf import node_lines, partition_lines
+from elastic.slurm_conf_lines import node_lines, partition_lines
 
 ADDRESS_WAIT_SECONDS = 20
 

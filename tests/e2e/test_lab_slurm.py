@@ -279,7 +279,7 @@ def test_cloud_reg_addrs_takes_the_address_from_registration(local_slurm, record
 ])
 def test_slurm_conf_is_written_for_the_version_that_runs(tmp_path, version, kept, dropped, cgroup):
     """No option a release dropped or no longer needs; cgroup.conf only where slurmd needs it (no daemon started)."""
-    from elastic.lab.slurm.conf import Layout, Ports, Programs, render_cgroup_conf, render_conf
+    from elastic.lab.slurm.cluster_conf import Layout, Ports, Programs, render_cgroup_conf, render_conf
 
     text = render_conf(Layout(tmp_path), Ports(ctld=6817), [], [], programs=Programs(), power_save={},
                        slurm_user="root", cloud_reg_addrs=True, prompt_launch=False, extra_conf=[], version=version)

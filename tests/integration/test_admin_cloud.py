@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from elastic import cli, slurmconf
+from elastic import cli, slurm_conf_lines
 from elastic.admin.slurm_conf import default_programs
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, load_config
 from elastic.lab.cloud import LabCloud
@@ -90,9 +90,9 @@ def node_line(name: str, state: str, *, cpus: int = 1, memory: int = 1800, featu
     return line + (f" Reason={reason} [root@2026-01-01T00:00:00]" if reason else "")
 
 
-def config_text(config, programs: slurmconf.Programs) -> str:
+def config_text(config, programs: slurm_conf_lines.Programs) -> str:
     """`scontrol show config` of a slurmctld running the power-save block slurm-conf generates."""
-    settings = dict(line.split("=", 1) for line in slurmconf.power_save_lines(config, programs))
+    settings = dict(line.split("=", 1) for line in slurm_conf_lines.power_save_lines(config, programs))
     for key in ("SuspendTime", "SuspendTimeout", "ResumeTimeout"):
         settings[key] += " sec"
     for key in ("ResumeRate", "SuspendRate"):

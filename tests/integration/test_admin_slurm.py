@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from elastic import cli, slurmconf
+from elastic import cli, slurm_conf_lines
 from elastic.admin.slurm_conf import default_programs
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, load_config
 from elastic.lab.slurm import LocalSlurm
@@ -30,7 +30,7 @@ cpu:
 """
 
 
-def write_programs(directory: Path) -> slurmconf.Programs:
+def write_programs(directory: Path) -> slurm_conf_lines.Programs:
     """Three do-nothing programs, as slurmctld accepts them (absolute, 0755)."""
     directory.mkdir(parents=True, exist_ok=True)
     for name in ("elastic-resume", "elastic-suspend", "elastic-resume-fail"):
@@ -61,14 +61,14 @@ def local_slurm(tmp_path, monkeypatch, slurm_install: SlurmInstall) -> Iterator[
                     "slurmd, slurm-client, munge")
     started: list[LocalSlurm] = []
 
-    def make(config_path: Path, programs: slurmconf.Programs, **kwargs) -> LocalSlurm:
+    def make(config_path: Path, programs: slurm_conf_lines.Programs, **kwargs) -> LocalSlurm:
         config = load_config(config_path)
-        generated = dict(line.split("=", 1) for line in slurmconf.power_save_lines(config, programs))
+        generated = dict(line.split("=", 1) for line in slurm_conf_lines.power_save_lines(config, programs))
         power_save = {key: generated[key] for key in ("SuspendTime", "SuspendTimeout", "ResumeTimeout",
                                                       "ResumeRate", "SuspendRate")}
         power_save.update(kwargs.pop("power_save", {}))
-        cluster = LocalSlurm(tmp_path / f"slurm{len(started)}", node_lines=slurmconf.node_lines(config),
-                             partition_lines=slurmconf.partition_lines(config), resume_program=str(programs.resume),
+        cluster = LocalSlurm(tmp_path / f"slurm{len(started)}", node_lines=slurm_conf_lines.node_lines(config),
+                             partition_lines=slurm_conf_lines.partition_lines(config), resume_program=str(programs.resume),
                              suspend_program=str(programs.suspend), resume_fail_program=str(programs.resume_fail),
                              power_save=power_save, slurm=slurm_install, **kwargs)
         started.append(cluster)

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from elastic import slurmconf
+from elastic import slurm_conf_lines
 from elastic.admin import check
 from elastic.cloud import Flavor, Limits
 from elastic.errors import CloudError, CloudErrorKind
@@ -39,7 +39,7 @@ def by_subject(checks):
     return {c.subject: c for c in checks}
 
 
-def programs_in(tmp_path, mode: int = 0o755, interpreter: str = sys.executable) -> slurmconf.Programs:
+def programs_in(tmp_path, mode: int = 0o755, interpreter: str = sys.executable) -> slurm_conf_lines.Programs:
     paths = {}
     for key, name in (("resume", "elastic-resume"), ("suspend", "elastic-suspend"),
                       ("resume_fail", "elastic-resume-fail")):
@@ -47,10 +47,10 @@ def programs_in(tmp_path, mode: int = 0o755, interpreter: str = sys.executable) 
         path.write_text(f"#!{interpreter}\n")
         path.chmod(mode)
         paths[key] = path
-    return slurmconf.Programs(**paths)
+    return slurm_conf_lines.Programs(**paths)
 
 
-def running_with(programs: slurmconf.Programs, **changes: str) -> dict[str, str]:
+def running_with(programs: slurm_conf_lines.Programs, **changes: str) -> dict[str, str]:
     running = dict(RUNNING_22_05, ResumeProgram=str(programs.resume), SuspendProgram=str(programs.suspend),
                    ResumeFailProgram=str(programs.resume_fail))
     running.update(changes)
@@ -342,7 +342,7 @@ def test_each_version_running_its_own_block_passes(tmp_path, name, addresses):
     config = make_config(tmp_path, text)
     programs = programs_in(tmp_path)
     version = check.running_version(running_with(programs, **RUNNING[name]))[0]
-    block = dict(line.split("=", 1) for line in slurmconf.power_save_lines(config, programs, version=version))
+    block = dict(line.split("=", 1) for line in slurm_conf_lines.power_save_lines(config, programs, version=version))
     running = running_with(programs, **RUNNING[name], SlurmctldParameters=block["SlurmctldParameters"])
     checks = check.slurm_checks(config, running)
     assert [c for c in checks if c.status != check.OK] == [], check.render(checks)

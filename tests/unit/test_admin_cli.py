@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from elastic import cli, runtime
+from elastic import cli, wiring
 from elastic.admin import cli as admin_cli
 from elastic.errors import CloudErrorKind, SlurmError
 from elastic.locks import exclusive_lock
@@ -35,8 +35,8 @@ def site(tmp_path, monkeypatch):
             raise SlurmError("scontrol: not found in /usr/bin; set its path in the config")
         return slurm
 
-    monkeypatch.setattr(runtime, "make_clouds", make_clouds)
-    monkeypatch.setattr(runtime, "make_slurm", make_slurm)
+    monkeypatch.setattr(wiring, "make_clouds", make_clouds)
+    monkeypatch.setattr(wiring, "make_slurm", make_slurm)
 
     class Site:
         pass

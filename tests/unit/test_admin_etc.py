@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from elastic import slurmconf, userdata
+from elastic import slurm_conf_lines, userdata
 from elastic.admin.slurm_conf import default_programs
 from elastic.config import load_config
 from elastic.errors import ConfigError
@@ -82,7 +82,7 @@ def test_user_data_names_every_variable_it_needs(config):
 def test_shipped_slurm_include_matches_the_generated_one(config):
     """etc/slurm/elastic.conf is exactly what `elastic slurm-conf --programs-dir /opt/elastic/bin` prints (comments
     aside)."""
-    generated = slurmconf.render(config, default_programs(Path("/opt/elastic/bin")))
+    generated = slurm_conf_lines.render(config, default_programs(Path("/opt/elastic/bin")))
 
     def settings(text: str) -> list[str]:
         return [line for line in text.splitlines() if line.strip() and not line.startswith("#")]

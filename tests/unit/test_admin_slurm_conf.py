@@ -7,13 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from elastic import slurmconf
+from elastic import slurm_conf_lines
 from elastic.admin import slurm_conf
 
 from test_admin_check import RUNNING, RUNNING_22_05, RUNNING_23_11
 from test_admin_status import CONFIG, make_config
 
-PROGRAMS = slurmconf.Programs(Path("/opt/elastic/bin/elastic-resume"), Path("/opt/elastic/bin/elastic-suspend"),
+PROGRAMS = slurm_conf_lines.Programs(Path("/opt/elastic/bin/elastic-resume"), Path("/opt/elastic/bin/elastic-suspend"),
                               Path("/opt/elastic/bin/elastic-resume-fail"))
 
 
@@ -114,7 +114,7 @@ def test_each_version_running_its_own_block_has_no_differences(tmp_path, name):
     for text in (CONFIG, CONFIG + "slurm: {addresses: none}\n"):
         config = make_config(tmp_path, text)
         version = slurm_conf.slurm_version(running(**RUNNING[name]))
-        block = dict(line.split("=", 1) for line in slurmconf.power_save_lines(config, PROGRAMS, version=version))
+        block = dict(line.split("=", 1) for line in slurm_conf_lines.power_save_lines(config, PROGRAMS, version=version))
         have = running(**RUNNING[name], SlurmctldParameters=block["SlurmctldParameters"])
         assert slurm_conf.power_save_differences(config, PROGRAMS, have) == [], (name, text)
 

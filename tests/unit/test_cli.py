@@ -46,7 +46,7 @@ def test_missing_hostlist_is_a_usage_error(capsys):
 def program(tmp_path, monkeypatch):
     """A config (from power_fixtures) with real state dir and log, memory clouds and a recording
     Slurm wired in place of the real ones; returns (run(command, hostlist), slurm, config path)."""
-    from elastic import runtime
+    from elastic import wiring
     from elastic.testing import MemoryCloud, RecordingSlurm
 
     from power_fixtures import CONFIG
@@ -54,8 +54,8 @@ def program(tmp_path, monkeypatch):
     path = tmp_path / "elastic.yaml"
     path.write_text(CONFIG + f"state_dir: {tmp_path / 'state'}\nlog_file: {tmp_path / 'elastic.log'}\n")
     slurm = RecordingSlurm()
-    monkeypatch.setattr(runtime, "make_clouds", lambda config, clock: {n: MemoryCloud(n) for n in config.clouds})
-    monkeypatch.setattr(runtime, "make_slurm", lambda config: slurm)
+    monkeypatch.setattr(wiring, "make_clouds", lambda config, clock: {n: MemoryCloud(n) for n in config.clouds})
+    monkeypatch.setattr(wiring, "make_slurm", lambda config: slurm)
 
     def run(command: str, hostlist: str, config: str | None = None) -> int:
         return cli.run_power(command, hostlist, config or str(path))

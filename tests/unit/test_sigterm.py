@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from elastic import cli, power, process, runtime
+from elastic import cli, power, process, wiring
 from elastic.power import Services
 from elastic.testing import MemoryCloud, MemoryHistory, RecordingSlurm
 
@@ -48,8 +48,8 @@ def site(tmp_path, monkeypatch):
     def make_services(config, log):
         return Services(config=config, clouds=clouds, slurm=slurm, history=MemoryHistory(), log=log)
 
-    monkeypatch.setattr(runtime, "make_services", make_services)
-    monkeypatch.setattr(runtime, "make_slurm", lambda config: slurm)
+    monkeypatch.setattr(wiring, "make_services", make_services)
+    monkeypatch.setattr(wiring, "make_slurm", lambda config: slurm)
 
     class Site:
         def events(self, name: str | None = None) -> list[dict]:
@@ -126,9 +126,9 @@ def test_sigterm_during_an_scontrol_call_waits_for_it(site, monkeypatch):
             super().update_addresses(addrs, hostnames)
 
     slow = SlowSlurm()
-    monkeypatch.setattr(runtime, "make_slurm", lambda config: slow)
+    monkeypatch.setattr(wiring, "make_slurm", lambda config: slow)
     site.slurm = slow
-    monkeypatch.setattr(runtime, "make_services",
+    monkeypatch.setattr(wiring, "make_services",
                         lambda config, log: Services(config=config, clouds=site.clouds, slurm=slow,
                                                      history=MemoryHistory(), log=log))
     after_call = []
@@ -180,7 +180,7 @@ def test_real_resume_interrupted_while_servers_boot(site, monkeypatch):
                                    log=log, sleep=sleep)
         return services["svc"]
 
-    monkeypatch.setattr(runtime, "make_services", make_services)
+    monkeypatch.setattr(wiring, "make_services", make_services)
     assert run(site, "resume") == 1
     assert [sorted(batch) for batch in site.slurm.addresses] == [["cpu-001", "cpu-002"]]
     [sigterm] = site.events("resume.sigterm")

@@ -68,7 +68,7 @@ class NetworkSpec:
 
 
 @dataclass
-class CloudConfig:
+class CloudSpec:
     name: str
     region: str
     max_microversion: tuple[int, int]
@@ -107,8 +107,8 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def parse_config(config: dict[str, Any] | None) -> dict[str, CloudConfig]:
-    """{cloud name: CloudConfig}; no config (or no clouds) means one default cloud named `lab`."""
+def parse_lab_config(config: dict[str, Any] | None) -> dict[str, CloudSpec]:
+    """{cloud name: CloudSpec}; no config (or no clouds) means one default cloud named `lab`."""
     config = dict(config or {})
     clouds = config.pop("clouds", None) or {"lab": {}}
     if config:
@@ -118,7 +118,7 @@ def parse_config(config: dict[str, Any] | None) -> dict[str, CloudConfig]:
     return {str(name): _cloud(str(name), body) for name, body in clouds.items()}
 
 
-def _cloud(name: str, body: Any) -> CloudConfig:
+def _cloud(name: str, body: Any) -> CloudSpec:
     where = f"clouds.{name}"
     if not _CLOUD_NAME.match(name) or name == "_lab":
         raise LabConfigError(f"{where}: a cloud name must be letters, digits, '.', '_' or '-'")
@@ -132,7 +132,7 @@ def _cloud(name: str, body: Any) -> CloudConfig:
     merged = copy.deepcopy(DEFAULT_CLOUD)
     merged.update(copy.deepcopy(body))
     try:
-        return CloudConfig(
+        return CloudSpec(
             name=name,
             region=str(merged["region"]),
             max_microversion=parse_version(merged["max_microversion"], f"{where}.max_microversion"),

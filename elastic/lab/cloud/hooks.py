@@ -8,7 +8,7 @@ import os
 import queue
 import subprocess
 import threading
-from typing import Callable
+from collections.abc import Callable
 
 from elastic.lab.cloud.model import HookEvent
 
@@ -64,7 +64,7 @@ class HookRunner:
         if function is not None:
             try:
                 function(event.cloud, event.name, event.server_id, event.address)
-            except Exception:  # noqa: BLE001 - a broken hook must not stop the lifecycle
+            except Exception:
                 log.exception("lab cloud %s: %s hook for %s failed", event.cloud, event.hook, event.name)
         command = self._commands.get(event.cloud, {}).get(event.hook)
         if command:

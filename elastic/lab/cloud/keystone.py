@@ -7,8 +7,8 @@ import secrets
 from typing import Any
 
 from elastic.lab.cloud.messages import Request, Response, isotime, keystone_error
-from elastic.lab.cloud.routing import Route, route
 from elastic.lab.cloud.model import Token, stable_id
+from elastic.lab.cloud.routing import Route, route
 from elastic.lab.cloud.state import CloudState
 
 _UNAUTHORIZED = "The request you have made requires authentication."

@@ -10,13 +10,13 @@ from typing import Any
 import yaml
 
 from elastic.lab.cloud import control
-from elastic.lab.cloud.config import FlavorSpec, flavor_spec, parse_config, quota_limits
+from elastic.lab.cloud.config import FlavorSpec, flavor_spec, parse_lab_config, quota_limits
 from elastic.lab.cloud.faults import Faults
 from elastic.lab.cloud.hooks import HookCallable, HookRunner
+from elastic.lab.cloud.http_server import LabHTTPServer
 from elastic.lab.cloud.messages import Response
 from elastic.lab.cloud.nova_servers import addresses
 from elastic.lab.cloud.requestlog import RequestLog
-from elastic.lab.cloud.server import LabHTTPServer
 from elastic.lab.cloud.state import CloudState
 
 TICK_SECONDS = 0.02
@@ -27,7 +27,7 @@ class LabCloud:
                  on_active: HookCallable | None = None, on_deleted: HookCallable | None = None):
         if not host.startswith("127."):
             raise ValueError(f"the lab cloud binds loopback only, not {host}")
-        configs = parse_config(config)
+        configs = parse_lab_config(config)
         self.clouds: dict[str, CloudState] = {name: CloudState(cfg) for name, cfg in configs.items()}
         self.log = RequestLog()
         self.stopping = threading.Event()

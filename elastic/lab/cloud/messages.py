@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import datetime
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 from urllib.parse import parse_qs
 
 # Nova's webob fault names by status (nova/api/openstack/wsgi.py); anything else is computeFault.
@@ -90,5 +91,5 @@ def isotime(epoch: float | None, *, micro: bool = False) -> str | None:
     """Timestamps as the APIs print them: "2024-05-01T12:00:00Z" (micro: no zone, microseconds)."""
     if epoch is None:
         return None
-    moment = datetime.datetime.fromtimestamp(epoch, datetime.timezone.utc)
+    moment = datetime.datetime.fromtimestamp(epoch, datetime.UTC)
     return moment.strftime("%Y-%m-%dT%H:%M:%S.%f") if micro else moment.strftime("%Y-%m-%dT%H:%M:%SZ")

@@ -94,7 +94,7 @@ class FloatingIp:
 
 
 @dataclass
-class Server:
+class EmulatedServer:
     id: str
     name: str
     flavor: Flavor  # a copy, as Nova embeds the flavor in the instance

@@ -3,7 +3,8 @@ field-equality filters and its error shape."""
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from elastic.lab.cloud.messages import Request, Response, isotime, neutron_error
 from elastic.lab.cloud.model import FloatingIp, Network, Port

@@ -12,7 +12,7 @@ from typing import Any
 from urllib.parse import urlencode
 
 from elastic.lab.cloud.messages import ApiError, Request, Response, isotime, nova_error
-from elastic.lab.cloud.model import BootSpec, Server
+from elastic.lab.cloud.model import BootSpec, EmulatedServer
 from elastic.lab.cloud.state import CloudState, Conflict, Invalid, NotFound, QuotaExceeded
 
 MAX_USER_DATA = 65535  # Nova's schema limit, on the base64 text
@@ -39,7 +39,7 @@ def _links(req: Request, server_id: str) -> list[dict[str, str]]:
     return [{"rel": "self", "href": f"{compute_base(req)}/servers/{server_id}"}] + _bookmark(req, "servers", server_id)
 
 
-def addresses(cloud: CloudState, server: Server, *, info_cache: bool = False) -> dict[str, list[dict[str, Any]]]:
+def addresses(cloud: CloudState, server: EmulatedServer, *, info_cache: bool = False) -> dict[str, list[dict[str, Any]]]:
     """The server's addresses from its ports; `info_cache`: as Nova's views show them, from a
     network info cache that may not hold a new floating IP yet (fault floating_ip_cache_lag)."""
     result: dict[str, list[dict[str, Any]]] = {}
@@ -53,7 +53,7 @@ def addresses(cloud: CloudState, server: Server, *, info_cache: bool = False) ->
     return result
 
 
-def server_view(cloud: CloudState, req: Request, server: Server) -> dict[str, Any]:
+def server_view(cloud: CloudState, req: Request, server: EmulatedServer) -> dict[str, Any]:
     version = req.microversion
     flavor = server.flavor
     if version >= (2, 47):
@@ -223,7 +223,7 @@ def _metadata(cloud: CloudState, metadata: Any) -> dict[str, str]:
 
 # ---- read, list, delete -----------------------------------------------------------------------
 
-def _get(cloud: CloudState, server_id: str) -> Server:
+def _get(cloud: CloudState, server_id: str) -> EmulatedServer:
     try:
         return cloud.get_server(server_id)
     except NotFound:
@@ -281,7 +281,7 @@ def paginate(items: list, query: dict[str, str], max_limit: int, key) -> tuple[l
     return page, (key(page[-1]) if page and len(page) == limit else None)
 
 
-def _matches(cloud: CloudState, server: Server, query: dict[str, str], version: tuple[int, int]) -> bool:
+def _matches(cloud: CloudState, server: EmulatedServer, query: dict[str, str], version: tuple[int, int]) -> bool:
     name = query.get("name")
     if name is not None:
         # Nova runs the filter as a database REGEXP: a search, not an exact or anchored match.

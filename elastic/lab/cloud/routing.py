@@ -4,8 +4,9 @@ request log counts by."""
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 _PARAM = re.compile(r"\{(\w+)\}")
 

@@ -10,12 +10,25 @@ import itertools
 import secrets
 import threading
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
-from elastic.lab.cloud.config import CloudConfig, FlavorSpec
+from elastic.lab.cloud.config import CloudSpec, FlavorSpec
 from elastic.lab.cloud.faults import FaultGate, Faults
-from elastic.lab.cloud.model import (BootSpec, FloatingIp, Flavor, HookEvent, Image, Network, Port, Server, Subnet,
-                                     Token, new_id, stable_id)
+from elastic.lab.cloud.model import (
+    BootSpec,
+    EmulatedServer,
+    Flavor,
+    FloatingIp,
+    HookEvent,
+    Image,
+    Network,
+    Port,
+    Subnet,
+    Token,
+    new_id,
+    stable_id,
+)
 
 NO_VALID_HOST = "No valid host was found. There are not enough hosts available."
 
@@ -56,7 +69,7 @@ class QuotaExceeded(Exception):
 
 
 class CloudState:
-    def __init__(self, config: CloudConfig, *, clock: Callable[[], float] = time.time,
+    def __init__(self, config: CloudSpec, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic):
         self.lock = threading.RLock()
         self.config = config
@@ -73,7 +86,7 @@ class CloudState:
         self.ports: dict[str, Port] = {}
         self.ports_by_device: dict[str, list[Port]] = {}
         self.floating_ips: dict[str, FloatingIp] = {}
-        self.servers: dict[str, Server] = {}
+        self.servers: dict[str, EmulatedServer] = {}
         self.keypairs = {name: _public_key(self.name, name) for name in config.keypairs}
         self.security_groups = {name: stable_id(self.name, "secgroup", name) for name in config.security_groups}
         self._macs = 0
@@ -168,7 +181,7 @@ class CloudState:
             return {"instances": len(servers), "cores": sum(s.flavor.vcpus for s in servers),
                     "ram": sum(s.flavor.ram for s in servers), "floating_ips": len(self.floating_ips)}
 
-    def create_server(self, spec: BootSpec) -> Server:
+    def create_server(self, spec: BootSpec) -> EmulatedServer:
         """Nova's order: references (400), then quota (403); then the server is in BUILD."""
         with self.lock:
             try:
@@ -188,7 +201,7 @@ class CloudState:
                     raise Invalid(f"Security group {group} not found for project {self.project_id}.")
             self._check_quota(flavor)
             now, mono = self.now(), self._monotonic()
-            server = Server(
+            server = EmulatedServer(
                 id=new_id(), name=spec.name, flavor=Flavor(**vars(flavor)), image=image, metadata=dict(spec.metadata),
                 created=now, updated=now, network_ids=network_ids, key_name=spec.key_name,
                 security_groups=list(spec.security_groups), user_data=spec.user_data,
@@ -233,7 +246,7 @@ class CloudState:
             if image is not None and image_obj is None:
                 raise NotFound("image", image)
             created = self.now() - age_seconds
-            server = Server(new_id(), name, Flavor(**vars(flavor_obj)), image_obj, dict(metadata or {}), created, created,
+            server = EmulatedServer(new_id(), name, Flavor(**vars(flavor_obj)), image_obj, dict(metadata or {}), created, created,
                             self._requested_networks(None), ready_at=self._monotonic() + self.config.boot_seconds)
             if status not in ("ACTIVE", "BUILD", "ERROR"):
                 raise Invalid(f"seed status must be ACTIVE, BUILD or ERROR, not {status!r}")
@@ -246,14 +259,14 @@ class CloudState:
                 self._schedule(server.ready_at, server.id)
             return server.id
 
-    def get_server(self, server_id: str) -> Server:
+    def get_server(self, server_id: str) -> EmulatedServer:
         with self.lock:
             server = self.servers.get(server_id)
             if server is None:
                 raise NotFound("server", server_id)
             return server
 
-    def list_servers(self) -> list[Server]:
+    def list_servers(self) -> list[EmulatedServer]:
         """Nova's default order: newest first, then by id."""
         with self.lock:
             return sorted(self.servers.values(), key=lambda s: (s.created, s.id), reverse=True)
@@ -314,7 +327,7 @@ class CloudState:
                     events.append(HookEvent("on_active", self.name, server.name, server.id, server.first_address))
         return events
 
-    def _activate(self, server: Server) -> bool:
+    def _activate(self, server: EmulatedServer) -> bool:
         for net_id in server.network_ids:
             network = self.networks.get(net_id)
             address = network.subnet.allocate() if network else None
@@ -331,7 +344,7 @@ class CloudState:
         server.launched_at = server.updated = self.now()
         return True
 
-    def _fail(self, server: Server, message: str) -> None:
+    def _fail(self, server: EmulatedServer, message: str) -> None:
         for port in self.ports_by_device.pop(server.id, []):
             self._drop_port(port)
         server.first_address = ""
@@ -339,7 +352,7 @@ class CloudState:
         server.updated = self.now()
         server.fault = {"code": 500, "created": server.updated, "message": message}
 
-    def _remove(self, server: Server) -> None:
+    def _remove(self, server: EmulatedServer) -> None:
         for port in self.ports_by_device.pop(server.id, []):
             self._drop_port(port)
         del self.servers[server.id]
@@ -355,7 +368,7 @@ class CloudState:
     def server_ports(self, server_id: str) -> list[Port]:
         return list(self.ports_by_device.get(server_id, []))
 
-    def host_id(self, server: Server) -> str:
+    def host_id(self, server: EmulatedServer) -> str:
         if server.status != "ACTIVE":
             return ""
         return hashlib.sha224(f"{self.project_id}lab-host".encode()).hexdigest()

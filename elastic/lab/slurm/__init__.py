@@ -5,6 +5,6 @@ See docs/lab-slurm.md for how it works and which Slurm quirks shape it.
 """
 
 from elastic.lab.slurm.cluster import LocalSlurm, LocalSlurmError
-from elastic.lab.slurm.conf import free_ports
+from elastic.lab.slurm.cluster_conf import free_ports
 
 __all__ = ["LocalSlurm", "LocalSlurmError", "free_ports"]

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 
 from elastic.lab.slurm import procs
-from elastic.lab.slurm.conf import (
+from elastic.lab.slurm.cluster_conf import (
     DEFAULT_POWER_SAVE,
     Layout,
     NodeSpec,

@@ -1,4 +1,4 @@
-"""Suspend and ResumeFail: delete the servers of these nodes wherever they are.
+"""Suspend: delete the servers of these nodes wherever they are (ResumeFail reuses `release`).
 
 Servers are found by exact name on every cloud of the node's pool (every configured cloud for a
 node in no pool) and confirmed by our cluster's metadata. Deleting is idempotent: a server that
@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
-from elastic.errors import CloudErrorKind, SlurmError
+from elastic.errors import CloudErrorKind
 from elastic.fleet import Fleet
 from elastic.power.outcome import Failure, Outcome, report_failures
 from elastic.power.services import Services
@@ -27,33 +27,6 @@ _REFUSALS = frozenset({CloudErrorKind.CONFLICT, CloudErrorKind.CONFIG})
 
 def suspend(nodes: Sequence[str], svc: Services) -> Outcome:
     outcome = release(nodes, svc, why="suspend")
-    report_failures(outcome.failed, svc, transient_state="down")
-    return outcome
-
-
-def resume_fail(nodes: Sequence[str], svc: Services) -> Outcome:
-    outcome = release(nodes, svc, why="resume-fail")
-    policy = svc.config.resume_fail
-    counts = svc.history.record_node_failures(sorted(outcome.served), svc.clock(), policy.window)
-    back: list[str] = []
-    for node in sorted(outcome.served):
-        count = counts.get(node, 0)
-        if count >= policy.max_failures:
-            outcome.fail([node], Failure(
-                "repeated-failure",
-                f"failed to resume {count} times in {policy.window:.0f}s; "
-                "fix the pool, then scontrol update nodename=... state=resume",
-                permanent=True,
-            ))
-        else:
-            back.append(node)
-    if back:
-        # ResumeTimeout left the node down~, which never recovers by itself: make it idle~ again.
-        try:
-            svc.slurm.set_state(back, "resume")
-            svc.log.info("slurm.set_state", nodes=back, state="resume")
-        except SlurmError as error:
-            svc.log.error("slurm.set_state", ok=False, nodes=back, state="resume", error=str(error))
     report_failures(outcome.failed, svc, transient_state="down")
     return outcome
 

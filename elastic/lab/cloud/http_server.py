@@ -5,18 +5,26 @@ from __future__ import annotations
 
 import logging
 import socket
-import sys
 import struct
+import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit
 
 from elastic.lab.cloud import glance, keystone, neutron, nova
-from elastic.lab.cloud.messages import (ApiError, Request, Response, glance_error, keystone_error, neutron_error,
-                                        nova_error)
+from elastic.lab.cloud.messages import (
+    ApiError,
+    Request,
+    Response,
+    glance_error,
+    keystone_error,
+    neutron_error,
+    nova_error,
+)
 from elastic.lab.cloud.microversion import text
 from elastic.lab.cloud.requestlog import RequestLog
 from elastic.lab.cloud.routing import Router
@@ -176,7 +184,7 @@ class Handler(BaseHTTPRequestHandler):
             return found.handler(cloud, req, **params)
         except ApiError as exc:
             return exc.response
-        except Exception:  # noqa: BLE001 - a bug in the emulator is a 500 to the client, not a dead thread
+        except Exception:
             log.exception("lab cloud %s: %s %s failed", cloud.name, req.method, req.path)
             return error(500, "Unexpected error in the lab emulator").response
 
