@@ -111,6 +111,17 @@ class BootRequest:
     user_data: str | None = None  # base64
     availability_zone: str | None = None
     boot_volume_size: int | None = None
+    server_group: str | None = None  # a server group's id, passed as the scheduler hint `group`
+
+
+@dataclass(frozen=True)
+class ServerGroup:
+    """A Nova server group. Groups carry no metadata: ours are known by their name."""
+
+    id: str
+    name: str
+    policy: str  # affinity | anti-affinity | soft-affinity | soft-anti-affinity
+    members: tuple[str, ...] = ()  # server ids
 
 
 @dataclass(frozen=True)
@@ -134,6 +145,9 @@ class Cloud(Protocol):
     def flavor(self, name: str) -> Flavor: ...
     def find_keypair(self, name: str) -> None: ...
     def limits(self) -> Limits: ...
+    def create_server_group(self, name: str, policy: str) -> ServerGroup: ...
+    def list_server_groups(self) -> list[ServerGroup]: ...
+    def delete_server_group(self, group_id: str) -> None: ...
     def probe(self, timeout: float) -> None: ...
 
 
@@ -205,7 +219,7 @@ class OpenStackCloud:
         return openstack.connection.Connection(config=region)
 
     @property
-    def _connection(self) -> Any:
+    def _sdk(self) -> Any:
         if self._conn is None:
             self.connect()
         return self._conn
@@ -222,7 +236,7 @@ class OpenStackCloud:
             query["name"] = "^(" + "|".join(_regex_escape(n) for n in sorted(names)) + ")$"
         with self._translated("list servers"):
             self._limiter.wait()
-            raw = list(self._connection.compute.servers(details=True, **query))
+            raw = list(self._sdk.compute.servers(details=True, **query))
         wanted = set(names) if names is not None else None
         servers = []
         for item in raw:
@@ -259,7 +273,7 @@ class OpenStackCloud:
             attrs["security_groups"] = [{"name": g} for g in request.security_groups]
         with self._translated(f"create server {request.name}"):
             self._limiter.wait()
-            created = self._connection.compute.create_server(**attrs)
+            created = self._sdk.compute.create_server(**attrs)
         # The create reply holds only id, links and adminPass: describe it from what we sent.
         return Server(id=created.id, name=request.name, status=BUILDING, cloud=self.name,
                       metadata=dict(request.metadata), created=self._clock())
@@ -267,27 +281,28 @@ class OpenStackCloud:
     def delete_server(self, server_id: str) -> None:
         with self._translated(f"delete server {server_id}"):
             self._limiter.wait()
-            self._connection.compute.delete_server(server_id, ignore_missing=True)
+            self._sdk.compute.delete_server(server_id, ignore_missing=True)
 
     # ---- names to ids ------------------------------------------------------------------------
 
     def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget:
         return BootTarget(
-            flavor_id=self._find("flavor", flavor, lambda: self._connection.compute.find_flavor(flavor, ignore_missing=True)).id,
-            image_id=self._find("image", image, lambda: self._connection.image.find_image(image, ignore_missing=True)).id,
+            flavor_id=self._find("flavor", flavor,
+                                 lambda: self._sdk.compute.find_flavor(flavor, ignore_missing=True)).id,
+            image_id=self._find("image", image, lambda: self._sdk.image.find_image(image, ignore_missing=True)).id,
             network_id=self._find("network", network,
-                                  lambda: self._connection.network.find_network(network, ignore_missing=True)).id,
+                                  lambda: self._sdk.network.find_network(network, ignore_missing=True)).id,
         )
 
     def flavor(self, name: str) -> Flavor:
         item = self._find("flavor", name,
-                          lambda: self._connection.compute.find_flavor(name, ignore_missing=True, get_extra_specs=False))
+                          lambda: self._sdk.compute.find_flavor(name, ignore_missing=True, get_extra_specs=False))
         return Flavor(id=item.id, name=item.name, vcpus=int(item.vcpus or 0), ram=int(item.ram or 0),
                       disk=int(item.disk or 0))
 
     def find_keypair(self, name: str) -> None:
         """Raises NOT_FOUND when the project has no key pair of that name."""
-        self._find("keypair", name, lambda: self._connection.compute.find_keypair(name, ignore_missing=True))
+        self._find("keypair", name, lambda: self._sdk.compute.find_keypair(name, ignore_missing=True))
 
     def _find(self, kind: str, name: str, lookup: Callable[[], Any]) -> Any:
         """`kind` as in `openstack <kind> list`; every error raised here carries (kind, name)."""
@@ -307,17 +322,17 @@ class OpenStackCloud:
 
     def attach_floating_ip(self, server: Server, external_network: str) -> str:
         network = self._find("network", external_network,
-                             lambda: self._connection.network.find_network(external_network, ignore_missing=True))
+                             lambda: self._sdk.network.find_network(external_network, ignore_missing=True))
         with self._translated(f"floating IP for {server.name}"):
-            ports = list(self._connection.network.ports(device_id=server.id))
+            ports = list(self._sdk.network.ports(device_id=server.id))
             if not ports:
                 raise CloudError(CloudErrorKind.BOOT, f"server {server.name} has no port", cloud=self.name,
                                  resource=("server", server.name))
-            for existing in self._connection.network.ips(port_id=ports[0].id):
+            for existing in self._sdk.network.ips(port_id=ports[0].id):
                 address: str = existing.floating_ip_address
                 return address
             self._limiter.wait()
-            ip = self._connection.network.create_ip(floating_network_id=network.id, port_id=ports[0].id)
+            ip = self._sdk.network.create_ip(floating_network_id=network.id, port_id=ports[0].id)
         created: str = ip.floating_ip_address
         return created
 
@@ -325,16 +340,16 @@ class OpenStackCloud:
         # Nova deletes the port with the server, but a floating IP stays allocated to the
         # project (and counts against quota) until it is deleted explicitly.
         with self._translated(f"release floating IPs of {server_id}"):
-            for port in self._connection.network.ports(device_id=server_id):
-                for ip in self._connection.network.ips(port_id=port.id):
+            for port in self._sdk.network.ports(device_id=server_id):
+                for ip in self._sdk.network.ips(port_id=port.id):
                     self._limiter.wait()
-                    self._connection.network.delete_ip(ip, ignore_missing=True)
+                    self._sdk.network.delete_ip(ip, ignore_missing=True)
 
     # ---- quota -------------------------------------------------------------------------------
 
     def limits(self) -> Limits:
         with self._translated("limits"):
-            absolute = self._connection.compute.get_limits().absolute
+            absolute = self._sdk.compute.get_limits().absolute
         return Limits(
             instances=int(absolute.instances), instances_used=int(absolute.instances_used or 0),
             cores=int(absolute.total_cores), cores_used=int(absolute.total_cores_used or 0),

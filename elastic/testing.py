@@ -22,6 +22,7 @@ from elastic.cloud import (
     Flavor,
     Limits,
     Server,
+    ServerGroup,
     classify_fault,
     is_ours,
 )
@@ -46,6 +47,7 @@ class MemoryCloud:
     calls: list[tuple[str, str]] = field(default_factory=list)
     error_on_boot: dict[str, str] = field(default_factory=dict)  # node name -> fault message
     stuck_in_build: set[str] = field(default_factory=set)  # node names whose servers never leave BUILD
+    server_groups: dict[str, ServerGroup] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
@@ -94,9 +96,15 @@ class MemoryCloud:
         with self._lock:
             if len([s for s in self.servers.values() if not s.deleting]) >= self.instance_quota:
                 raise CloudError(CloudErrorKind.QUOTA, "Quota exceeded for instances", cloud=self.name, status=403)
+            if request.server_group is not None and request.server_group not in self.server_groups:
+                raise CloudError(CloudErrorKind.NOT_FOUND, f"server group {request.server_group} not found",
+                                 cloud=self.name, status=404, resource=("server group", request.server_group))
             server = Server(id=f"{self.name}-{next(self._ids)}", name=request.name, status=BUILDING, cloud=self.name,
                             metadata=dict(request.metadata), created=float(next(self._ids)))
             self.servers[server.id] = server
+            if request.server_group is not None:
+                group = self.server_groups[request.server_group]
+                self.server_groups[group.id] = replace(group, members=(*group.members, server.id))
             return server
 
     def delete_server(self, server_id: str) -> None:
@@ -104,6 +112,10 @@ class MemoryCloud:
         with self._lock:
             if server_id in self.servers:
                 self.servers[server_id] = replace(self.servers[server_id], task_state="deleting")
+            for group in list(self.server_groups.values()):
+                if server_id in group.members:
+                    self.server_groups[group.id] = replace(
+                        group, members=tuple(m for m in group.members if m != server_id))
 
     def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget:
         self._record("resolve", f"{flavor}/{image}/{network}")
@@ -147,6 +159,23 @@ class MemoryCloud:
         self._record("limits", "")
         used = len(self.live())
         return Limits(self.instance_quota, used, 10 * self.instance_quota, used, 10**6, used * 2048)
+
+    def create_server_group(self, name: str, policy: str) -> ServerGroup:
+        self._record("create_server_group", name)
+        with self._lock:
+            group = ServerGroup(id=f"{self.name}-group-{next(self._ids)}", name=name, policy=policy)
+            self.server_groups[group.id] = group
+            return group
+
+    def list_server_groups(self) -> list[ServerGroup]:
+        self._record("list_server_groups", "")
+        with self._lock:
+            return list(self.server_groups.values())
+
+    def delete_server_group(self, group_id: str) -> None:
+        self._record("delete_server_group", group_id)
+        with self._lock:
+            self.server_groups.pop(group_id, None)
 
     # ---- internals ---------------------------------------------------------------------------
 
