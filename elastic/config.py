@@ -15,7 +15,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    StrictBool,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_core import ErrorDetails
 
 from elastic import hostlists
@@ -101,12 +110,24 @@ class PoolCloud(_Model):
     max_nodes: Annotated[int, Field(ge=0)] | None = None
 
 
+# How a pool places a job's nodes (see README, "Job-aware placement").
+Placement = Literal["together", "spread"]
+ServerGroupPolicy = Literal["affinity", "soft-affinity", "anti-affinity", "soft-anti-affinity"]
+
+
 class Pool(_Model):
     nodes: str  # Slurm hostlist
     partition: str | None = None
     slurm: SlurmNode
     boot: BootProfile
     clouds: Annotated[tuple[PoolCloud, ...], Field(min_length=1)]
+    # together: all of a job's nodes in one resume call go to one cloud and fall back as a whole;
+    # spread: each node on its own, the pool's clouds in order.
+    placement: Placement = "together"
+    # A job that cannot get every node it asked for releases the servers it got and is requeued.
+    all_or_nothing: StrictBool = False
+    # One Nova server group per job per cloud, passed as the scheduler hint `group`.
+    server_group: ServerGroupPolicy | None = None
 
     @field_validator("nodes")
     @classmethod

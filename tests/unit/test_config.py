@@ -44,6 +44,16 @@ def test_good_config_loads_with_defaults(tmp_path):
         config.cluster = "other"  # type: ignore[misc]
 
 
+def test_placement_options_default_and_load(tmp_path):
+    """A pool places jobs together by default, without all_or_nothing or a server group; each can be set."""
+    default = _load(tmp_path, GOOD).pools["cpu"]
+    assert (default.placement, default.all_or_nothing, default.server_group) == ("together", False, None)
+    text = GOOD.replace("    partition: cloud\n", "    partition: cloud\n    placement: spread\n"
+                                                   "    all_or_nothing: true\n    server_group: soft-anti-affinity\n")
+    pool = _load(tmp_path, text).pools["cpu"]
+    assert (pool.placement, pool.all_or_nothing, pool.server_group) == ("spread", True, "soft-anti-affinity")
+
+
 def test_split_by_pool_reports_unknown_nodes(tmp_path):
     """Nodes are grouped by pool; nodes of no pool are returned separately."""
     config = _load(tmp_path, GOOD)
@@ -117,6 +127,15 @@ BAD = [
     ("cloud-twice", GOOD.replace("cloud: kaizen,", "cloud: engage1,"), 13, "listed twice"),
     ("pool-without-slurm", GOOD.replace("    slurm: {cpus: 4, real_memory: 7500, features: [cloud]}\n", ""), 6,
      "pools.cpu.slurm: required key is missing"),
+    ("bad-placement", GOOD.replace("    partition: cloud\n", "    partition: cloud\n    placement: packed\n"), 9,
+     "pools.cpu.placement: Input should be 'together' or 'spread' (got 'packed')"),
+    ("bad-server-group", GOOD.replace("    partition: cloud\n", "    partition: cloud\n    server_group: affine\n"), 9,
+     "pools.cpu.server_group: Input should be 'affinity', 'soft-affinity', 'anti-affinity' or 'soft-anti-affinity'"),
+    ("all-or-nothing-not-bool",
+     GOOD.replace("    partition: cloud\n", "    partition: cloud\n    all_or_nothing: 1\n"), 9,
+     "pools.cpu.all_or_nothing: Input should be a valid boolean (got 1)"),
+    ("placement-typo", GOOD.replace("    partition: cloud\n", "    partition: cloud\n    placment: spread\n"), 9,
+     "pools.cpu.placment: unknown key; did you mean 'placement'?"),
     ("string-for-pools", GOOD.split("pools:")[0] + "pools: cpu\n", 5, "pools: Input should be a valid dictionary"),
 ]
 
