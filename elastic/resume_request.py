@@ -30,6 +30,8 @@ class ResumeJob:
     partition: str | None = None
     features: str | None = None
     reservation: str | None = None
+    # Every node the job was allocated, those this call resumes included (23.02+; empty on 22.05).
+    nodes_alloc: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,7 @@ def _job(job: Any, source: str, where: str) -> ResumeJob:
         partition=_optional_str(job, "partition", source, where),
         features=_optional_str(job, "features", source, where),
         reservation=_optional_str(job, "reservation", source, where),
+        nodes_alloc=_nodes(job, "nodes_alloc", source, where),
     )
 
 

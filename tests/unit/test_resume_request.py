@@ -33,12 +33,13 @@ def test_parse_22_05_manual_power_up():
 
 
 def test_parse_23_02_schema_uses_nodes_resume_and_ignores_unknown_keys():
-    """23.02+: per-job nodes are nodes_resume (not nodes_alloc); 26.05's extra keys are ignored."""
+    """23.02+: per-job nodes are nodes_resume, nodes_alloc is kept apart; 26.05's extra keys are ignored."""
     request = parse_resume_file(SCHEMA_23_02)
     assert request.all_nodes == ("cloud1", "cloud2", "cloud3", "cloud7", "cloud8")
     assert request.jobs == (
-        ResumeJob(140814, ("cloud1", "cloud2", "cloud3"), "cloud", "c1,c2", "resv_1234"),
-        ResumeJob(140816, ("cloud7", "cloud8"), "cloud_exclusive", None, None),
+        ResumeJob(140814, ("cloud1", "cloud2", "cloud3"), "cloud", "c1,c2", "resv_1234",
+                  nodes_alloc=("cloud1", "cloud2", "cloud3", "cloud4")),
+        ResumeJob(140816, ("cloud7", "cloud8"), "cloud_exclusive", None, None, nodes_alloc=("cloud7", "cloud8")),
     )
 
 
@@ -58,6 +59,8 @@ def test_parse_job_with_no_node_left():
     ('{"all_nodes":"cn1","jobs":[3]}', "SRC: jobs[0]: expected an object, got int"),
     ('{"all_nodes":"cn1","jobs":[{"job_id":"1"}]}', "SRC: jobs[0].job_id: expected an integer, got str"),
     ('{"all_nodes":"cn1","jobs":[{"job_id":true}]}', "SRC: jobs[0].job_id: expected an integer, got bool"),
+    ('{"all_nodes_resume":"cn1","jobs":[{"job_id":1,"nodes_resume":"cn1","nodes_alloc":["cn1"]}]}',
+     "SRC: jobs[0].nodes_alloc: expected a hostlist string, got list"),
     ('{"all_nodes":"cn1","jobs":[{"job_id":1,"partition":["a"]}]}',
      "SRC: jobs[0].partition: expected a string or null, got list"),
 ])
