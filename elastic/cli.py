@@ -8,11 +8,12 @@ reason), 2 usage or config error (no cloud call, no Slurm change).
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from elastic import process
 from elastic.errors import ConfigError, ElasticError, SlurmError, UsageError
@@ -24,6 +25,7 @@ if TYPE_CHECKING:  # imported where used: a program's first steps must not wait 
     from elastic.power import Outcome, Services
     from elastic.power.outcome import Failure
     from elastic.power.services import SlurmControl
+    from elastic.resume_request import ResumeJob
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
@@ -105,7 +107,8 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
     except UsageError as error:
         log.error(f"{command}.refused", error=str(error))
         return _fatal(error)
-    log.info(f"{command}.start", nodes=nodes, count=len(nodes), jobs=jobs)
+    log.info(f"{command}.start", nodes=nodes, count=len(nodes),
+             jobs=[{"job_id": job.job_id, "nodes": list(job.nodes), "partition": job.partition} for job in jobs])
     handed: set[str] = set()  # nodes this run has already handed to Slurm (address sent, state set)
 
     def on_sigterm(seconds: float, frame: FrameType | None) -> None:
@@ -123,8 +126,10 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
 
             services = make_services(config, log)
             services.slurm = _HandedToSlurm(services.slurm, handed)
-            flow: Callable[[Sequence[str], Services], Outcome] = {
-                "resume": power.resume, "suspend": power.suspend, "resume-fail": power.resume_fail}[command]
+            flows: dict[str, Callable[[Sequence[str], Services], Outcome]] = {
+                "resume": functools.partial(power.resume, jobs=jobs), "suspend": power.suspend,
+                "resume-fail": power.resume_fail}
+            flow = flows[command]
             outcome = flow(nodes, services)
     except process.Terminated as stop:
         # Nodes Slurm already got an address or a state for are left as they are; the servers
@@ -211,21 +216,23 @@ def _fail_closed(command: str, nodes: list[str], error: BaseException, config: C
     return EXIT_FAILED
 
 
-def _jobs_of(text: str | None, error: str | None, log: FilteringBoundLogger) -> list[dict[str, Any]]:
+def _jobs_of(text: str | None, error: str | None, log: FilteringBoundLogger) -> tuple[ResumeJob, ...]:
+    """The jobs behind a resume, for placing their nodes together. The node list in argv is
+    authoritative: a resume file that cannot be read or parsed only costs the grouping (every
+    node is then placed on its own), never the resume."""
     if error:
-        # The node list in argv is authoritative; the jobs are only logged.
-        log.warning("resume.resume_file_unreadable", error=error)
-        return []
+        log.warning("resume.resume_file_unreadable", error=error, effect="nodes placed one by one")
+        return ()
     if text is None:
-        return []
+        return ()
     from elastic.resume_request import parse_resume_file
 
     try:
         request = parse_resume_file(text)
     except UsageError as exc:
-        log.warning("resume.resume_file_invalid", error=str(exc))
-        return []
-    return [{"job_id": job.job_id, "nodes": list(job.nodes), "partition": job.partition} for job in request.jobs]
+        log.warning("resume.resume_file_invalid", error=str(exc), effect="nodes placed one by one")
+        return ()
+    return request.jobs
 
 
 def _print_outcome(outcome: Outcome) -> None:

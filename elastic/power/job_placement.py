@@ -78,28 +78,29 @@ class Headroom:
 
     nodes: int | None
     why: str = ""  # the limit that binds, for the reason of a job that fits nowhere
+    kind: str = "quota"  # "quota" (the project's quota binds) or "limit" (the pool's max_nodes)
 
 
 def headroom(limits: Limits | None, flavor: Flavor | None, room: int | None) -> Headroom:
     """A cloud's headroom for one pool: the tightest of its instance, core and RAM quota (a limit
     below 0 is Nova's "unlimited") in servers of the pool's flavor, and the pool's max_nodes room."""
-    bounds: list[tuple[int, str]] = []
+    bounds: list[tuple[int, str, str]] = []
     if limits is not None:
         if limits.instances >= 0:
             bounds.append((limits.instances - limits.instances_used,
-                           f"instances {limits.instances_used} of {limits.instances} used"))
+                           f"instances {limits.instances_used} of {limits.instances} used", "quota"))
         if flavor is not None and flavor.vcpus > 0 and limits.cores >= 0:
             bounds.append(((limits.cores - limits.cores_used) // flavor.vcpus,
-                           f"cores {limits.cores_used} of {limits.cores} used, {flavor.vcpus} per node"))
+                           f"cores {limits.cores_used} of {limits.cores} used, {flavor.vcpus} per node", "quota"))
         if flavor is not None and flavor.ram > 0 and limits.ram >= 0:
             bounds.append(((limits.ram - limits.ram_used) // flavor.ram,
-                           f"RAM {limits.ram_used} of {limits.ram} MB used, {flavor.ram} MB per node"))
+                           f"RAM {limits.ram_used} of {limits.ram} MB used, {flavor.ram} MB per node", "quota"))
     if room is not None:
-        bounds.append((room, "max_nodes reached" if room <= 0 else f"max_nodes leaves {room}"))
+        bounds.append((room, "max_nodes reached" if room <= 0 else f"max_nodes leaves {room}", "limit"))
     if not bounds:
         return Headroom(None)
-    count, why = min(bounds, key=lambda bound: bound[0])
-    return Headroom(max(count, 0), why)
+    count, why, kind = min(bounds, key=lambda bound: bound[0])
+    return Headroom(max(count, 0), why, kind)
 
 
 @dataclass
@@ -150,7 +151,9 @@ def anchor_of(clouds: Iterable[str]) -> str | None:
     return counts.most_common(1)[0][0]
 
 
-def fits_nowhere(job: JobNodes, clouds: Sequence[tuple[str, Headroom]]) -> str:
-    """The reason for a job that no cloud has room for, naming each cloud's binding limit."""
-    what = f"{job.key} needs {len(job.nodes)} node{'s' if len(job.nodes) != 1 else ''}"
-    return f"{what}; " + "; ".join(f"{cloud}: room for {head.nodes} ({head.why})" for cloud, head in clouds)
+def fits_nowhere(job: JobNodes, clouds: Sequence[tuple[str, Headroom]]) -> tuple[str, str]:
+    """The kind and reason for a job that no cloud has room for, naming each cloud's binding
+    limit: "limit" when only the pool's max_nodes stood in the way, else "quota"."""
+    what = f"{job.key} needs {len(job.nodes)} nodes" if job.job_id is not None else "no room"
+    kind = "limit" if all(head.kind == "limit" for _, head in clouds) else "quota"
+    return kind, f"{what}; " + "; ".join(f"{cloud}: room for {head.nodes} ({head.why})" for cloud, head in clouds)

@@ -86,7 +86,7 @@ def test_a_bug_in_a_flow_fails_every_node_closed_with_an_internal_reason(program
 
     run, slurm, path = program
 
-    def broken(nodes, services):
+    def broken(nodes, services, jobs=()):
         raise KeyError("boom")
 
     monkeypatch.setattr(power, "resume", broken)

@@ -53,7 +53,7 @@ def test_headroom_is_the_tightest_quota_in_the_pools_flavor():
     """Instances, cores and RAM each bound the count; the tightest one is named."""
     limits = Limits(instances=10, instances_used=2, cores=20, cores_used=14, ram=10**6, ram_used=0)
     assert headroom(limits, SMALL, None) == Headroom(3, "cores 14 of 20 used, 2 per node")
-    assert headroom(limits, SMALL, 1) == Headroom(1, "max_nodes leaves 1")
+    assert headroom(limits, SMALL, 1) == Headroom(1, "max_nodes leaves 1", "limit")
     assert headroom(limits, SMALL, 0).why == "max_nodes reached"
 
 
@@ -62,7 +62,7 @@ def test_headroom_unlimited_or_unknown_is_none():
     unlimited = Limits(-1, 5, -1, 10, -1, 100)
     assert headroom(unlimited, SMALL, None) == Headroom(None)
     assert headroom(None, None, None) == Headroom(None)
-    assert headroom(None, None, 3) == Headroom(3, "max_nodes leaves 3")
+    assert headroom(None, None, 3) == Headroom(3, "max_nodes leaves 3", "limit")
 
 
 def test_headroom_never_negative():
@@ -117,8 +117,14 @@ def test_headroom_exhausted_job_fits_nowhere_and_names_each_cloud():
     job = _job(5, "a", "b", "c")
     decision = place_jobs([job], ["alpha", "beta"], room)
     assert decision.placed == {}
-    assert fits_nowhere(job, decision.unplaceable["job 5"]) == (
+    assert fits_nowhere(job, decision.unplaceable["job 5"]) == ("quota",
         "job 5 needs 3 nodes; alpha: room for 2 (instances 8 of 10 used); beta: room for 0 (max_nodes reached)")
+
+
+def test_a_job_held_back_only_by_max_nodes_fails_with_kind_limit():
+    """Only the pool's max_nodes binds: the kind is "limit"; a node of no job says "no room"."""
+    clouds = [("beta", Headroom(0, "max_nodes reached", "limit"))]
+    assert fits_nowhere(JobNodes(("gpu-2",)), clouds) == ("limit", "no room; beta: room for 0 (max_nodes reached)")
 
 
 def test_room_taken_by_one_job_is_gone_for_the_next():

@@ -74,7 +74,7 @@ def test_sigterm_during_a_blocked_flow_gives_every_node_an_elastic_state(site, m
     with every node in flight and where the run was, each node gets its fail-closed state with an
     `elastic: sigterm:` reason, the run ends with exit 1 in well under the wait, and the previous
     SIGTERM handler is back."""
-    def blocked(nodes, svc):
+    def blocked(nodes, svc, jobs=()):
         sigterm_main_thread(after=0.2)
         time.sleep(30)
         pytest.fail("the SIGTERM did not interrupt the flow")
@@ -101,7 +101,7 @@ def test_sigterm_during_a_blocked_flow_gives_every_node_an_elastic_state(site, m
 def test_nodes_already_handed_to_slurm_are_left_alone(site, monkeypatch):
     """Nodes whose address or state this run already sent are not in flight: only the others get
     the sigterm state."""
-    def half_done(nodes, svc):
+    def half_done(nodes, svc, jobs=()):
         svc.slurm.update_addresses({"cpu-001": "10.0.0.1"})
         svc.slurm.set_state(["cpu-002"], "power_down_force", "elastic: quota: alpha: no room")
         sigterm_main_thread(after=0.1)
@@ -133,7 +133,7 @@ def test_sigterm_during_an_scontrol_call_waits_for_it(site, monkeypatch):
                                                      history=MemoryHistory(), log=log))
     after_call = []
 
-    def flow(nodes, svc):
+    def flow(nodes, svc, jobs=()):
         svc.slurm.update_addresses({"cpu-001": "10.0.0.1", "cpu-002": "10.0.0.2"})
         after_call.append("went on")  # never: Terminated comes as the call returns
 
@@ -150,7 +150,7 @@ def test_a_second_sigterm_does_not_interrupt_the_cleanup(site, monkeypatch):
     """Only the first SIGTERM raises; one that comes while the flow unwinds is ignored."""
     cleaned = []
 
-    def flow(nodes, svc):
+    def flow(nodes, svc, jobs=()):
         try:
             sigterm_main_thread(after=0.1)
             time.sleep(30)
