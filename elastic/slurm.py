@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from elastic import process
 from elastic.errors import SlurmError, UsageError
-from elastic.hostlists import compress
+from elastic.hostlists import compress, expand
 
 Runner = Callable[[Sequence[str]], str]
 """Runs argv and returns its stdout; raises SlurmError when the program fails."""
@@ -160,6 +160,10 @@ class Slurm:
             if "NodeName" in fields and (wanted is None or fields["NodeName"] in wanted):
                 found[fields["NodeName"]] = fields
         return found
+
+    def jobs_by_node(self) -> dict[str, list[int]]:
+        """The ids of the jobs that hold each node now (configuring, running, completing)."""
+        return parse_jobs_by_node(self._run([self._scontrol, "-o", "show", "job"]))
 
     def update_addresses(self, addrs: Mapping[str, str], hostnames: Mapping[str, str] | None = None) -> None:
         """Tell slurmctld where nodes are, in one call for the whole batch.
@@ -321,6 +325,31 @@ def parse_node_line(line: str) -> dict[str, str]:
         value_end = starts[index + 1][1] if index + 1 < len(starts) else len(line)
         fields.setdefault(key, line[value_start:value_end].strip())
     return fields
+
+
+# Job states whose NodeList holds nodes now; a finished job keeps its NodeList for MinJobAge.
+_HOLDING = frozenset({"CONFIGURING", "RUNNING", "COMPLETING", "SUSPENDED", "STOPPED"})
+_JOB_ID = re.compile(r"^JobId=(\d+)\s")
+_JOB_STATE = re.compile(r"(?:^|\s)JobState=(\S+)")
+_NODE_LIST = re.compile(r"(?:^|\s)NodeList=(\S+)")
+
+
+def parse_jobs_by_node(output: str) -> dict[str, list[int]]:
+    """`scontrol -o show job`: node -> ids of the jobs holding it, from each job's NodeList."""
+    found: dict[str, list[int]] = {}
+    for line in output.splitlines():
+        job_id, state, nodes = _JOB_ID.search(line), _JOB_STATE.search(line), _NODE_LIST.search(line)
+        if job_id is None or state is None or nodes is None or state.group(1) not in _HOLDING:
+            continue
+        if nodes.group(1) == "(null)":
+            continue
+        try:
+            names = expand(nodes.group(1))
+        except UsageError:
+            continue
+        for node in names:
+            found.setdefault(node, []).append(int(job_id.group(1)))
+    return found
 
 
 def parse_show_config(output: str) -> dict[str, str]:

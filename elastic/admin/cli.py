@@ -226,21 +226,32 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
                              pending=snapshot.pending)
     unseen = {cloud: _why_unseen(error, config) for cloud, error in snapshot.unseen.items()}
     clouds = status.cloud_lines(config, unseen, history, now)
+    extra = status.Extra(jobs=_jobs_by_node(slurm) if known else None, groups=status.group_names(config, fleet))
     if args.json:
         print(json.dumps({"cluster": config.cluster, "time": now, "slurm_error": slurm_error,
                           "clouds_unseen": unseen,
                           "cloud_problems": history.problems(), "pending_deletes": history.pending_deletes(),
-                          "rows": [row.to_json(now, known) for row in table_rows]}, indent=2))
+                          "rows": [row.to_json(now, known, extra) for row in table_rows]}, indent=2))
     else:
         if not known:
             print(f"elastic: warning: Slurm not asked ({slurm_error}): only duplicate servers are flagged",
                   file=sys.stderr)
-        sys.stdout.write(status.render(table_rows, now, slurm_known=known))
+        sys.stdout.write(status.render(table_rows, now, slurm_known=known, extra=extra))
         for line in clouds:
             print(line)
         print(status.summary(table_rows))
     trouble = any(row.problem for row in table_rows) or snapshot.unseen or history.pending_deletes()
     return EXIT_FOUND if trouble else EXIT_OK
+
+
+def _jobs_by_node(slurm: Slurm | None) -> dict[str, list[int]] | None:
+    """The jobs holding each node, or None (no JOB column) when Slurm cannot tell."""
+    if slurm is None:
+        return None
+    try:
+        return slurm.jobs_by_node()
+    except SlurmError:
+        return None
 
 
 # ---- reconcile -----------------------------------------------------------------------------------
@@ -286,21 +297,31 @@ def _reconcile(config: Config, slurm: Slurm, pools: list[str] | None, *, apply: 
     table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools, unseen=snapshot.unseen,
                              pending=snapshot.pending)
     repairs = reconcile.plan(table_rows, now, config.reconcile.grace, pending=snapshot.pending, unseen=snapshot.unseen)
+    # Empty server groups of ours, on a pass over every pool only (--pool scopes the nodes' repairs).
+    groups = reconcile.empty_groups(config, fleet, slurm.jobs_by_node()) if pools is None else []
     blind = EXIT_FOUND if snapshot.unseen else EXIT_OK
-    if not repairs:
+    if not repairs and not groups:
         print("nothing to repair")
         return blind
-    sys.stdout.write(reconcile.render_plan(repairs, now))
+    if repairs:
+        sys.stdout.write(reconcile.render_plan(repairs, now))
+    for cloud, group in groups:
+        print(f"server group {group.name} ({group.id}) on {cloud}: no member and its job holds no node: delete")
     due = [r for r in repairs if r.ready]
     if not apply:
-        print(f"{len(due)} repairs due, {len(repairs) - len(due)} waiting; nothing changed (use --apply)")
-        return EXIT_FOUND if due else blind
+        print(f"{len(due) + len(groups)} repairs due, {len(repairs) - len(due)} waiting; nothing changed "
+              "(use --apply)")
+        return EXIT_FOUND if due or groups else blind
+    failed = False
+    for cloud, group, problem in reconcile.delete_groups(fleet, groups, log):
+        print(f"server group {group.name} on {cloud}: {'FAILED: ' + problem if problem else 'deleted'}")
+        failed = failed or problem is not None
     if not due:
-        return blind
+        return EXIT_FOUND if failed else blind
     result = _apply(config, fleet, slurm, repairs, history, log, clock)
     print()
     sys.stdout.write(reconcile.render_result(result))
-    return EXIT_FOUND if result.failed else blind
+    return EXIT_FOUND if result.failed or failed else blind
 
 
 def _apply(config: Config, fleet: Fleet, slurm: Slurm, repairs: list[Repair], history: History,

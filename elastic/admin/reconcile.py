@@ -31,12 +31,12 @@ from structlog.typing import FilteringBoundLogger
 
 from elastic.admin import status
 from elastic.admin.table import duration, format_table
-from elastic.cloud import ACTIVE, Server
+from elastic.cloud import ACTIVE, Server, ServerGroup
 from elastic.config import Config
-from elastic.errors import LockTimeout, SlurmError
+from elastic.errors import CloudError, LockTimeout, SlurmError
 from elastic.fleet import Fleet
 from elastic.history import PendingDelete
-from elastic.power import placement
+from elastic.power import placement, server_groups
 
 DELETE = "delete"
 POWER_DOWN = "power_down"
@@ -237,3 +237,40 @@ def render_result(result: Result) -> str:
     body += [["FAILED", r.node, r.action, r.server.id if r.server else None, why] for r, why in result.failed]
     body += [["skipped", r.node, r.action, r.server.id if r.server else None, why] for r, why in result.skipped]
     return format_table(["RESULT", "NODE", "ACTION", "SERVER", "DETAIL"], body)
+
+
+# ---- server groups -------------------------------------------------------------------------------
+
+
+def empty_groups(config: Config, fleet: Fleet,
+                 jobs_by_node: Mapping[str, Sequence[int]]) -> list[tuple[str, ServerGroup]]:
+    """Our server groups with no member whose job holds no node in Slurm now: a resume leaves
+    them behind when it fails between creating a group and its servers, or a suspend when its
+    cloud did not answer. A group of a job Slurm still runs (a resume may be about to boot into
+    it) is kept. Only when a pool uses server groups; clouds that do not answer are skipped."""
+    clouds = sorted({e.cloud for pool in config.pools.values() if pool.server_group for e in pool.clouds
+                     if e.cloud in fleet.clouds})
+    live = {job for ids in jobs_by_node.values() for job in ids}
+    found: list[tuple[str, ServerGroup]] = []
+    for cloud, result in fleet.each_cloud({c: fleet.clouds[c].list_server_groups for c in clouds}).items():
+        if isinstance(result, CloudError):
+            continue
+        found += [(cloud, g) for g in result
+                  if server_groups.is_ours(g, config) and not g.members and server_groups.job_of(g) not in live]
+    return found
+
+
+def delete_groups(fleet: Fleet, groups: Sequence[tuple[str, ServerGroup]],
+                  log: FilteringBoundLogger) -> list[tuple[str, ServerGroup, str | None]]:
+    """Delete the groups; per group the error, or None when it is gone."""
+    done: list[tuple[str, ServerGroup, str | None]] = []
+    for cloud, group in groups:
+        try:
+            fleet.clouds[cloud].delete_server_group(group.id)
+        except CloudError as error:
+            log.error("cloud.delete_server_group", cloud=cloud, group=group.name, ok=False, error=str(error))
+            done.append((cloud, group, str(error)))
+            continue
+        log.info("cloud.delete_server_group", cloud=cloud, group=group.name, ok=True, why="reconcile")
+        done.append((cloud, group, None))
+    return done

@@ -90,7 +90,7 @@ class Row:
             return None
         return now - self.server.created
 
-    def to_json(self, now: float, slurm_known: bool) -> dict[str, Any]:
+    def to_json(self, now: float, slurm_known: bool, extra: Extra | None = None) -> dict[str, Any]:
         server = None
         if self.server is not None:
             age = self.age(now)
@@ -103,7 +103,39 @@ class Row:
             "reason": self.slurm.reason if self.slurm and self.slurm.reason else None,
             "slurm_address": self.slurm.addr if self.slurm and self.slurm.addr else None,
             "server": server, "problem": self.problem, "note": self.note or None,
+            "jobs": (extra or Extra()).jobs_of(self), "server_group": (extra or Extra()).group_of(self),
         }
+
+
+@dataclass(frozen=True)
+class Extra:
+    """What status shows beside the rows when it could read it: the jobs holding each node (from
+    Slurm) and the server group of each server (from the clouds of pools that use groups)."""
+
+    jobs: Mapping[str, Sequence[int]] | None = None  # node -> job ids; None: not read
+    groups: Mapping[str, str] | None = None  # server id -> group name; None: no pool uses groups
+
+    def jobs_of(self, row: Row) -> list[int] | None:
+        return list(self.jobs.get(row.node, [])) if self.jobs is not None else None
+
+    def group_of(self, row: Row) -> str | None:
+        if self.groups is None or row.server is None:
+            return None
+        return self.groups.get(row.server.id)
+
+
+def group_names(config: Config, fleet: Fleet) -> dict[str, str] | None:
+    """Server id -> the name of its server group, on the clouds of pools with `server_group`
+    (None when no pool uses groups). A cloud that cannot list its groups shows none."""
+    clouds = sorted({e.cloud for pool in config.pools.values() if pool.server_group for e in pool.clouds
+                     if e.cloud in fleet.clouds})
+    if not clouds:
+        return None
+    names: dict[str, str] = {}
+    for result in fleet.each_cloud({c: fleet.clouds[c].list_server_groups for c in clouds}).values():
+        if not isinstance(result, CloudError):
+            names.update({member: group.name for group in result for member in group.members})
+    return names
 
 
 def wants_server(state: NodeState | None) -> bool | None:
@@ -207,7 +239,9 @@ def collect(config: Config, fleet: Fleet, slurm: SlurmNodes | None, names: Itera
     return Snapshot(servers, nodes, None, sighting.unseen, pending)
 
 
-def render(table_rows: Sequence[Row], now: float, *, slurm_known: bool) -> str:
+def render(table_rows: Sequence[Row], now: float, *, slurm_known: bool, extra: Extra | None = None) -> str:
+    """The table; JOB and GROUP columns only when Slurm's jobs were read and a pool uses groups."""
+    extra = extra or Extra()
     body = []
     for row in table_rows:
         if row.slurm is not None:
@@ -221,9 +255,17 @@ def render(table_rows: Sequence[Row], now: float, *, slurm_known: bool) -> str:
         problem = PROBLEM_TEXT[row.problem] if row.problem else ""
         if row.note and row.note != "deleting":
             problem = f"{problem}; {row.note}" if problem else row.note
-        body.append([row.node, row.pool, slurm_state, row.slurm.reason if row.slurm else None, status,
-                     server.cloud if server else None, row.address, duration(row.age(now)), problem])
-    return format_table(["NODE", "POOL", "SLURM", "REASON", "SERVER", "CLOUD", "ADDRESS", "AGE", "PROBLEM"], body)
+        cells = [row.node, row.pool, slurm_state, row.slurm.reason if row.slurm else None, status,
+                 server.cloud if server else None, row.address, duration(row.age(now))]
+        if extra.jobs is not None:
+            cells.append(",".join(str(job) for job in extra.jobs_of(row) or []) or None)
+        if extra.groups is not None:
+            cells.append(extra.group_of(row))
+        body.append([*cells, problem])
+    header = ["NODE", "POOL", "SLURM", "REASON", "SERVER", "CLOUD", "ADDRESS", "AGE"]
+    header += ["JOB"] if extra.jobs is not None else []
+    header += ["GROUP"] if extra.groups is not None else []
+    return format_table([*header, "PROBLEM"], body)
 
 
 def summary(table_rows: Sequence[Row]) -> str:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 from structlog.typing import FilteringBoundLogger
 
-from elastic.cloud import Cloud, ServerGroup
+from elastic.cloud import Cloud, Server, ServerGroup
 from elastic.config import Config
 from elastic.errors import CloudError
 
@@ -55,10 +55,23 @@ class Cleanup:
     failed: dict[str, str] = field(default_factory=dict)  # cloud -> error
 
 
-def holding(cloud: Cloud, server_ids: Iterable[str], config: Config) -> list[ServerGroup]:
-    """Our groups on the cloud that hold any of these servers (read before deleting them)."""
-    ids = set(server_ids)
-    return [g for g in cloud.list_server_groups() if is_ours(g, config) and ids & set(g.members)]
+def holding(clouds: Mapping[str, Cloud], servers: Iterable[Server], config: Config,
+            log: FilteringBoundLogger) -> dict[str, set[str]]:
+    """Per cloud, the ids of our groups that hold any of these servers: read before deleting them,
+    so that after the deletes exactly these groups are checked for being empty. A cloud whose
+    groups cannot be listed is left out (reconcile finds its empty groups later)."""
+    by_cloud: dict[str, set[str]] = {}
+    for server in servers:
+        by_cloud.setdefault(server.cloud, set()).add(server.id)
+    found: dict[str, set[str]] = {}
+    for name, ids in by_cloud.items():
+        try:
+            groups = clouds[name].list_server_groups()
+        except CloudError as error:
+            log.warning("cloud.server_groups", cloud=name, ok=False, kind=error.kind.value, error=str(error))
+            continue
+        found[name] = {g.id for g in groups if is_ours(g, config) and ids & set(g.members)}
+    return found
 
 
 def delete_empty(clouds: Mapping[str, Cloud], only: Mapping[str, Iterable[str]] | None, config: Config,
@@ -66,7 +79,8 @@ def delete_empty(clouds: Mapping[str, Cloud], only: Mapping[str, Iterable[str]] 
     """Delete our groups that have no member left: on each cloud of `only`, those of its group ids
     (the groups whose servers a flow just deleted: a group a resume created a moment ago for a job
     whose servers are not made yet is never touched); with `only` None, every empty group of ours
-    on every cloud (reconcile). A cloud that fails is named in the result and skipped: its empty
+    on every cloud (reconcile). A group is deleted by id, so one of the same name that a resume
+    makes afterwards is not touched. A cloud that fails is named in the result and skipped: its empty
     groups are found again by the next cleanup."""
     result = Cleanup()
     targets = {name: None for name in clouds} if only is None else {name: set(ids) for name, ids in only.items()}

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from elastic.errors import CloudErrorKind
 from elastic.fleet import Fleet
+from elastic.power import server_groups
 from elastic.power.outcome import Failure, Outcome, report_failures
 from elastic.power.services import Services
 
@@ -42,7 +43,10 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
         for node, clouds in fleet.blind_spots(nodes, sighting).items():
             for cloud in clouds:
                 deferred[node][cloud] = f"{why}: cannot list servers: {sighting.unseen[cloud].message}"
-        deletion = fleet.delete([s for node in nodes for s in sighting.of(node)], why=why)
+        doomed = [s for node in nodes for s in sighting.of(node)]
+        grouped = _uses_server_groups(nodes, svc)
+        groups = server_groups.holding(fleet.clouds, doomed, svc.config, svc.log) if grouped and doomed else {}
+        deletion = fleet.delete(doomed, why=why)
         for server, error in deletion.failed.values():
             if error.kind in _REFUSALS:
                 outcome.fail([server.name],
@@ -53,6 +57,9 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
             deferred[server.name].setdefault(server.cloud,
                                              f"{why}: still there after {svc.config.timeouts.delete:.0f}s")
         _remember(nodes, deferred, fleet, svc)
+        if groups:
+            # A group goes with its last server (Nova drops a member when the server is gone).
+            server_groups.delete_empty(fleet.clouds, groups, svc.config, svc.log)
     for node in nodes:
         if node not in outcome.failed:
             outcome.served[node] = None
@@ -61,6 +68,11 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
     if outcome.deferred:
         svc.log.warning(f"{why}.deferred", nodes=outcome.deferred)
     return outcome
+
+
+def _uses_server_groups(nodes: list[str], svc: Services) -> bool:
+    pools = {svc.config.pool_of(node) for node in nodes}
+    return any(svc.config.pools[p].server_group is not None for p in pools if p is not None)
 
 
 def _remember(nodes: list[str], deferred: dict[str, dict[str, str]], fleet: Fleet, svc: Services) -> None:

@@ -14,7 +14,7 @@ from elastic.fleet import Fleet, NoMemory
 from elastic.slurm import NodeState
 from elastic.testing import FakeClock, MemoryCloud
 
-from test_admin_status import ALLOCATED, IDLE, NOW, POWERING_UP, FakeSlurm, make_config, ours, slurm_nodes
+from test_admin_status import ALLOCATED, CONFIG, IDLE, NOW, POWERING_UP, FakeSlurm, make_config, ours, slurm_nodes
 
 GRACE = 600
 
@@ -216,3 +216,32 @@ def test_plan_table_says_what_and_why(tmp_path):
     assert lines[1].split()[:6] == ["delete", "cpu-001", "alpha-1", "alpha", ACTIVE, "3h00m"]
     assert lines[2].split()[:2] == ["wait", "cpu-002"] and "younger than the grace period (1m < 10m)" in lines[2]
     assert lines[3].split()[:2] == ["power_down", "cpu-004"]
+
+
+def test_empty_groups_are_ours_without_members_whose_job_holds_no_node(tmp_path):
+    """Reconcile deletes our empty groups unless Slurm still runs their job; groups with members,
+    of another cluster or of a pool not in the config are never touched."""
+    config = make_config(tmp_path, CONFIG.replace("    partition: cloud\n", "    partition: cloud\n"
+                                                                            "    server_group: affinity\n"))
+    clouds = {"alpha": MemoryCloud("alpha"), "beta": MemoryCloud("beta")}
+    alpha = clouds["alpha"]
+    gone = alpha.create_server_group("test-cpu-job5", "affinity")
+    alpha.create_server_group("test-cpu-job6", "affinity")  # job 6 still holds a node
+    alpha.create_server_group("other-cpu-job5", "affinity")  # another cluster's
+    alpha.create_server_group("test-old-job5", "affinity")  # not a pool of ours (any more)
+    held = alpha.create_server_group("test-cpu-job7", "affinity")
+    alpha.server_groups[held.id] = dataclasses.replace(held, members=("s1",))
+    clock = FakeClock(NOW)
+    fleet = fleet_of(config, clouds, clock)
+    found = reconcile.empty_groups(config, fleet, {"cpu-002": [6]})
+    assert found == [("alpha", gone)]
+    assert reconcile.delete_groups(fleet, found, null_log()) == [("alpha", gone, None)]
+    assert gone.id not in alpha.server_groups and len(alpha.server_groups) == 4
+
+
+def test_empty_groups_costs_nothing_without_a_pool_using_groups(tmp_path):
+    """No pool uses server groups: no cloud is asked for its groups."""
+    config = make_config(tmp_path)
+    clouds = {"alpha": MemoryCloud("alpha"), "beta": MemoryCloud("beta")}
+    assert reconcile.empty_groups(config, fleet_of(config, clouds, FakeClock(NOW)), {}) == []
+    assert clouds["alpha"].calls == [] and clouds["beta"].calls == []

@@ -77,6 +77,12 @@ class FakeSlurm:
     fail_updates: bool = False
     on_read: object = None  # called before each nodes() read: lets a test change Slurm between looks
     reads: int = 0
+    jobs: dict[str, list[int]] = field(default_factory=dict)  # node -> ids of the jobs holding it
+
+    def jobs_by_node(self):
+        if self.fail_reads:
+            raise SlurmError("scontrol -o show job: exit 1: Unable to contact slurm controller")
+        return self.jobs
 
     def nodes(self, names=None):
         self.reads += 1
@@ -279,3 +285,20 @@ def test_summary_counts_nodes_per_mismatch(tmp_path):
     assert status.summary(rows) == ("6 nodes, 1 live servers; mismatches: 1 orphan, 1 missing "
                                     "(elastic reconcile shows the repairs)")
     assert status.summary(status.rows(config, [], slurm_nodes())).endswith("no mismatches")
+
+
+def test_render_shows_each_nodes_job_and_server_group_when_known(tmp_path):
+    """With Slurm's jobs read and a pool using groups, JOB and GROUP columns appear, in JSON too."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha")
+    server = cloud.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 60)
+    rows = status.rows(config, cloud.list_servers("test"), slurm_nodes(cpu_001=IDLE))
+    extra = status.Extra(jobs={"cpu-001": [12, 14]}, groups={server.id: "test-cpu-job12"})
+    lines = status.render(rows, NOW, slurm_known=True, extra=extra).splitlines()
+    assert lines[0].split() == ["NODE", "POOL", "SLURM", "REASON", "SERVER", "CLOUD", "ADDRESS", "AGE", "JOB",
+                                "GROUP", "PROBLEM"]
+    assert "12,14" in lines[1] and "test-cpu-job12" in lines[1]
+    as_json = rows[0].to_json(NOW, True, extra)
+    assert as_json["jobs"] == [12, 14] and as_json["server_group"] == "test-cpu-job12"
+    assert rows[1].to_json(NOW, True, extra)["jobs"] == []
+    assert rows[0].to_json(NOW, True)["jobs"] is None

@@ -6,7 +6,7 @@ from __future__ import annotations
 from elastic.cloud import ACTIVE
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudErrorKind
-from elastic.power import resume
+from elastic.power import resume, suspend
 from elastic.resume_request import ResumeJob
 
 from power_fixtures import CONFIG, make_services
@@ -165,3 +165,23 @@ def test_a_server_group_failure_is_that_clouds_fault_only(tmp_path):
     assert clouds["alpha"].live() == [] and len(clouds["beta"].live()) == 2
     (group,) = clouds["beta"].server_groups.values()
     assert len(group.members) == 2
+
+
+def test_suspend_deletes_a_group_with_its_last_server_only(tmp_path):
+    """Suspending part of a job keeps its group; suspending the rest deletes it. An empty group that
+    held none of the deleted servers (a resume just made it) is left alone."""
+    svc, clouds, _, _ = make_services(tmp_path, config_text=_config("server_group: affinity"))
+    resume(["cpu-001", "cpu-002"], svc, jobs=[ResumeJob(7, ("cpu-001", "cpu-002"))])
+    fresh = clouds["alpha"].create_server_group("test-cpu-job8", "affinity")
+    suspend(["cpu-001"], svc)
+    assert sorted(g.name for g in clouds["alpha"].server_groups.values()) == ["test-cpu-job7", "test-cpu-job8"]
+    suspend(["cpu-002"], svc)
+    assert list(clouds["alpha"].server_groups) == [fresh.id]
+
+
+def test_suspend_without_server_groups_never_lists_them(tmp_path):
+    """Pools without server_group cost suspend no server-group call."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    resume(["cpu-001"], svc, jobs=[ResumeJob(7, ("cpu-001",))])
+    suspend(["cpu-001"], svc)
+    assert not any("server_group" in op for op, _ in clouds["alpha"].calls)

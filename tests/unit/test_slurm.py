@@ -417,3 +417,30 @@ def test_find_command_not_found(tmp_path, monkeypatch):
     monkeypatch.setenv("PATH", str(tmp_path))
     with pytest.raises(SlurmError, match="scontrol: not found in"):
         find_command("scontrol")
+
+
+# ---- jobs by node -------------------------------------------------------------------------------
+
+SHOW_JOB = (
+    "JobId=12 JobName=mpi UserId=alice(1000) GroupId=alice(1000) MCS_label=N/A Priority=4294901756 Nice=0 "
+    "Account=(null) QOS=(null) JobState=CONFIGURING Reason=None Dependency=(null) Requeue=1 Restarts=0 "
+    "BatchFlag=1 Reboot=0 ExitCode=0:0 RunTime=00:00:04 TimeLimit=UNLIMITED NodeList=cpu-[001-003] "
+    "BatchHost=cpu-001 NumNodes=3 NumCPUs=3 ReqNodeList=(null) ExcNodeList=cpu-004 Command=/tmp/a b.sh\n"
+    "JobId=13 JobName=wait UserId=bob(1001) JobState=PENDING Reason=Resources NodeList=(null) "
+    "ReqNodeList=cpu-004\n"
+    "JobId=11 JobName=old UserId=bob(1001) JobState=COMPLETED Reason=None NodeList=cpu-004\n"
+    "JobId=14 JobName=shared UserId=bob(1001) JobState=RUNNING Reason=None NodeList=cpu-003\n"
+)
+
+
+def test_jobs_by_node_reads_node_lists_of_jobs_holding_nodes():
+    """Configuring and running jobs give their nodes; pending and finished jobs, and ReqNodeList, do not."""
+    runner = FakeRunner(SHOW_JOB)
+    jobs = Slurm(runner, scontrol="/usr/bin/scontrol").jobs_by_node()
+    assert runner.calls == [["/usr/bin/scontrol", "-o", "show", "job"]]
+    assert jobs == {"cpu-001": [12], "cpu-002": [12], "cpu-003": [12, 14]}
+
+
+def test_jobs_by_node_with_no_jobs():
+    """`No jobs in the system` is no job, not an error."""
+    assert Slurm(FakeRunner("No jobs in the system\n")).jobs_by_node() == {}
