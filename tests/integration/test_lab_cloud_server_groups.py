@@ -9,8 +9,9 @@ from __future__ import annotations
 import openstack.exceptions as exc
 import pytest
 
-from conftest import FAST
 from elastic.lab.cloud import LabCloud, LabConfigError
+
+from conftest import FAST
 
 pytestmark = pytest.mark.integration
 
