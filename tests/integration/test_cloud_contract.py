@@ -280,3 +280,20 @@ def test_soft_policies_need_compute_2_15(cap, allowed):
             assert caught.value.kind is CloudErrorKind.CONFIG and "2.15" in caught.value.message
             assert cloud.create_server_group("contract-hard", "anti-affinity").policy == "anti-affinity"
         assert [g.name for g in cloud.list_server_groups()] == ["contract-soft" if allowed else "contract-hard"]
+
+
+def test_a_full_affinity_host_is_a_capacity_error_on_the_server():
+    """OpenStackCloud only (MemoryCloud has no hosts): on an emulated cloud of 2 hosts of 2 servers, a third member
+    of an affinity group is accepted and then listed ERROR with Nova's "No valid host" fault, kind CAPACITY."""
+    config = {"clouds": {"lab": {"boot_seconds": 0.1, "delete_seconds": 0.1, "hosts": 2, "host_capacity": 2,
+                                 "images": [{"name": "debian-12"}]}}}
+    with LabCloud(config) as lab, tempfile.TemporaryDirectory() as tmp:
+        cloud = OpenStackCloud("lab", CloudConfig(clouds_yaml=lab.write_clouds_yaml(Path(tmp) / "clouds.yaml"),
+                                                  api_timeout=10, rate=0))
+        group = cloud.create_server_group("contract-mpi", "affinity")
+        for node in ("cpu-40", "cpu-41", "cpu-42"):
+            cloud.create_server(_request(cloud, node, group.id))
+        failed = _until(lambda: (s := _only(cloud, "cpu-42")) and s.status == "ERROR" and s)
+        assert isinstance(failed, Server) and failed.fault_kind is CloudErrorKind.CAPACITY
+        assert failed.fault and failed.fault.startswith("No valid host was found")
+        assert _until(lambda: all(s.status == ACTIVE for s in cloud.list_servers(CLUSTER, ["cpu-40", "cpu-41"])))
