@@ -285,6 +285,28 @@ def _cool_down_skipped(decision: Decision, jobs: Mapping[str, JobNodes], room: M
                 svc.history.record_cloud_failure(skipped, pool_name, CloudErrorKind.QUOTA.value, now)
 
 
+def _drop_group(job: JobNodes, pool_name: str, cloud: str, deleted: set[str], fleet: Fleet, svc: Services,
+                state: _Round) -> None:
+    """The job left `cloud`: its server group there goes too, unless it holds a server other than
+    those just deleted (the job's nodes of an earlier run). A failure is logged: `elastic
+    reconcile` deletes an empty group of ours later."""
+    if job.job_id is None:
+        return
+    name = server_groups.group_name(svc.config.cluster, pool_name, job.job_id)
+    group = state.groups.get(cloud, {}).get(name)
+    if group is None:
+        return
+    guard = fleet.clouds[cloud]
+    try:
+        current = next((g for g in guard.list_server_groups() if g.id == group.id), None)
+        if current is not None and set(current.members) <= deleted:
+            guard.delete_server_group(group.id)
+            svc.log.info("cloud.delete_server_group", cloud=cloud, group=name, id=group.id, why=f"{job.key} left")
+        state.groups[cloud].pop(name, None)
+    except CloudError as error:
+        svc.log.warning("cloud.delete_server_group", cloud=cloud, group=name, ok=False, error=str(error))
+
+
 def _with_tried(state: _Round, node: str, failure: Failure) -> Failure:
     """`failure`, with what the node's earlier clouds in this run said."""
     earlier = state.failures.get(node)
@@ -331,6 +353,7 @@ def _create_jobs_on(jobs: list[JobNodes], pool_name: str, entry: PoolCloud, stat
         if made:
             fleet.delete([item.server for item in made], why=f"{job.key} moves off {entry.cloud}")
             _spend(state, entry.cloud, flavor, -len(made))
+        _drop_group(job, pool_name, entry.cloud, {item.server.id for item in made}, fleet, svc, state)
         first = refused.get(job.key) or next(
             (failed[n] for n in job.nodes if n in failed),
             Failure("timeout", "boot deadline passed before its create"))
@@ -681,6 +704,9 @@ def _move_whole_jobs(again: dict[str, str], state: _Round, outcome: Outcome, fle
             continue
         svc.log.warning("resume.job_moves", job=job.key, clouds=sorted(left), nodes=siblings)
         fleet.delete([state.where[n] for n in siblings], why=f"{job.key} moves off {', '.join(sorted(left))}")
+        gone = {state.where[n].id for n in job.nodes if n in state.where}  # the ERROR ones were deleted too
+        for cloud in left:
+            _drop_group(job, pool_name, cloud, gone, fleet, svc, state)
         cause = next(n for n in job.nodes if n in again)
         for node in siblings:
             cloud = state.where.pop(node).cloud
@@ -703,9 +729,12 @@ def _release_broken_jobs(state: _Round, outcome: Outcome, fleet: Fleet, svc: Ser
             continue
         state.released.add(job.key)
         others = [n for n in job.nodes if n not in outcome.failed]
+        gone = {state.where[n].id for n in job.nodes if n in state.where}
         servers = [state.where.pop(n) for n in others if n in state.where]
         if servers:
             fleet.delete(servers, why=f"all_or_nothing: {job.key} cannot get all its nodes")
+        for cloud in sorted(state.groups):
+            _drop_group(job, pool, cloud, gone, fleet, svc, state)
         cause = outcome.failed[bad[0]]
         for node in bad:
             failure = outcome.failed[node]

@@ -185,3 +185,13 @@ def test_suspend_without_server_groups_never_lists_them(tmp_path):
     resume(["cpu-001"], svc, jobs=[ResumeJob(7, ("cpu-001",))])
     suspend(["cpu-001"], svc)
     assert not any("server_group" in op for op, _ in clouds["alpha"].calls)
+
+
+def test_a_job_that_moves_off_a_cloud_takes_its_group_there_along(tmp_path):
+    """No valid host for one node on alpha: the job boots on beta and its empty group on alpha is deleted."""
+    svc, clouds, _, _ = make_services(tmp_path, config_text=_config("server_group: affinity"))
+    clouds["alpha"].error_on_boot["cpu-002"] = "No valid host was found. There are not enough hosts available."
+    assert resume(["cpu-001", "cpu-002"], svc, jobs=[ResumeJob(7, ("cpu-001", "cpu-002"))]).exit_code == 0
+    assert clouds["alpha"].server_groups == {} and ("create_server_group", "test-cpu-job7") in clouds["alpha"].calls
+    (group,) = clouds["beta"].server_groups.values()
+    assert len(group.members) == 2
