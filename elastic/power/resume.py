@@ -333,6 +333,7 @@ def _create_jobs_on(jobs: list[JobNodes], pool_name: str, entry: PoolCloud, stat
                     server_groups.group_name(svc.config.cluster, pool_name, job.job_id), pool.server_group)
             except CloudError as error:
                 svc.log.warning("resume.server_group_failed", cloud=entry.cloud, job=job.key, error=str(error))
+                _remember_problem(error, entry.cloud, pool_name, svc)
                 refused[job.key] = failure_from(error)
                 continue
             groups.update(dict.fromkeys(job.nodes, group.id))
