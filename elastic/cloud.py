@@ -29,6 +29,9 @@ ERROR = "ERROR"
 _NAME_FILTER_MAX = 40
 # How messages name a resource kind where it is not the word itself.
 _WORDS = {"keypair": "key pair"}
+# Nova's server-group policies; the soft ones exist from compute API 2.15 (Mitaka) only.
+SERVER_GROUP_POLICIES = ("affinity", "anti-affinity", "soft-affinity", "soft-anti-affinity")
+_SOFT_POLICIES_FROM = "2.15"
 
 
 # One address of a server, as Nova lists it under its network's name. Old clouds omit the type.
@@ -95,6 +98,10 @@ class Limits:
     cores_used: int
     ram: int
     ram_used: int
+    # Nova's server-group quotas (-1: unlimited); members are counted per group.
+    server_groups: int = -1
+    server_groups_used: int = 0
+    server_group_members: int = -1
 
 
 @dataclass(frozen=True)
@@ -272,9 +279,17 @@ class OpenStackCloud:
                 attrs[key] = value
         if request.security_groups:
             attrs["security_groups"] = [{"name": g} for g in request.security_groups]
-        with self._translated(f"create server {request.name}"):
-            self._limiter.wait()
-            created = self._sdk.compute.create_server(**attrs)
+        if request.server_group:
+            # The SDK sends it as OS-SCH-HNT:scheduler_hints beside `server`; any microversion.
+            attrs["scheduler_hints"] = {"group": request.server_group}
+        try:
+            with self._translated(f"create server {request.name}"):
+                self._limiter.wait()
+                created = self._sdk.compute.create_server(**attrs)
+        except CloudError as error:
+            if request.server_group and error.kind is CloudErrorKind.NOT_FOUND:
+                error.resource = ("server group", request.server_group)
+            raise
         # The create reply holds only id, links and adminPass: describe it from what we sent.
         return Server(id=created.id, name=request.name, status=BUILDING, cloud=self.name,
                       metadata=dict(request.metadata), created=self._clock())
@@ -283,6 +298,40 @@ class OpenStackCloud:
         with self._translated(f"delete server {server_id}"):
             self._limiter.wait()
             self._sdk.compute.delete_server(server_id, ignore_missing=True)
+
+    # ---- server groups -----------------------------------------------------------------------
+
+    def create_server_group(self, name: str, policy: str) -> ServerGroup:
+        """A Nova server group. The SDK speaks the cloud's format: `policies: [policy]` below 2.64,
+        `policy` from 2.64 (it negotiates at most 2.64 for server groups)."""
+        action = f"create server group {name}"
+        if policy not in SERVER_GROUP_POLICIES:
+            raise CloudError(CloudErrorKind.CONFIG, f"{action}: unknown policy {policy!r} "
+                             f"(known: {', '.join(SERVER_GROUP_POLICIES)})", cloud=self.name)
+        with self._translated(action):
+            compute = self._sdk.compute
+            if policy.startswith("soft-"):
+                from openstack import utils
+
+                # Nova would answer a cryptic schema 400 ("'soft-affinity' is not one of [...]").
+                if not utils.supports_microversion(compute, _SOFT_POLICIES_FROM):
+                    raise CloudError(CloudErrorKind.CONFIG, f"{action}: policy {policy} needs compute API "
+                                     f"{_SOFT_POLICIES_FROM} (Mitaka); this cloud's is older", cloud=self.name)
+            self._limiter.wait()
+            created = compute.create_server_group(name=name, policy=policy)
+        return _server_group(created)
+
+    def list_server_groups(self) -> list[ServerGroup]:
+        """The project's server groups; each lists only its members that are not deleted."""
+        with self._translated("list server groups"):
+            self._limiter.wait()
+            return [_server_group(item) for item in self._sdk.compute.server_groups()]
+
+    def delete_server_group(self, group_id: str) -> None:
+        """Nova deletes a group that still has members (they run on, in no group); a missing one is fine."""
+        with self._translated(f"delete server group {group_id}"):
+            self._limiter.wait()
+            self._sdk.compute.delete_server_group(group_id, ignore_missing=True)
 
     # ---- names to ids ------------------------------------------------------------------------
 
@@ -355,6 +404,8 @@ class OpenStackCloud:
             instances=int(absolute.instances), instances_used=int(absolute.instances_used or 0),
             cores=int(absolute.total_cores), cores_used=int(absolute.total_cores_used or 0),
             ram=int(absolute.total_ram), ram_used=int(absolute.total_ram_used or 0),
+            server_groups=_limit(absolute.server_groups), server_groups_used=int(absolute.server_groups_used or 0),
+            server_group_members=_limit(absolute.server_group_members),
         )
 
     # ---- helpers -----------------------------------------------------------------------------
@@ -379,6 +430,18 @@ class OpenStackCloud:
             error = classify_exception(exc, cloud=self.name, action=action)
             error.resource = resource
             raise error from exc
+
+
+def _limit(value: Any) -> int:
+    """A maximum from /limits; a cloud that does not report it limits nothing we can see."""
+    return -1 if value is None else int(value)
+
+
+def _server_group(item: Any) -> ServerGroup:
+    # Below 2.64 Nova shows `policies: [one]` and the SDK's `policy` is None; from 2.64 the reverse.
+    policies = item.policies or []
+    policy = item.policy or (policies[0] if policies else "")
+    return ServerGroup(id=item.id, name=item.name or "", policy=policy, members=tuple(item.member_ids or ()))
 
 
 def classify_fault(message: str | None) -> CloudErrorKind:
@@ -442,6 +505,7 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 # exceeded"), unified limits ("Project X is over a limit for [Resource servers is over limit ...]");
 # Neutron's 409 "OverQuota".
 _QUOTA_WORDS = re.compile(r"quota|maximum number of \w+ exceeded|over (a )?limit for", re.IGNORECASE)
+_GROUP_NOT_FOUND = re.compile(r"instance group \S+ could not be found", re.IGNORECASE)
 
 
 def _classify_status(status: int | None, detail: str, prefix: str, cloud: str, response: Any) -> CloudError:
@@ -464,7 +528,9 @@ def _classify_status(status: int | None, detail: str, prefix: str, cloud: str, r
         # Neutron reports an exhausted floating IP quota as 409 OverQuota.
         kind = CloudErrorKind.QUOTA if quota_words else CloudErrorKind.CONFLICT
     elif status == 400:
-        kind = CloudErrorKind.CONFIG
+        # Nova answers a scheduler hint naming a server group it does not know with a 400
+        # (InstanceGroupNotFound); the group is missing, not our configuration wrong.
+        kind = CloudErrorKind.NOT_FOUND if _GROUP_NOT_FOUND.search(detail) else CloudErrorKind.CONFIG
     else:
         kind = CloudErrorKind.TRANSIENT  # 5xx, and whatever else we cannot place
     if kind is CloudErrorKind.QUOTA:

@@ -26,7 +26,7 @@ from typing import Protocol, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
-from elastic.cloud import BootRequest, BootTarget, Cloud, Flavor, Limits, Server
+from elastic.cloud import BootRequest, BootTarget, Cloud, Flavor, Limits, Server, ServerGroup
 from elastic.config import Config
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.history import CloudDown
@@ -93,6 +93,15 @@ class CloudGuard:
 
     def limits(self) -> Limits:
         return self._call(lambda: self._cloud.limits())
+
+    def create_server_group(self, name: str, policy: str) -> ServerGroup:
+        return self._call(lambda: self._cloud.create_server_group(name, policy))
+
+    def list_server_groups(self) -> list[ServerGroup]:
+        return self._call(lambda: self._cloud.list_server_groups())
+
+    def delete_server_group(self, group_id: str) -> None:
+        return self._call(lambda: self._cloud.delete_server_group(group_id))
 
     def probe(self, timeout: float) -> None:
         return self._call(lambda: self._cloud.probe(timeout))

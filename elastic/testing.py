@@ -16,6 +16,7 @@ from elastic.cloud import (
     ACTIVE,
     BUILDING,
     ERROR,
+    SERVER_GROUP_POLICIES,
     Address,
     BootRequest,
     BootTarget,
@@ -48,6 +49,8 @@ class MemoryCloud:
     error_on_boot: dict[str, str] = field(default_factory=dict)  # node name -> fault message
     stuck_in_build: set[str] = field(default_factory=set)  # node names whose servers never leave BUILD
     server_groups: dict[str, ServerGroup] = field(default_factory=dict)
+    server_group_quota: int = 10  # Nova's defaults; -1: unlimited
+    server_group_member_quota: int = 10
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
@@ -84,6 +87,7 @@ class MemoryCloud:
             for server_id, server in list(self.servers.items()):
                 if server.deleting:
                     del self.servers[server_id]  # a delete is visible for one list, then gone
+                    self._leave_groups(server_id)  # Nova lists a member until its delete completes
                 elif server.status == BUILDING and server.name not in self.stuck_in_build:
                     self._polls[server_id] = self._polls.get(server_id, 0) + 1
                     if self._polls[server_id] >= self.boot_polls:
@@ -94,16 +98,23 @@ class MemoryCloud:
     def create_server(self, request: BootRequest) -> Server:
         self._record("create", request.name)
         with self._lock:
+            # Nova's order: the hinted group (a 400 InstanceGroupNotFound), the instance quota, the
+            # group's member quota.
+            group = self.server_groups.get(request.server_group) if request.server_group is not None else None
+            if request.server_group is not None and group is None:
+                raise CloudError(CloudErrorKind.NOT_FOUND,
+                                 f"create server {request.name}: Instance group {request.server_group} "
+                                 "could not be found.", cloud=self.name, status=400,
+                                 resource=("server group", request.server_group))
             if len([s for s in self.servers.values() if not s.deleting]) >= self.instance_quota:
                 raise CloudError(CloudErrorKind.QUOTA, "Quota exceeded for instances", cloud=self.name, status=403)
-            if request.server_group is not None and request.server_group not in self.server_groups:
-                raise CloudError(CloudErrorKind.NOT_FOUND, f"server group {request.server_group} not found",
-                                 cloud=self.name, status=404, resource=("server group", request.server_group))
+            if group is not None and 0 <= self.server_group_member_quota <= len(group.members):
+                raise CloudError(CloudErrorKind.QUOTA, f"create server {request.name}: Quota exceeded, too many "
+                                 "servers in group", cloud=self.name, status=403)
             server = Server(id=f"{self.name}-{next(self._ids)}", name=request.name, status=BUILDING, cloud=self.name,
                             metadata=dict(request.metadata), created=float(next(self._ids)))
             self.servers[server.id] = server
-            if request.server_group is not None:
-                group = self.server_groups[request.server_group]
+            if group is not None:
                 self.server_groups[group.id] = replace(group, members=(*group.members, server.id))
             return server
 
@@ -112,10 +123,6 @@ class MemoryCloud:
         with self._lock:
             if server_id in self.servers:
                 self.servers[server_id] = replace(self.servers[server_id], task_state="deleting")
-            for group in list(self.server_groups.values()):
-                if server_id in group.members:
-                    self.server_groups[group.id] = replace(
-                        group, members=tuple(m for m in group.members if m != server_id))
 
     def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget:
         self._record("resolve", f"{flavor}/{image}/{network}")
@@ -158,11 +165,19 @@ class MemoryCloud:
     def limits(self) -> Limits:
         self._record("limits", "")
         used = len(self.live())
-        return Limits(self.instance_quota, used, 10 * self.instance_quota, used, 10**6, used * 2048)
+        return Limits(self.instance_quota, used, 10 * self.instance_quota, used, 10**6, used * 2048,
+                      server_groups=self.server_group_quota, server_groups_used=len(self.server_groups),
+                      server_group_members=self.server_group_member_quota)
 
     def create_server_group(self, name: str, policy: str) -> ServerGroup:
         self._record("create_server_group", name)
+        if policy not in SERVER_GROUP_POLICIES:
+            raise CloudError(CloudErrorKind.CONFIG, f"create server group {name}: unknown policy {policy!r}",
+                             cloud=self.name, status=400)
         with self._lock:
+            if 0 <= self.server_group_quota <= len(self.server_groups):
+                raise CloudError(CloudErrorKind.QUOTA, f"create server group {name}: Quota exceeded, too many "
+                                 "server groups.", cloud=self.name, status=403)
             group = ServerGroup(id=f"{self.name}-group-{next(self._ids)}", name=name, policy=policy)
             self.server_groups[group.id] = group
             return group
@@ -185,6 +200,11 @@ class MemoryCloud:
             queued = self._failures.get(operation)
             if queued:
                 raise queued.pop(0)
+
+    def _leave_groups(self, server_id: str) -> None:
+        for group in list(self.server_groups.values()):
+            if server_id in group.members:
+                self.server_groups[group.id] = replace(group, members=tuple(m for m in group.members if m != server_id))
 
     def _finish_boot(self, server: Server) -> Server:
         fault = self.error_on_boot.get(server.name)

@@ -4,6 +4,7 @@ use). A behaviour the flows rely on that only one of them has would make the uni
 
 from __future__ import annotations
 
+import contextlib
 import tempfile
 import time
 from collections.abc import Callable, Iterator
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from elastic.cloud import ACTIVE, BUILDING, BootRequest, Cloud, OpenStackCloud, Server
+from elastic.cloud import ACTIVE, BUILDING, BootRequest, Cloud, OpenStackCloud, Server, ServerGroup
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, CloudConfig
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.lab.cloud import LabCloud
@@ -29,15 +30,16 @@ class Subject:
     seed: Callable[[str, dict[str, str]], None]  # a server made behind our back (another cluster, an old run)
 
 
-def _emulated() -> Iterator[Subject]:
+def _emulated(max_microversion: str = "2.96", delete_seconds: float = 0.2) -> Iterator[Subject]:
     config = {"clouds": {"lab": {
-        "boot_seconds": 0.2, "delete_seconds": 0.2,
+        "boot_seconds": 0.2, "delete_seconds": delete_seconds, "max_microversion": max_microversion,
         "flavors": [{"name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20}],
         "images": [{"name": "debian-12"}],
         "keypairs": ["hpc"],
         "networks": [{"name": "private", "cidr": "127.10.0.0/16"},
                      {"name": "public", "cidr": "127.20.0.0/16", "external": True}],
-        "quotas": {"instances": 100, "cores": 400, "ram": 1024000, "floating_ips": 10},
+        "quotas": {"instances": 100, "cores": 400, "ram": 1024000, "floating_ips": 10, "server_groups": 3,
+                   "server_group_members": 2},
     }}}
     with LabCloud(config) as lab, tempfile.TemporaryDirectory() as tmp:
         clouds_yaml = lab.write_clouds_yaml(Path(tmp) / "clouds.yaml")
@@ -46,7 +48,7 @@ def _emulated() -> Iterator[Subject]:
 
 
 def _memory() -> Iterator[Subject]:
-    cloud = MemoryCloud("lab", boot_polls=2)
+    cloud = MemoryCloud("lab", boot_polls=2, server_group_quota=3, server_group_member_quota=2)
     yield Subject(cloud, lambda name, metadata: cloud.add(name, metadata=metadata))
 
 
@@ -56,14 +58,25 @@ def subject(request) -> Iterator[Subject]:
     yield from (_emulated() if request.param == "openstack-on-emulator" else _memory())
 
 
+@pytest.fixture(params=["openstack-on-emulator-2.12", "openstack-on-emulator-2.96", "memory"])
+def grouped(request) -> Iterator[Subject]:
+    """Each server-group contract test runs on a Liberty-capped cloud (2.12: `policies`), a recent one (2.96:
+    the SDK negotiates 2.64, `policy`), and MemoryCloud. Deletes take 1 s on the emulator, so a member is
+    seen while its delete runs."""
+    if request.param == "memory":
+        yield from _memory()
+    else:
+        yield from _emulated(request.param.rsplit("-", 1)[1], delete_seconds=1.0)
+
+
 def _ours(node: str) -> dict[str, str]:
     return {META_CLUSTER: CLUSTER, META_NODE: node, META_POOL: "cpu"}
 
 
-def _request(cloud: Cloud, node: str) -> BootRequest:
+def _request(cloud: Cloud, node: str, server_group: str | None = None) -> BootRequest:
     target = cloud.resolve_boot("m1.small", "debian-12", "private")
     return BootRequest(name=node, flavor_id=target.flavor_id, image_id=target.image_id,
-                       network_id=target.network_id, metadata=_ours(node))
+                       network_id=target.network_id, metadata=_ours(node), server_group=server_group)
 
 
 def _until(probe: Callable[[], object], timeout: float = 10.0) -> object:
@@ -172,3 +185,115 @@ def test_a_floating_ip_is_attached_and_released(subject):
 def test_a_healthy_cloud_passes_its_probe(subject):
     """probe() with a short timeout raises nothing on a cloud that answers."""
     subject.cloud.probe(2.0)
+
+
+# ---- server groups ------------------------------------------------------------------------------
+
+def _group(cloud: Cloud, group_id: str) -> ServerGroup | None:
+    found = [g for g in cloud.list_server_groups() if g.id == group_id]
+    return found[0] if found else None
+
+
+def test_a_server_group_is_created_listed_and_deleted_idempotently(grouped):
+    """create_server_group answers the group (id, name, policy, no members) and the list shows it the same, in
+    either of Nova's formats; delete removes it, and deleting it again, or an id never seen, raises nothing."""
+    cloud = grouped.cloud
+    group = cloud.create_server_group("contract-job-1", "anti-affinity")
+    assert (group.name, group.policy, group.members) == ("contract-job-1", "anti-affinity", ()) and group.id
+    assert _group(cloud, group.id) == group
+    cloud.delete_server_group(group.id)
+    assert _group(cloud, group.id) is None
+    cloud.delete_server_group(group.id)
+    cloud.delete_server_group("00000000-0000-0000-0000-000000000000")
+
+
+def test_servers_created_with_the_group_are_its_members_until_their_delete_completes(grouped):
+    """A server created with BootRequest.server_group is a member at once (one without it is not); after
+    delete_server it is still listed while the delete runs, and leaves the group once it is gone."""
+    cloud = grouped.cloud
+    group = cloud.create_server_group("contract-job-2", "affinity")
+    first = cloud.create_server(_request(cloud, "cpu-20", group.id))
+    second = cloud.create_server(_request(cloud, "cpu-21", group.id))
+    cloud.create_server(_request(cloud, "cpu-22"))
+    listed = _group(cloud, group.id)
+    assert listed is not None and sorted(listed.members) == sorted([first.id, second.id])
+    cloud.delete_server(first.id)
+    still = _group(cloud, group.id)
+    assert still is not None and first.id in still.members
+    assert _until(lambda: _only(cloud, "cpu-20") is None)
+    after = _group(cloud, group.id)
+    assert after is not None and after.members == (second.id,)
+
+
+def test_a_hint_naming_a_missing_group_is_not_found(grouped):
+    """A create whose server group does not exist (deleted meanwhile) is NOT_FOUND about ("server group", id),
+    even with the instance quota to spare, and creates nothing."""
+    cloud = grouped.cloud
+    group = cloud.create_server_group("contract-job-3", "affinity")
+    cloud.delete_server_group(group.id)
+    with pytest.raises(CloudError) as caught:
+        cloud.create_server(_request(cloud, "cpu-23", group.id))
+    assert caught.value.kind is CloudErrorKind.NOT_FOUND and caught.value.resource == ("server group", group.id)
+    assert group.id in caught.value.message and caught.value.cloud == "lab"
+    assert cloud.list_servers(CLUSTER) == []
+
+
+def test_server_group_quotas_are_quota_errors_and_limits_report_them(grouped):
+    """Past the `server_groups` quota (3 here) a create is QUOTA; past `server_group_members` (2) a create with
+    the hint is QUOTA and creates nothing; limits() reports both quotas and the groups in use."""
+    cloud = grouped.cloud
+    groups = [cloud.create_server_group(f"contract-job-{i}", "affinity") for i in range(3)]
+    limits = cloud.limits()
+    assert (limits.server_groups, limits.server_groups_used, limits.server_group_members) == (3, 3, 2)
+    with pytest.raises(CloudError) as caught:
+        cloud.create_server_group("contract-job-9", "affinity")
+    assert caught.value.kind is CloudErrorKind.QUOTA and "too many server groups" in caught.value.message
+    for node in ("cpu-30", "cpu-31"):
+        cloud.create_server(_request(cloud, node, groups[0].id))
+    with pytest.raises(CloudError) as caught:
+        cloud.create_server(_request(cloud, "cpu-32", groups[0].id))
+    assert caught.value.kind is CloudErrorKind.QUOTA and "too many servers in group" in caught.value.message
+    assert sorted(s.name for s in cloud.list_servers(CLUSTER)) == ["cpu-30", "cpu-31"]
+    cloud.delete_server_group(groups[1].id)
+    assert cloud.limits().server_groups_used == 2
+
+
+def test_an_unknown_policy_is_a_config_error(grouped):
+    """A policy Nova does not have is CONFIG, and no group is made."""
+    with pytest.raises(CloudError) as caught:
+        grouped.cloud.create_server_group("contract-job-4", "together")
+    assert caught.value.kind is CloudErrorKind.CONFIG and "together" in caught.value.message
+    assert grouped.cloud.list_server_groups() == []
+
+
+@pytest.mark.parametrize("cap, allowed", [("2.12", False), ("2.96", True)])
+def test_soft_policies_need_compute_2_15(cap, allowed):
+    """OpenStackCloud only (MemoryCloud has no microversion): on a Liberty cloud (2.12) a soft policy is CONFIG
+    saying it needs 2.15, without a request Nova would refuse; on 2.96 it is made."""
+    with contextlib.closing(_emulated(cap)) as subjects:  # the lab stops even when an assert fails
+        cloud = next(subjects).cloud
+        if allowed:
+            assert cloud.create_server_group("contract-soft", "soft-anti-affinity").policy == "soft-anti-affinity"
+        else:
+            with pytest.raises(CloudError) as caught:
+                cloud.create_server_group("contract-soft", "soft-anti-affinity")
+            assert caught.value.kind is CloudErrorKind.CONFIG and "2.15" in caught.value.message
+            assert cloud.create_server_group("contract-hard", "anti-affinity").policy == "anti-affinity"
+        assert [g.name for g in cloud.list_server_groups()] == ["contract-soft" if allowed else "contract-hard"]
+
+
+def test_a_full_affinity_host_is_a_capacity_error_on_the_server():
+    """OpenStackCloud only (MemoryCloud has no hosts): on an emulated cloud of 2 hosts of 2 servers, a third member
+    of an affinity group is accepted and then listed ERROR with Nova's "No valid host" fault, kind CAPACITY."""
+    config = {"clouds": {"lab": {"boot_seconds": 0.1, "delete_seconds": 0.1, "hosts": 2, "host_capacity": 2,
+                                 "images": [{"name": "debian-12"}]}}}
+    with LabCloud(config) as lab, tempfile.TemporaryDirectory() as tmp:
+        cloud = OpenStackCloud("lab", CloudConfig(clouds_yaml=lab.write_clouds_yaml(Path(tmp) / "clouds.yaml"),
+                                                  api_timeout=10, rate=0))
+        group = cloud.create_server_group("contract-mpi", "affinity")
+        for node in ("cpu-40", "cpu-41", "cpu-42"):
+            cloud.create_server(_request(cloud, node, group.id))
+        failed = _until(lambda: (s := _only(cloud, "cpu-42")) and s.status == "ERROR" and s)
+        assert isinstance(failed, Server) and failed.fault_kind is CloudErrorKind.CAPACITY
+        assert failed.fault and failed.fault.startswith("No valid host was found")
+        assert _until(lambda: all(s.status == ACTIVE for s in cloud.list_servers(CLUSTER, ["cpu-40", "cpu-41"])))

@@ -189,6 +189,30 @@ SDK_HTTP_ROWS = [
      lambda: _response(400, {"badRequest": {"code": 400, "message": "Invalid flavorRef provided."}},
                        url=f"{NOVA}/servers"),
      sdk.BadRequestException, K.CONFIG, 400, None),
+    ("nova-403-server-group-quota",
+     lambda: _response(403, {"forbidden": {"code": 403, "message": "Quota exceeded, too many server groups."}},
+                       url=f"{NOVA}/os-server-groups"),
+     sdk.ForbiddenException, K.QUOTA, 403, None),
+    ("nova-403-server-group-members-quota",
+     lambda: _response(403, {"forbidden": {"code": 403, "message": "Quota exceeded, too many servers in group"}},
+                       url=f"{NOVA}/servers"),
+     sdk.ForbiddenException, K.QUOTA, 403, None),
+    ("nova-400-hinted-server-group-not-found",
+     lambda: _response(400, {"badRequest": {"code": 400, "message": "Instance group "
+                                            "6d5a2c2e-5a7e-4b86-9b9a-1f2e3d4c5b6a could not be found."}},
+                       url=f"{NOVA}/servers"),
+     sdk.BadRequestException, K.NOT_FOUND, 400, None),
+    ("nova-404-server-group",
+     lambda: _response(404, {"itemNotFound": {"code": 404, "message": "Instance group "
+                                              "6d5a2c2e-5a7e-4b86-9b9a-1f2e3d4c5b6a could not be found."}},
+                       url=f"{NOVA}/os-server-groups/6d5a2c2e-5a7e-4b86-9b9a-1f2e3d4c5b6a", method="DELETE"),
+     sdk.NotFoundException, K.NOT_FOUND, 404, None),
+    ("nova-400-soft-policy-before-2.15",
+     lambda: _response(400, {"badRequest": {"code": 400, "message":
+                                            "Invalid input for field/attribute 0. Value: soft-affinity. "
+                                            "'soft-affinity' is not one of ['anti-affinity', 'affinity']"}},
+                       url=f"{NOVA}/os-server-groups"),
+     sdk.BadRequestException, K.CONFIG, 400, None),
     ("nova-500",
      lambda: _response(500, {"computeFault": {"code": 500, "message":
                                               "Unexpected API Error. Please report this at "

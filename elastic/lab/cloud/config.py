@@ -15,7 +15,7 @@ import yaml
 from elastic.lab.cloud.faults import Faults
 
 LOOPBACK = ipaddress.ip_network("127.0.0.0/8")
-QUOTA_KEYS = ("instances", "cores", "ram", "floating_ips")
+QUOTA_KEYS = ("instances", "cores", "ram", "floating_ips", "server_groups", "server_group_members")
 
 DEFAULT_FLAVORS = [
     {"name": "m1.tiny", "vcpus": 1, "ram": 512, "disk": 1},
@@ -39,7 +39,12 @@ DEFAULT_CLOUD: dict[str, Any] = {
                  {"name": "public", "cidr": "127.20.0.0/16", "external": True}],
     "keypairs": [],
     "security_groups": ["default"],
-    "quotas": {"instances": 100, "cores": 400, "ram": 1024000, "floating_ips": 50},
+    # Nova's defaults for server groups: 10 groups a project, 10 servers a group.
+    "quotas": {"instances": 100, "cores": 400, "ram": 1024000, "floating_ips": 50, "server_groups": 10,
+               "server_group_members": 10},
+    # Compute hosts the scheduler places servers on, and how many servers each holds (-1: no limit).
+    "hosts": 4,
+    "host_capacity": -1,
     "faults": {},
     "hooks": {},
     "hook_timeout_seconds": 60.0,
@@ -85,6 +90,8 @@ class CloudSpec:
     security_groups: list[str]
     quotas: dict[str, int]
     faults: Faults
+    hosts: int = 4
+    host_capacity: int = -1  # servers a host holds; -1: no limit
     hooks: dict[str, str | list[str]] = field(default_factory=dict)
     hook_timeout_seconds: float = 60.0
 
@@ -150,6 +157,8 @@ def _cloud(name: str, body: Any) -> CloudSpec:
                              for i, item in enumerate(_list(merged["security_groups"], where, "security_groups"))],
             quotas=quota_limits({**DEFAULT_CLOUD["quotas"], **(merged["quotas"] or {})}, f"{where}.quotas"),
             faults=Faults.from_dict(merged["faults"] or {}, where=f"{where}.faults"),
+            hosts=_positive_int(merged["hosts"], f"{where}.hosts"),
+            host_capacity=_capacity(merged["host_capacity"], f"{where}.host_capacity"),
             hooks=_hooks(merged["hooks"] or {}, f"{where}.hooks"),
             hook_timeout_seconds=_seconds(merged["hook_timeout_seconds"], f"{where}.hook_timeout_seconds"),
         )
@@ -260,6 +269,12 @@ def _seconds(value: Any, where: str) -> float:
 def _positive_int(value: Any, where: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise LabConfigError(f"{where}: {value!r} is not an integer >= 1")
+    return value
+
+
+def _capacity(value: Any, where: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value == 0 or value < -1:
+        raise LabConfigError(f"{where}: {value!r} is not an integer >= 1, or -1 (no limit)")
     return value
 
 

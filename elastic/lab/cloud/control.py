@@ -31,6 +31,9 @@ def handle(lab: LabCloud, method: str, path: str, query: str, body: bytes) -> Re
     if (method, path) == ("GET", "/servers"):
         names = [cloud] if cloud else list(lab.clouds)
         return Response(200, {"servers": {name: lab.servers(name) for name in names}})
+    if (method, path) == ("GET", "/server-groups"):
+        names = [cloud] if cloud else list(lab.clouds)
+        return Response(200, {"server_groups": {name: lab.server_groups(name) for name in names}})
     if path.startswith("/faults/"):
         name = path.removeprefix("/faults/")
         if name not in lab.clouds:

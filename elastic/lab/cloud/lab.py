@@ -122,7 +122,15 @@ class LabCloud:
                 "metadata": dict(s.metadata), "addresses": addresses(state, s), "flavor": s.flavor.name,
                 "image": s.image.name if s.image else None, "key_name": s.key_name, "user_data": s.user_data,
                 "created": s.created, "locked": s.locked, "fault": dict(s.fault) if s.fault else None,
+                "host": s.host,
             } for s in sorted(state.servers.values(), key=lambda s: (s.created, s.id))]
+
+    def server_groups(self, cloud: str) -> list[dict[str, Any]]:
+        """The cloud's server groups, oldest first: id, name, policy, rules, members (server ids)."""
+        state = self._cloud(cloud)
+        with state.lock:
+            return [{"id": g.id, "name": g.name, "policy": g.policy, "rules": dict(g.rules), "members": list(g.members)}
+                    for g in state.list_server_groups()]
 
     def seed_server(self, cloud: str, name: str, *, metadata: dict[str, str] | None = None, status: str = "ACTIVE",
                     flavor: str | None = None, image: str | None = None, age_seconds: float = 0) -> str:

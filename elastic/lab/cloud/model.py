@@ -120,6 +120,7 @@ class EmulatedServer:
     ready_at: float = 0.0  # monotonic: BUILD ends
     gone_at: float | None = None  # monotonic: a deleting server disappears
     first_address: str = ""
+    host: str | None = None  # the compute host the scheduler chose; None: not scheduled (or no valid host)
 
 
 @dataclass
@@ -136,6 +137,20 @@ class BootSpec:
     config_drive: bool = False
     description: str | None = None
     tags: list[str] = field(default_factory=list)
+    group: str | None = None  # the scheduler hint `group`: a server group's id
+
+
+@dataclass
+class ServerGroup:
+    """Nova's instance group: one policy (Nova kept a one-item `policies` list until 2.64), rules
+    (2.64: anti-affinity's max_server_per_host), and the ids of its servers that are not deleted."""
+
+    id: str
+    name: str
+    policy: str
+    rules: dict[str, int]
+    created: float
+    members: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from elastic.lab.cloud import nova_servers as servers
+from elastic.lab.cloud import nova_server_groups as server_groups, nova_servers as servers
 from elastic.lab.cloud.messages import Request, Response, isotime, nova_error
 from elastic.lab.cloud.microversion import version_entry, versioned
 from elastic.lab.cloud.model import Flavor
@@ -114,9 +114,12 @@ def limits(cloud: CloudState, req: Request) -> Response:
     absolute: dict[str, int] = {
         "maxTotalInstances": quota["instances"], "maxTotalCores": quota["cores"], "maxTotalRAMSize": quota["ram"],
         "totalInstancesUsed": used["instances"], "totalCoresUsed": used["cores"], "totalRAMUsed": used["ram"],
-        "maxServerMeta": servers.MAX_METADATA_ITEMS, "maxImageMeta": 128, "maxTotalKeypairs": 100,
-        "maxServerGroups": 10, "maxServerGroupMembers": 10, "totalServerGroupsUsed": 0,
+        "maxServerMeta": servers.MAX_METADATA_ITEMS, "maxTotalKeypairs": 100,
+        "maxServerGroups": quota["server_groups"], "maxServerGroupMembers": quota["server_group_members"],
+        "totalServerGroupsUsed": used["server_groups"],
     }
+    if req.microversion < (2, 39):  # image metadata left the compute API at 2.39
+        absolute["maxImageMeta"] = 128
     if req.microversion < (2, 36):  # network quotas left the compute API at 2.36
         absolute |= {"maxTotalFloatingIps": quota["floating_ips"], "totalFloatingIpsUsed": used["floating_ips"],
                      "maxSecurityGroups": 10, "maxSecurityGroupRules": 20, "totalSecurityGroupsUsed": 1}
@@ -151,4 +154,8 @@ def routes() -> list[Route]:
         v("GET", "/os-keypairs", keypairs),
         v("GET", "/os-keypairs/{name}", keypair_show),
         v("GET", "/limits", limits),
+        v("GET", "/os-server-groups", server_groups.index),
+        v("POST", "/os-server-groups", server_groups.create),
+        v("GET", "/os-server-groups/{id}", server_groups.show),
+        v("DELETE", "/os-server-groups/{id}", server_groups.delete),
     ]

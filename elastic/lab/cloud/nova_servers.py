@@ -13,7 +13,7 @@ from urllib.parse import urlencode
 
 from elastic.lab.cloud.messages import ApiError, Request, Response, isotime, nova_error
 from elastic.lab.cloud.model import BootSpec, EmulatedServer
-from elastic.lab.cloud.state import CloudState, Conflict, Invalid, NotFound, QuotaExceeded
+from elastic.lab.cloud.state import CloudState, Conflict, Invalid, NotFound, OverLimit, QuotaExceeded
 
 MAX_USER_DATA = 65535  # Nova's schema limit, on the base64 text
 MAX_METADATA_ITEMS = 128
@@ -100,12 +100,13 @@ def create(cloud: CloudState, req: Request) -> Response:
     if not isinstance(body, dict) or not isinstance(body.get("server"), dict):
         raise nova_error(400, "Invalid input for field/attribute server. Value: None. 'server' is a required property")
     spec = _boot_spec(cloud, req, body["server"])
+    spec.group = _group_hint(body)
     try:
         server = cloud.create_server(spec)
     except Invalid as exc:
         raise nova_error(400, str(exc)) from None
-    except QuotaExceeded as exc:
-        raise quota_refused(cloud, exc) from None
+    except (QuotaExceeded, OverLimit) as exc:
+        raise quota_refused(cloud, exc if isinstance(exc, QuotaExceeded) else str(exc)) from None
     reply = {"id": server.id, "links": _links(req, server.id), "OS-DCF:diskConfig": "MANUAL",
              "security_groups": [{"name": g} for g in server.security_groups], "adminPass": secrets.token_urlsafe(9)}
     return Response(202, {"server": reply}, {"Location": f"{compute_base(req)}/servers/{server.id}"})
@@ -167,6 +168,32 @@ def _boot_spec(cloud: CloudState, req: Request, server: dict[str, Any]) -> BootS
                     security_groups=[g["name"] for g in groups] or ["default"], user_data=user_data, metadata=metadata,
                     availability_zone=server.get("availability_zone"), config_drive=bool(server.get("config_drive")),
                     description=description, tags=list(tags))
+
+
+def _group_hint(body: dict[str, Any]) -> str | None:
+    """The scheduler hint `group`: Nova reads `os:scheduler_hints`, else `OS-SCH-HNT:scheduler_hints`
+    (what openstacksdk sends), both beside `server`; the schema wants a UUID (or a list of them)."""
+    hints = body.get("os:scheduler_hints", body.get("OS-SCH-HNT:scheduler_hints"))
+    if hints is None:
+        return None
+    if not isinstance(hints, dict):
+        raise _invalid("os:scheduler_hints", hints, f"{hints!r} is not of type 'object'")
+    group = hints.get("group")
+    if group is None:
+        return None
+    values = group if isinstance(group, list) else [group]
+    for value in values:
+        try:
+            valid = isinstance(value, str) and bool(uuid.UUID(value))  # oslo's is_uuid_like
+        except ValueError:
+            valid = False
+        if not valid:
+            raise _invalid("group", group, f"{group!r} is not valid under any of the given schemas")
+    if isinstance(group, list):
+        if len(group) != 1:
+            raise nova_error(400, "a group hint other than one server group is not supported by this emulator")
+        return str(group[0])
+    return str(group)
 
 
 def _check_boot_volume(cloud: CloudState, mappings: Any) -> None:

@@ -24,6 +24,7 @@ from elastic.lab.cloud.model import (
     Image,
     Network,
     Port,
+    ServerGroup,
     Subnet,
     Token,
     new_id,
@@ -45,6 +46,10 @@ class Conflict(Exception):
 
 class Invalid(Exception):
     pass
+
+
+class OverLimit(Exception):
+    """A quota Nova reports without numbers: too many server groups, too many servers in a group."""
 
 
 class QuotaExceeded(Exception):
@@ -87,6 +92,8 @@ class CloudState:
         self.ports_by_device: dict[str, list[Port]] = {}
         self.floating_ips: dict[str, FloatingIp] = {}
         self.servers: dict[str, EmulatedServer] = {}
+        self.server_groups: dict[str, ServerGroup] = {}
+        self.hosts = [f"{self.name}-compute-{i}" for i in range(1, config.hosts + 1)]
         self.keypairs = {name: _public_key(self.name, name) for name in config.keypairs}
         self.security_groups = {name: stable_id(self.name, "secgroup", name) for name in config.security_groups}
         self._macs = 0
@@ -179,10 +186,13 @@ class CloudState:
         with self.lock:
             servers = list(self.servers.values())
             return {"instances": len(servers), "cores": sum(s.flavor.vcpus for s in servers),
-                    "ram": sum(s.flavor.ram for s in servers), "floating_ips": len(self.floating_ips)}
+                    "ram": sum(s.flavor.ram for s in servers), "floating_ips": len(self.floating_ips),
+                    "server_groups": len(self.server_groups)}
 
     def create_server(self, spec: BootSpec) -> EmulatedServer:
-        """Nova's order: references (400), then quota (403); then the server is in BUILD."""
+        """Nova's order: references and the hinted server group (400), then quota (403), the
+        group's member quota (403); then the server is in BUILD, on the host the scheduler chose
+        (or, when no host passes, about to turn ERROR with "No valid host was found")."""
         with self.lock:
             try:
                 flavor = self.find_flavor(spec.flavor_ref)
@@ -199,7 +209,17 @@ class CloudState:
             for group in spec.security_groups:
                 if group not in self.security_groups and group not in self.security_groups.values():
                     raise Invalid(f"Security group {group} not found for project {self.project_id}.")
+            group = None
+            if spec.group is not None:
+                group = self.server_groups.get(spec.group)
+                if group is None:
+                    # nova.compute.api looks the hint up before any quota check: InstanceGroupNotFound, a 400.
+                    raise Invalid(f"Instance group {spec.group} could not be found.")
             self._check_quota(flavor)
+            if group is not None:
+                limit = self.quotas.get("server_group_members", -1)
+                if limit >= 0 and len(group.members) + 1 > limit:
+                    raise OverLimit("Quota exceeded, too many servers in group")
             now, mono = self.now(), self._monotonic()
             server = EmulatedServer(
                 id=new_id(), name=spec.name, flavor=Flavor(**vars(flavor)), image=image, metadata=dict(spec.metadata),
@@ -207,8 +227,12 @@ class CloudState:
                 security_groups=list(spec.security_groups), user_data=spec.user_data,
                 availability_zone=spec.availability_zone or "nova", config_drive="True" if spec.config_drive else "",
                 description=spec.description, tags=list(spec.tags), ready_at=mono + self.config.boot_seconds)
+            server.host = self._place(group)
             self.servers[server.id] = server
-            self._schedule(server.ready_at, server.id)
+            if group is not None:
+                group.members.append(server.id)
+            # A server no host can take fails as soon as the scheduler answers, long before a boot would end.
+            self._schedule(server.ready_at if server.host is not None else mono, server.id)
             return server
 
     def _requested_networks(self, requested: list[dict[str, str]] | str | None) -> list[str]:
@@ -226,6 +250,35 @@ class CloudState:
                 raise Invalid(f"Network {net_id} could not be found.")
             ids.append(net_id)
         return ids
+
+    def _place(self, group: ServerGroup | None) -> str | None:
+        """The scheduler: the hosts with room (host_capacity servers each), filtered by the group's
+        hard policy (affinity: the host its members are on; anti-affinity: a host with fewer than
+        max_server_per_host of them, 1 by default), then weighed: a soft policy prefers the hosts
+        with the most (soft-affinity) or fewest (soft-anti-affinity) members, and otherwise the
+        emptiest host wins (Nova's default RAM weigher spreads). None: no valid host."""
+        load = dict.fromkeys(self.hosts, 0)
+        for server in self.servers.values():
+            if server.host in load:
+                load[server.host] += 1
+        capacity = self.config.host_capacity
+        candidates = [h for h in self.hosts if capacity < 0 or load[h] < capacity]
+        on_host = dict.fromkeys(self.hosts, 0)
+        policy = group.policy if group is not None else None
+        if group is not None:
+            for member in group.members:
+                host = self.servers[member].host if member in self.servers else None
+                if host in on_host:
+                    on_host[host] += 1
+        if policy == "affinity" and any(on_host.values()):
+            candidates = [h for h in candidates if on_host[h]]
+        elif policy == "anti-affinity":
+            most = group.rules.get("max_server_per_host", 1) if group is not None else 1
+            candidates = [h for h in candidates if on_host[h] < most]
+        if not candidates:
+            return None
+        sign = {"soft-affinity": -1, "soft-anti-affinity": 1}.get(policy or "", 0)
+        return min(candidates, key=lambda h: (sign * on_host[h], load[h], self.hosts.index(h)))
 
     def _check_quota(self, flavor: Flavor) -> None:
         used = self.usage()
@@ -250,6 +303,9 @@ class CloudState:
                             self._requested_networks(None), ready_at=self._monotonic() + self.config.boot_seconds)
             if status not in ("ACTIVE", "BUILD", "ERROR"):
                 raise Invalid(f"seed status must be ACTIVE, BUILD or ERROR, not {status!r}")
+            # A seeded server was placed behind our back: on a host with room, else the emptiest.
+            server.host = self._place(None) or min(
+                self.hosts, key=lambda h: sum(s.host == h for s in self.servers.values()))
             self.servers[server.id] = server
             if status == "ACTIVE":
                 self._activate(server)
@@ -319,7 +375,9 @@ class CloudState:
                         events.append(HookEvent("on_deleted", self.name, server.name, server.id, server.first_address))
                     self._remove(server)
             elif server.status == "BUILD":
-                if stuck:
+                if server.host is None:
+                    self._fail(server, NO_VALID_HOST)
+                elif stuck:
                     self._stalled.append(server_id)
                 elif self.gate.boot_fails(server.flavor.name):
                     self._fail(server, NO_VALID_HOST)
@@ -348,6 +406,7 @@ class CloudState:
         for port in self.ports_by_device.pop(server.id, []):
             self._drop_port(port)
         server.first_address = ""
+        server.host = None  # Nova nils an instance's host and node when its build fails
         server.status, server.vm_state, server.task_state, server.power_state = "ERROR", "error", None, 0
         server.updated = self.now()
         server.fault = {"code": 500, "created": server.updated, "message": message}
@@ -356,6 +415,10 @@ class CloudState:
         for port in self.ports_by_device.pop(server.id, []):
             self._drop_port(port)
         del self.servers[server.id]
+        # A group shows only members that are not deleted.
+        for group in self.server_groups.values():
+            if server.id in group.members:
+                group.members.remove(server.id)
 
     def _drop_port(self, port: Port) -> None:
         # Neutron keeps the floating IP allocated, only disassociated, when its port goes away.
@@ -369,9 +432,41 @@ class CloudState:
         return list(self.ports_by_device.get(server_id, []))
 
     def host_id(self, server: EmulatedServer) -> str:
-        if server.status != "ACTIVE":
+        """Nova's hostId: sha224 of project id and host name, "" while the server has no host."""
+        if server.host is None:
             return ""
-        return hashlib.sha224(f"{self.project_id}lab-host".encode()).hexdigest()
+        return hashlib.sha224(f"{self.project_id}{server.host}".encode()).hexdigest()
+
+    # ---- server groups ---------------------------------------------------------------------
+
+    def create_server_group(self, name: str, policy: str, rules: dict[str, int]) -> ServerGroup:
+        """Nova's order: the quota (403), then whether the policy takes rules (400)."""
+        with self.lock:
+            limit = self.quotas.get("server_groups", -1)
+            if limit >= 0 and len(self.server_groups) + 1 > limit:
+                raise OverLimit("Quota exceeded, too many server groups.")
+            if policy != "anti-affinity" and rules:
+                raise Invalid("Only anti-affinity policy supports rules.")
+            group = ServerGroup(new_id(), name, policy, dict(rules), self.now())
+            self.server_groups[group.id] = group
+            return group
+
+    def get_server_group(self, group_id: str) -> ServerGroup:
+        with self.lock:
+            group = self.server_groups.get(group_id)
+            if group is None:
+                raise NotFound("server group", group_id)
+            return group
+
+    def list_server_groups(self) -> list[ServerGroup]:
+        with self.lock:
+            return sorted(self.server_groups.values(), key=lambda g: (g.created, g.id))
+
+    def delete_server_group(self, group_id: str) -> None:
+        """Nova deletes a group that still has members: they keep running, in no group."""
+        with self.lock:
+            if self.server_groups.pop(group_id, None) is None:
+                raise NotFound("server group", group_id)
 
     # ---- floating IPs ----------------------------------------------------------------------
 
