@@ -3,11 +3,11 @@ in its own server group, and nothing of it is left after suspend."""
 
 from __future__ import annotations
 
+import time
+
 import pytest
 
 from elastic.lab.world import LabWorld, lab_cloud_config
-
-from test_power_e2e import job_state, submit, wait_for
 
 pytestmark = pytest.mark.e2e
 
@@ -22,6 +22,28 @@ cpu:
     - {cloud: east, network: private}
     - {cloud: west, network: private}
 """
+
+
+def wait_for(predicate, timeout: float, what: str, world: LabWorld) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            log = world.log_file.read_text().splitlines()[-15:] if world.log_file.exists() else []
+            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}\n"
+                                 + world.slurm.run("scontrol", "-o", "show", "job", check=False) + "\n"
+                                 + world.slurm.run("scontrol", "-o", "show", "node", check=False) + "\n"
+                                 + "\n".join(log))
+        time.sleep(0.5)
+
+
+def submit(world: LabWorld, *args: str) -> int:
+    out = world.slurm.run("sbatch", "--parsable", f"--output={world.workdir}/job-%j.out", *args)
+    return int(out.strip().split(";")[0])
+
+
+def job_state(world: LabWorld, job_id: int) -> str:
+    out = world.slurm.run("scontrol", "-o", "show", "job", str(job_id))
+    return next(f.split("=", 1)[1] for f in out.split() if f.startswith("JobState="))
 
 
 @pytest.fixture

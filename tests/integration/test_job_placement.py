@@ -15,11 +15,12 @@ import sys
 import pytest
 
 from elastic.cloud import OpenStackCloud
-from elastic.config import load_config
+from elastic.config import META_CLUSTER, load_config
+from elastic.hostlists import expand
 from elastic.lab.cloud import LabCloud
 
-from programs import REPO, config_text, make_site
-from test_fault_isolation import lab_cloud, live, names, slurm_shows, state_updates
+from tests.support.lab import lab_cloud
+from tests.support.programs import REPO, config_text, make_site
 
 pytestmark = pytest.mark.integration
 
@@ -52,6 +53,39 @@ grp:
 """
 
 
+def cloud_spec(cidr: str, **overrides) -> dict:
+    """An emulated cloud with plenty of quota and its own address range."""
+    quotas = {"instances": 100, "cores": 400, "ram": 1024000, "floating_ips": 50}
+    return lab_cloud(networks=[{"name": "private", "cidr": cidr}], quotas=quotas, boot_seconds=0.1, **overrides)
+
+
+def live(lab: LabCloud, cloud: str) -> list[dict]:
+    """Our servers on a cloud that are not being deleted."""
+    return [s for s in lab.servers(cloud)
+            if s["task_state"] != "deleting" and s["metadata"].get(META_CLUSTER) == "itest"]
+
+
+def names(servers: list[dict]) -> list[str]:
+    return sorted(s["name"] for s in servers)
+
+
+def slurm_shows(site, states: dict[str, str]) -> None:
+    """What `scontrol -a -o show node` prints from now on: name -> State."""
+    (site.root / "show-node.txt").write_text("".join(
+        f"NodeName={n} NodeAddr={n} NodeHostName={n} State={s} Partitions=cloud\n" for n, s in states.items()))
+
+
+def state_updates(calls: list[list[str]]) -> dict[str, tuple[str, str | None]]:
+    """The last state (and reason) each node was given with `scontrol update ... state=`."""
+    states = {}
+    for call in calls:
+        args = dict(a.split("=", 1) for a in call[1:] if "=" in a)
+        if call[:1] == ["update"] and "state" in args:
+            for node in expand(args["nodename"]):
+                states[node] = (args["state"], args.get("reason"))
+    return states
+
+
 def resume_file(schema: str, jobs: dict[int, str], alloc: dict[int, str] | None = None) -> str:
     """SLURM_RESUME_FILE as Slurm 22.05 or 23.02+ writes it for these jobs (id -> hostlist)."""
     every = ",".join(jobs.values())
@@ -79,7 +113,7 @@ if path and os.path.exists(path):
 
 @pytest.fixture
 def world(tmp_path):
-    lab = LabCloud({"clouds": {A: lab_cloud("127.10.0.0/16"), B: lab_cloud("127.11.0.0/16")}})
+    lab = LabCloud({"clouds": {A: cloud_spec("127.10.0.0/16"), B: cloud_spec("127.11.0.0/16")}})
     lab.start()
     site = make_site(tmp_path / "site")
     script = site.root / "scontrol"
@@ -214,8 +248,8 @@ def test_hard_affinity_without_room_on_a_host_moves_the_job_and_its_group(world)
     the job moves whole to B; A keeps no server and no group of it."""
     lab, site = world
     lab.stop()
-    crowded = LabCloud({"clouds": {A: lab_cloud("127.10.0.0/16", host_capacity=2),
-                                   B: lab_cloud("127.11.0.0/16")}}, port=0)
+    crowded = LabCloud({"clouds": {A: cloud_spec("127.10.0.0/16", host_capacity=2),
+                                   B: cloud_spec("127.11.0.0/16")}}, port=0)
     crowded.start()
     try:
         clouds_yaml = crowded.write_clouds_yaml(site.root / "clouds.yaml")

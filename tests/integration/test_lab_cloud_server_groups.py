@@ -11,7 +11,7 @@ import pytest
 
 from elastic.lab.cloud import LabCloud, LabConfigError
 
-from conftest import FAST
+from tests.support.lab import FAST
 
 pytestmark = pytest.mark.integration
 

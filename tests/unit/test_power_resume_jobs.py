@@ -9,7 +9,7 @@ from elastic.errors import CloudErrorKind
 from elastic.power import resume, suspend
 from elastic.resume_request import ResumeJob
 
-from power_fixtures import CONFIG, make_services
+from tests.support.power import CONFIG, make_services
 
 CPU_POOL = "    nodes: cpu-[001-004]\n"
 
