@@ -279,3 +279,19 @@ def test_reconcile_deletes_our_empty_groups_whose_job_holds_no_node(world):
     assert result.returncode == 0, result.stdout + result.stderr
     assert "server group itest-grp-job95 on east: deleted" in result.stdout
     assert sorted(g["name"] for g in lab.server_groups(A)) == ["itest-grp-job96", "other-grp-job95"]
+
+
+def test_status_shows_each_nodes_job_and_server_group(world):
+    """`elastic status --json`: a node's jobs from `scontrol show job`, its server's group from the cloud."""
+    lab, site = world
+    assert site.run("resume", "grp-[1-2]", resume_file=resume_file("22.05", {97: "grp-[1-2]"})).returncode == 0
+    slurm_shows(site, {"grp-1": "ALLOCATED+CLOUD", "grp-2": "ALLOCATED+CLOUD", "grp-3": "IDLE+CLOUD+POWERED_DOWN"})
+    (site.root / "show-job.txt").write_text(
+        "JobId=97 JobName=x UserId=u(1) JobState=RUNNING Reason=None NodeList=grp-[1-2]\n")
+    result = subprocess.run([sys.executable, "-m", "elastic.cli", "status", "--json", "--pool", "grp",
+                             "--config", str(site.root / "elastic.yaml")],
+                            env={"SLURM_CONF": str(site.slurm_conf), "PATH": os.defpath}, cwd=str(REPO),
+                            capture_output=True, text=True, timeout=120)
+    rows = {row["node"]: row for row in json.loads(result.stdout)["rows"]}
+    assert [(rows[n]["jobs"], rows[n]["server_group"]) for n in ("grp-1", "grp-2", "grp-3")] == [
+        ([97], "itest-grp-job97"), ([97], "itest-grp-job97"), ([], None)]
