@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # imported where used: `elastic --help` and slurm-conf should
     from structlog.typing import FilteringBoundLogger
 
     from elastic.admin.reconcile import Repair, Result
-    from elastic.cloud import OpenStackCloud
+    from elastic.cloud import OpenStackCloud, ServerGroup
     from elastic.config import Config
     from elastic.fleet import Fleet
     from elastic.history import History
@@ -294,7 +294,7 @@ def _reconcile(config: Config, slurm: Slurm, pools: list[str] | None, *, apply: 
                              pending=snapshot.pending)
     repairs = reconcile.plan(table_rows, now, config.reconcile.grace, pending=snapshot.pending, unseen=snapshot.unseen)
     # Empty server groups of ours, on a pass over every pool only (--pool scopes the nodes' repairs).
-    groups = reconcile.empty_groups(config, fleet, slurm.jobs_by_node()) if pools is None else []
+    groups = _empty_groups(config, fleet, slurm) if pools is None else []
     blind = EXIT_FOUND if snapshot.unseen else EXIT_OK
     if not repairs and not groups:
         print("nothing to repair")
@@ -318,6 +318,21 @@ def _reconcile(config: Config, slurm: Slurm, pools: list[str] | None, *, apply: 
     print()
     sys.stdout.write(reconcile.render_result(result))
     return EXIT_FOUND if result.failed or failed else blind
+
+
+def _empty_groups(config: Config, fleet: Fleet, slurm: Slurm) -> list[tuple[str, ServerGroup]]:
+    """Our empty server groups to delete; none asked for when no pool uses groups, and none when
+    Slurm cannot say which jobs hold nodes (a group of a running job must stay)."""
+    from elastic.admin import reconcile
+
+    if not any(pool.server_group for pool in config.pools.values()):
+        return []
+    try:
+        jobs = slurm.jobs_by_node()
+    except SlurmError as error:
+        print(f"elastic: warning: server groups not checked: {error}", file=sys.stderr)
+        return []
+    return reconcile.empty_groups(config, fleet, jobs)
 
 
 def _apply(config: Config, fleet: Fleet, slurm: Slurm, repairs: list[Repair], history: History,
