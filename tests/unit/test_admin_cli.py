@@ -276,3 +276,23 @@ def test_slurm_conf_check_flags_defunct_options_on_24_11(site, capsys):
     out = capsys.readouterr().out
     assert "remove NoAddrCache (defunct from 23.11)" in out and "differences for Slurm 24.11.5" in out
     assert "PrivateData" not in out and "TreeWidth" not in out
+
+
+def test_reconcile_deletes_empty_groups_only_when_slurm_names_the_running_jobs(site, capsys):
+    """With a pool using server groups: an empty group of ours whose job holds no node is listed
+    (dry run) and deleted (--apply); when Slurm cannot list its jobs no group is touched."""
+    site.path.write_text(site.path.read_text().replace("    partition: cloud\n",
+                                                       "    partition: cloud\n    server_group: affinity\n"))
+    stale = site.clouds["alpha"].create_server_group("test-cpu-job5", "affinity")
+    site.clouds["alpha"].create_server_group("test-cpu-job6", "affinity")
+    site.slurm.jobs = {"cpu-002": [6]}
+    assert run(site, "reconcile") == 1
+    assert f"server group test-cpu-job5 ({stale.id}) on alpha: no member" in capsys.readouterr().out
+    assert len(site.clouds["alpha"].server_groups) == 2
+    site.slurm.jobs_by_node = lambda: (_ for _ in ()).throw(SlurmError("scontrol -o show job: exit 1"))
+    assert run(site, "reconcile", "--apply") == 0
+    assert "server groups not checked" in capsys.readouterr().err and len(site.clouds["alpha"].server_groups) == 2
+    del site.slurm.jobs_by_node
+    assert run(site, "reconcile", "--apply") == 0
+    assert "server group test-cpu-job5 on alpha: deleted" in capsys.readouterr().out
+    assert [g.name for g in site.clouds["alpha"].server_groups.values()] == ["test-cpu-job6"]
