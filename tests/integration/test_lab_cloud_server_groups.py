@@ -206,6 +206,9 @@ def test_server_group_quota_and_limits(make_lab, sdk):
     conn.compute.delete_server_group(first)
     assert absolute()["totalServerGroupsUsed"] == 1
     conn.compute.create_server_group(name="c", policy="affinity")
+    lab.set_quota("lab", server_groups=-1)
+    conn.compute.create_server_group(name="d", policy="affinity")
+    assert absolute()["maxServerGroups"] == -1 and absolute()["totalServerGroupsUsed"] == 3
     # Image metadata limits left the compute API at 2.39.
     assert "maxImageMeta" not in absolute()
     assert conn.compute.get("/limits", microversion="2.38").json()["limits"]["absolute"]["maxImageMeta"] == 128
