@@ -163,7 +163,8 @@ def is_ours(server_metadata: Mapping[str, str], cluster: str) -> bool:
 
 
 class OpenStackCloud:
-    """One configured cloud. Thread-safe after `connect()` (see openstack-notes: touch proxies first)."""
+    """One configured cloud. Thread-safe after `connect()`, which touches the SDK's proxies once
+    before threads use them (openstack-notes.md in the shared docs, "Threads")."""
 
     def __init__(self, name: str, config: CloudConfig, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep):

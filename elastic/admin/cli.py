@@ -34,41 +34,34 @@ EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
 
 
 def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    check = subparsers.add_parser(
-        "check", help="check the YAML, the clouds and slurmctld's power-save settings",
+    check = _command(
+        subparsers, "check", check_command, help="check the YAML, the clouds and slurmctld's power-save settings",
         description="Validate the pool YAML, authenticate on every cloud and resolve each pool's flavor, image, "
                     "network and key pair, compare flavors with the pools' Slurm sizes, report quota headroom, "
                     "check the three programs and slurmctld's running power-save settings. Exit 1 when a check fails.")
-    _config_option(check)
     _programs_option(check, "programs to check when slurmctld is not reachable")
-    check.set_defaults(handler=_guarded(check_command))
 
-    status = subparsers.add_parser(
-        "status", help="one row per node: Slurm state, server, cloud, address, age, mismatches",
+    status = _command(
+        subparsers, "status", status_command, pool_filter=True,
+        help="one row per node: Slurm state, server, cloud, address, age, mismatches",
         description="Show every node of every pool with its Slurm state and its server(s), flagging orphaned "
                     "servers, powered-up nodes without a server, and duplicate servers. Exit 1 when any is found.")
-    _config_option(status)
-    _pool_option(status)
     status.add_argument("--json", action="store_true", help="print the rows as JSON")
-    status.set_defaults(handler=_guarded(status_command))
 
-    reconcile = subparsers.add_parser(
-        "reconcile", help="repair what status flags (dry run unless --apply)",
+    reconcile = _command(
+        subparsers, "reconcile", reconcile_command, pool_filter=True,
+        help="repair what status flags (dry run unless --apply)",
         description="Compute the repairs for the mismatches status flags: delete orphaned servers older than "
                     "reconcile.grace, delete duplicates keeping one, power down nodes whose server vanished. "
                     "Prints them; changes nothing without --apply. Run it from the systemd timer in etc/.")
-    _config_option(reconcile)
-    _pool_option(reconcile)
     reconcile.add_argument("--apply", action="store_true", help="carry the repairs out")
-    reconcile.set_defaults(handler=_guarded(reconcile_command))
 
-    slurm_conf = subparsers.add_parser(
-        "slurm-conf", help="print or write the slurm.conf include for the pools",
+    slurm_conf = _command(
+        subparsers, "slurm-conf", slurm_conf_command, help="print or write the slurm.conf include for the pools",
         description="Print the NodeName, PartitionName and power-save lines that follow from the pool YAML, or "
                     "write them to a file to include from slurm.conf. --check compares them with slurmctld. "
                     "The power-save lines are those the Slurm version needs: the running slurmctld's, else "
                     "the installed scontrol's, else 22.05 (said on stderr), unless --slurm-version names one.")
-    _config_option(slurm_conf)
     _programs_option(slurm_conf, "where the three programs are installed")
     slurm_conf.add_argument("--suspend-time", type=int, default=600, metavar="SECONDS",
                             help="SuspendTime: idle seconds before a node is powered down (default 600)")
@@ -78,16 +71,19 @@ def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
     mode = slurm_conf.add_mutually_exclusive_group()
     mode.add_argument("-o", "--output", type=Path, metavar="FILE", help="write to FILE instead of printing")
     mode.add_argument("--check", action="store_true", help="say whether slurmctld runs with these settings")
-    slurm_conf.set_defaults(handler=_guarded(slurm_conf_command))
 
 
-def _config_option(parser: argparse.ArgumentParser) -> None:
+def _command(subparsers: argparse._SubParsersAction[argparse.ArgumentParser], name: str,
+             command: Callable[[argparse.Namespace], int], *, help: str, description: str,
+             pool_filter: bool = False) -> argparse.ArgumentParser:
+    """A subcommand with --config (and --pool), run by `command` behind the one-line error guard."""
+    parser = subparsers.add_parser(name, help=help, description=description)
+    if pool_filter:
+        parser.add_argument("--pool", action="append", metavar="NAME", help="only this pool (repeatable)")
     parser.add_argument("--config", help="pool YAML (default: $ELASTIC_CONFIG, elastic.yaml beside $SLURM_CONF, "
                                          "/etc/slurm/elastic.yaml)")
-
-
-def _pool_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pool", action="append", metavar="NAME", help="only this pool (repeatable)")
+    parser.set_defaults(handler=_guarded(command))
+    return parser
 
 
 def _programs_option(parser: argparse.ArgumentParser, what: str) -> None:

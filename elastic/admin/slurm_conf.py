@@ -88,7 +88,8 @@ def items(value: str | None) -> set[str]:
 
 
 def power_save_differences(config: Config, programs: slurm_conf_lines.Programs, running: Mapping[str, str], *,
-                           suspend_time: int = 600, version: slurm_conf_lines.Version | None = None) -> list[Difference]:
+                           suspend_time: int = 600,
+                           version: slurm_conf_lines.Version | None = None) -> list[Difference]:
     """Settings of the power-save block for the running version that slurmctld does not run with,
     then the options it runs with that are defunct at that version ("remove ...").
 

@@ -12,7 +12,7 @@ import pytest
 
 from elastic.lab.cloud import LabCloud
 
-FAST = {"boot_seconds": 0.05, "delete_seconds": 0.05}
+from tests.support.lab import FAST
 
 
 @pytest.fixture

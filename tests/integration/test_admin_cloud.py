@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import shutil
 import sys
-import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,10 +16,12 @@ from elastic.admin.slurm_conf import default_programs
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, load_config
 from elastic.lab.cloud import LabCloud
 
+from tests.support.configs import elastic_yaml
+from tests.support.lab import PASSWORD, _get, check_rows, lab_cloud, server_id
+
 pytestmark = pytest.mark.integration
 
 REPO = Path(__file__).resolve().parents[2]
-PASSWORD = "pw-31c9-not-in-logs"
 
 POOLS = """\
 cpu:
@@ -33,20 +34,7 @@ cpu:
 """
 
 
-def lab_cloud(**overrides) -> dict:
-    cloud = {
-        "boot_seconds": 0.2, "delete_seconds": 0.1,
-        "flavors": [{"name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20}],
-        "images": [{"name": "debian-12"}],
-        "networks": [{"name": "private", "cidr": "127.10.0.0/16"},
-                     {"name": "public", "cidr": "127.20.0.0/16", "external": True}],
-        "keypairs": ["hpc"],
-        "quotas": {"instances": 20, "cores": 40, "ram": 102400, "floating_ips": 10},
-        "auth": {"username": "demo", "password": PASSWORD, "project_name": "demo",
-                 "user_domain_name": "Default", "project_domain_name": "Default"},
-    }
-    cloud.update(overrides)
-    return cloud
+
 
 
 # ---- the stand-in scontrol ----------------------------------------------------------------------
@@ -145,13 +133,10 @@ class Site:
 
     def write_config(self, pools: str = POOLS, *, clouds_yaml: Path | None = None, extra: str = "") -> Path:
         path = self.root / "elastic.yaml"
-        indented = textwrap.indent(pools, "  ")
-        path.write_text(
-            f"cluster: itest\nclouds:\n"
-            f"  lab: {{clouds_yaml: {clouds_yaml or self.clouds_yaml}, rate: 0, api_timeout: 5}}\n"
-            f"pools:\n{indented}slurm: {{scontrol: {self.slurm.path}}}\n"
-            f"timeouts: {{boot: 30, delete: 10, poll: 0.2, lock: 5}}\nreconcile: {{grace: 600}}\n"
-            f"log_file: {self.root / 'elastic.log'}\nstate_dir: {self.root / 'state'}\n{extra}")
+        path.write_text(elastic_yaml(
+            root=self.root, pools=pools, scontrol=self.slurm.path,
+            clouds={"lab": {"clouds_yaml": clouds_yaml or self.clouds_yaml, "rate": 0, "api_timeout": 5}},
+            extra="reconcile: {grace: 600}\n" + extra))
         return path
 
     def run(self, *argv: str) -> int:
@@ -172,16 +157,6 @@ class Site:
         return {name: sorted(ids) for name, ids in found.items()}
 
 
-def _get(server, key):
-    if isinstance(server, dict):
-        return server.get(key, server.get(f"OS-EXT-STS:{key}"))
-    return getattr(server, key, None)
-
-
-def server_id(server) -> str:
-    return server if isinstance(server, str) else _get(server, "id")
-
-
 @pytest.fixture
 def site(tmp_path):
     with LabCloud({"clouds": {"lab": lab_cloud()}}) as lab:
@@ -198,13 +173,6 @@ def problems(rows: list[dict]) -> dict[str, set[str]]:
         if row["problem"]:
             found.setdefault(row["problem"], set()).add(row["node"])
     return found
-
-
-def check_rows(out: str) -> dict[str, str]:
-    """`elastic check` output as CHECK -> its whole line, cut at the header's column starts."""
-    lines = out.splitlines()
-    start, end = lines[0].index("CHECK"), lines[0].index("DETAIL")
-    return {line[start:end].strip(): line for line in lines[1:-1] if line.strip()}
 
 
 def one_error_line(capsys) -> str:

@@ -36,7 +36,7 @@ import pytest
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.lab.cloud import LabCloud
 
-from programs import REPO, Site, config_text, make_site
+from tests.support.programs import REPO, Site, config_text, make_site
 
 pytestmark = pytest.mark.integration
 

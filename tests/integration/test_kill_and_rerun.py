@@ -10,7 +10,7 @@ import pytest
 
 from elastic.lab.cloud import LabCloud
 
-from programs import config_text, make_site
+from tests.support.programs import config_text, make_site
 
 pytestmark = pytest.mark.integration
 

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import openstack
 import pytest
@@ -20,8 +21,12 @@ from elastic.lab.cloud.cli import main
 pytestmark = pytest.mark.integration
 
 
+# The python-openstackclient installed beside this Python (a test extra), whatever PATH holds.
+OPENSTACK = str(Path(sys.executable).with_name("openstack"))
+
+
 def openstack_cli(env: dict[str, str], *args: str):
-    result = subprocess.run(["openstack", "--os-cloud", "lab", *args], env=env, capture_output=True, text=True,
+    result = subprocess.run([OPENSTACK, "--os-cloud", "lab", *args], env=env, capture_output=True, text=True,
                             timeout=60)
     assert result.returncode == 0, f"openstack {' '.join(args)}: {result.stderr[-2000:]}"
     return json.loads(result.stdout) if "json" in args else result.stdout

@@ -13,7 +13,7 @@ import openstack.exceptions
 import pytest
 import requests
 
-from conftest import FAST
+from tests.support.lab import FAST
 
 pytestmark = pytest.mark.integration
 

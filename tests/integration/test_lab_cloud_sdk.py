@@ -10,7 +10,7 @@ import openstack
 import openstack.exceptions as exc
 import pytest
 
-from conftest import FAST
+from tests.support.lab import FAST
 
 pytestmark = pytest.mark.integration
 

@@ -12,7 +12,7 @@ import requests
 
 from elastic.lab.cloud import LabCloud, LabConfigError
 
-from conftest import FAST
+from tests.support.lab import FAST
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.lab.cloud import LabCloud
 
-from programs import config_text, make_site
+from tests.support.programs import config_text, make_site
 
 pytestmark = pytest.mark.integration
 

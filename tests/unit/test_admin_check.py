@@ -12,27 +12,7 @@ from elastic.cloud import Flavor, Limits
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.testing import MemoryCloud
 
-from test_admin_status import CONFIG, make_config, ours
-
-# `scontrol show config` of Debian 12's slurmctld 22.05.8 with the power-save block elastic generates.
-RUNNING_22_05 = {
-    "SLURM_VERSION": "22.05.8",
-    "ResumeProgram": "", "SuspendProgram": "", "ResumeFailProgram": "",  # filled per test
-    "SuspendTime": "600 sec", "SuspendTimeout": "150 sec", "ResumeTimeout": "900 sec",
-    "ResumeRate": "0 nodes/min", "SuspendRate": "0 nodes/min", "TreeWidth": "65533",
-    "SlurmctldParameters": "enable_configless", "CommunicationParameters": "NoAddrCache",
-    "PrivateData": "cloud", "ReturnToService": "2",
-}
-# What changes in `scontrol show config` when the block slurm-conf writes for each later version runs.
-# PrivateData is printed from a bit mask that has no cloud flag from 23.02; TreeWidth defaults to 16
-# from 23.11 (50 before).
-RUNNING_23_02 = {"SLURM_VERSION": "23.02.7", "PrivateData": "none"}
-RUNNING_23_11 = {"SLURM_VERSION": "23.11.10", "PrivateData": "none", "CommunicationParameters": "(null)",
-                 "TreeWidth": "16"}
-RUNNING_24_11 = dict(RUNNING_23_11, SLURM_VERSION="24.11.5")
-RUNNING_26_05 = dict(RUNNING_23_11, SLURM_VERSION="26.05.3")
-RUNNING = {"22.05": {}, "23.02": RUNNING_23_02, "23.11": RUNNING_23_11, "24.11": RUNNING_24_11,
-           "26.05": RUNNING_26_05}
+from tests.support.admin import CONFIG, RUNNING, RUNNING_22_05, RUNNING_24_11, make_config, ours
 
 
 def by_subject(checks):

@@ -13,7 +13,7 @@ from elastic.errors import CloudErrorKind, SlurmError
 from elastic.locks import exclusive_lock
 from elastic.testing import MemoryCloud
 
-from test_admin_status import CONFIG, IDLE, FakeSlurm, ours, slurm_nodes
+from tests.support.admin import CONFIG, IDLE, FakeSlurm, ours, slurm_nodes
 
 
 @pytest.fixture
@@ -267,7 +267,7 @@ def test_slurm_conf_check_flags_defunct_options_on_24_11(site, capsys):
     """--check on 24.11 running a 22.05 block: NoAddrCache is a 'remove' difference, exit 1."""
     from elastic.config import load_config
 
-    from test_admin_slurm_conf import node_fields
+    from tests.support.admin import node_fields
 
     config = load_config(site.path)
     site.slurm.config = lambda: {"SLURM_VERSION": "24.11.5", "CommunicationParameters": "NoAddrCache"}

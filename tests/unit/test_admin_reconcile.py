@@ -14,7 +14,7 @@ from elastic.fleet import Fleet, NoMemory
 from elastic.slurm import NodeState
 from elastic.testing import FakeClock, MemoryCloud
 
-from test_admin_status import ALLOCATED, IDLE, NOW, POWERING_UP, FakeSlurm, make_config, ours, slurm_nodes
+from tests.support.admin import ALLOCATED, IDLE, NOW, POWERING_UP, FakeSlurm, make_config, ours, slurm_nodes
 
 GRACE = 600
 

@@ -10,8 +10,7 @@ import pytest
 from elastic import slurm_conf_lines
 from elastic.admin import slurm_conf
 
-from test_admin_check import RUNNING, RUNNING_22_05, RUNNING_23_11
-from test_admin_status import CONFIG, make_config
+from tests.support.admin import CONFIG, RUNNING, RUNNING_22_05, RUNNING_23_11, make_config, node_fields
 
 PROGRAMS = slurm_conf_lines.Programs(Path("/opt/elastic/bin/elastic-resume"), Path("/opt/elastic/bin/elastic-suspend"),
                               Path("/opt/elastic/bin/elastic-resume-fail"))
@@ -22,19 +21,6 @@ def running(**changes):
                   ResumeFailProgram=str(PROGRAMS.resume_fail), SuspendTimeout="150 sec", ResumeTimeout="900 sec")
     values.update(changes)
     return values
-
-
-def node_fields(config, **overrides):
-    nodes = {}
-    for pool in config.pools.values():
-        for name in pool.node_names:
-            nodes[name] = {"NodeName": name, "State": "IDLE+CLOUD+POWERED_DOWN", "CPUTot": str(pool.slurm.cpus),
-                           "RealMemory": str(pool.slurm.real_memory),
-                           "AvailableFeatures": ",".join(pool.slurm.features) or "(null)",
-                           "Partitions": pool.partition or ""}
-    for name, fields in overrides.items():
-        nodes[name.replace("_", "-")].update(fields)
-    return nodes
 
 
 def test_matching_slurmctld_has_no_differences(tmp_path):
@@ -114,7 +100,8 @@ def test_each_version_running_its_own_block_has_no_differences(tmp_path, name):
     for text in (CONFIG, CONFIG + "slurm: {addresses: none}\n"):
         config = make_config(tmp_path, text)
         version = slurm_conf.slurm_version(running(**RUNNING[name]))
-        block = dict(line.split("=", 1) for line in slurm_conf_lines.power_save_lines(config, PROGRAMS, version=version))
+        lines = slurm_conf_lines.power_save_lines(config, PROGRAMS, version=version)
+        block = dict(line.split("=", 1) for line in lines)
         have = running(**RUNNING[name], SlurmctldParameters=block["SlurmctldParameters"])
         assert slurm_conf.power_save_differences(config, PROGRAMS, have) == [], (name, text)
 

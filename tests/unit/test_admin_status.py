@@ -3,94 +3,27 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
 
 import pytest
 import structlog
 
 from elastic.admin import status
 from elastic.cloud import ACTIVE, BUILDING, ERROR
-from elastic.config import META_CLUSTER, META_NODE, META_POOL, load_config
 from elastic.errors import SlurmError
 from elastic.fleet import Fleet, NoMemory
-from elastic.slurm import NodeState
 from elastic.testing import MemoryCloud
 
-CONFIG = """\
-cluster: test
-clouds:
-  alpha: {clouds_yaml: clouds.yaml}
-  beta: {clouds_yaml: clouds.yaml}
-pools:
-  cpu:
-    nodes: cpu-[001-004]
-    partition: cloud
-    slurm: {cpus: 1, real_memory: 1800, features: [cloud]}
-    boot: {flavor: m1.small, image: debian-12}
-    clouds:
-      - {cloud: alpha, network: private}
-      - {cloud: beta, network: private}
-  gpu:
-    nodes: gpu-[1-2]
-    slurm: {cpus: 1, real_memory: 1800}
-    boot: {flavor: m1.small, image: debian-12}
-    clouds:
-      - {cloud: beta, network: private}
-reconcile: {grace: 600}
-"""
-
-NOW = 1_000_000.0
-POWERED_DOWN = "IDLE+CLOUD+POWERED_DOWN"
-IDLE = "IDLE+CLOUD"
-ALLOCATED = "ALLOCATED+CLOUD"
-POWERING_UP = "ALLOCATED+CLOUD+POWERING_UP"
-POWERING_DOWN = "IDLE+CLOUD+POWERING_DOWN"
-
-
-def make_config(tmp_path, text: str = CONFIG):
-    path = tmp_path / "elastic.yaml"
-    path.write_text(text)
-    return load_config(path)
-
-
-def ours(node: str, pool: str = "cpu", cluster: str = "test") -> dict[str, str]:
-    return {META_CLUSTER: cluster, META_NODE: node, META_POOL: pool}
-
-
-def slurm_nodes(**states: str) -> dict[str, NodeState]:
-    """Nodes by name (underscores in keyword names stand for '-'); every other node is powered down."""
-    nodes = {f"cpu-00{i}": NodeState.from_state(f"cpu-00{i}", POWERED_DOWN) for i in range(1, 5)}
-    nodes.update({f"gpu-{i}": NodeState.from_state(f"gpu-{i}", POWERED_DOWN) for i in (1, 2)})
-    for key, state in states.items():
-        name = key.replace("_", "-")
-        nodes[name] = NodeState.from_state(name, state)
-    return nodes
-
-
-@dataclass
-class FakeSlurm:
-    """Slurm's reads from a dict of NodeState; state changes recorded (and applied when asked)."""
-
-    node_states: dict[str, NodeState] = field(default_factory=slurm_nodes)
-    changes: list[tuple[tuple[str, ...], str, str | None]] = field(default_factory=list)
-    fail_reads: bool = False
-    fail_updates: bool = False
-    on_read: object = None  # called before each nodes() read: lets a test change Slurm between looks
-    reads: int = 0
-
-    def nodes(self, names=None):
-        self.reads += 1
-        if callable(self.on_read):
-            self.on_read(self)
-        if self.fail_reads:
-            raise SlurmError("scontrol -a -o show node: exit 1: Unable to contact slurm controller")
-        wanted = set(names) if names is not None else None
-        return {n: s for n, s in self.node_states.items() if wanted is None or n in wanted}
-
-    def set_state(self, names, state, reason=None):
-        if self.fail_updates:
-            raise SlurmError("scontrol update: exit 1: Invalid node state specified")
-        self.changes.append((tuple(names), state, reason))
+from tests.support.admin import (
+    ALLOCATED,
+    IDLE,
+    NOW,
+    POWERING_DOWN,
+    POWERING_UP,
+    FakeSlurm,
+    make_config,
+    ours,
+    slurm_nodes,
+)
 
 
 def problems(rows) -> dict[str, set[str]]:

@@ -6,7 +6,7 @@ import pytest
 
 from elastic import cli
 
-from test_config import BAD
+from tests.support.configs import BAD
 
 
 @pytest.mark.parametrize("text", [b[1] for b in BAD], ids=[b[0] for b in BAD])
@@ -23,7 +23,7 @@ def test_bad_config_exits_2_with_one_line(tmp_path, capsys, text, entry):
 
 def test_malformed_hostlist_exits_2(tmp_path, capsys):
     """A hostlist that does not parse is a usage error: exit 2, one line naming it."""
-    from test_config import GOOD
+    from tests.support.configs import GOOD
 
     path = tmp_path / "elastic.yaml"
     path.write_text(GOOD + f"state_dir: {tmp_path / 'state'}\nlog_file: {tmp_path / 'log'}\n")
@@ -44,12 +44,12 @@ def test_missing_hostlist_is_a_usage_error(capsys):
 
 @pytest.fixture
 def program(tmp_path, monkeypatch):
-    """A config (from power_fixtures) with real state dir and log, memory clouds and a recording
+    """A config (tests.support.power) with real state dir and log, memory clouds and a recording
     Slurm wired in place of the real ones; returns (run(command, hostlist), slurm, config path)."""
     from elastic import wiring
     from elastic.testing import MemoryCloud, RecordingSlurm
 
-    from power_fixtures import CONFIG
+    from tests.support.power import CONFIG
 
     path = tmp_path / "elastic.yaml"
     path.write_text(CONFIG + f"state_dir: {tmp_path / 'state'}\nlog_file: {tmp_path / 'elastic.log'}\n")

@@ -10,21 +10,7 @@ from pydantic import ValidationError
 from elastic.config import Config, find_config_path, load_config
 from elastic.errors import ConfigError
 
-GOOD = """\
-cluster: engage1
-clouds:
-  engage1: {clouds_yaml: /etc/openstack/clouds.yaml, max_parallel: 16}
-  kaizen: {clouds_yaml: clouds.yaml, region: RegionTwo}
-pools:
-  cpu:
-    nodes: cpu-[001-004]
-    partition: cloud
-    slurm: {cpus: 4, real_memory: 7500, features: [cloud]}
-    boot: {flavor: m1.large, image: slurm-compute, key_name: hpc}
-    clouds:
-      - {cloud: engage1, network: hpc-private}
-      - {cloud: kaizen, network: campus, floating_ip: public, max_nodes: 16}
-"""
+from tests.support.configs import BAD, GOOD
 
 
 def _load(tmp_path, text: str):
@@ -65,60 +51,6 @@ def test_config_path_search_order(tmp_path):
     assert str(find_config_path(None, env)) == "/a.yaml"
     assert str(find_config_path(None, {"SLURM_CONF": "/etc/slurm-x/slurm.conf"})) == "/etc/slurm-x/elastic.yaml"
     assert str(find_config_path(None, {})) == "/etc/slurm/elastic.yaml"
-
-
-BAD = [
-    ("not-yaml", "cluster: a\n  clouds: [\n", 2, "not valid YAML"),
-    ("empty", "", 1, "empty"),
-    ("list-at-top", "- a\n- b\n", 1, "must be a mapping"),
-    ("missing-cluster", GOOD.replace("cluster: engage1\n", ""), 1, "cluster: required key is missing"),
-    ("unknown-top-key", GOOD + "pool: {}\n", 14, "pool: unknown key; did you mean 'pools'?"),
-    ("unknown-nested-key", GOOD.replace("key_name: hpc", "flavour: x"), 10,
-     "pools.cpu.boot.flavour: unknown key; did you mean 'flavor'?"),
-    ("bad-cluster-name", GOOD.replace("cluster: engage1", "cluster: my cluster"), 1, "cluster: names may hold"),
-    ("unknown-cloud", GOOD.replace("cloud: kaizen,", "cloud: kaizn,"), 13,
-     "pools.cpu.clouds[1].cloud: unknown cloud 'kaizn'"),
-    ("overlap", GOOD + "  more:\n    nodes: cpu-[004-006]\n    slurm: {cpus: 1, real_memory: 1}\n"
-                       "    boot: {flavor: a, image: b}\n    clouds: [{cloud: engage1, network: n}]\n",
-     15, "pools.more.nodes: node cpu-004 is also in pool 'cpu'"),
-    ("bad-hostlist", GOOD.replace("cpu-[001-004]", "cpu-[001-"), 7, "pools.cpu.nodes:"),
-    ("zero-cpus", GOOD.replace("cpus: 4", "cpus: 0"), 9,
-     "pools.cpu.slurm.cpus: Input should be greater than or equal to 1 (got 0)"),
-    ("memory-string", GOOD.replace("real_memory: 7500", "real_memory: lots"), 9,
-     "pools.cpu.slurm.real_memory: Input should be a valid integer"),
-    ("duplicate-key", GOOD.replace("    partition: cloud\n", "    partition: cloud\n    partition: other\n"), 9,
-     "pools.cpu.partition: duplicate key"),
-    ("no-clouds", GOOD.replace("clouds:\n  engage1: {clouds_yaml: /etc/openstack/clouds.yaml, max_parallel: 16}\n"
-                               "  kaizen: {clouds_yaml: clouds.yaml, region: RegionTwo}\n", "clouds: {}\n"), 2,
-     "clouds: Dictionary should have at least 1 item"),
-    ("pool-without-clouds", GOOD.split("    clouds:\n")[0] + "    clouds: []\n", 11,
-     "pools.cpu.clouds: Tuple should have at least 1 item"),
-    ("long-metadata", GOOD.replace("key_name: hpc", "key_name: hpc, metadata: {note: " + "x" * 300 + "}"), 10,
-     "255 characters"),
-    ("reserved-metadata", GOOD.replace("key_name: hpc", "key_name: hpc, metadata: {elastic_node: x}"), 10, "reserved"),
-    ("bad-enum", GOOD + "slurm: {addresses: dns}\n", 14, "slurm.addresses: Input should be 'scontrol' or 'none'"),
-    ("missing-template", GOOD.replace("key_name: hpc", "user_data: nope.j2"), 10, "user-data template"),
-    ("negative-timeout", GOOD + "timeouts: {boot: -5}\n", 14, "timeouts.boot: Input should be greater than 0"),
-    ("infinite-timeout", GOOD + "timeouts: {boot: .inf}\n", 14,
-     "timeouts.boot: Input should be a finite number (got inf)"),
-    ("nan-timeout", GOOD + "timeouts: {poll: .nan}\n", 14, "timeouts.poll: Input should be a finite number (got nan)"),
-    ("infinite-window", GOOD + "resume_fail: {window: .Inf}\n", 14,
-     "resume_fail.window: Input should be a finite number"),
-    ("infinite-grace", GOOD + "reconcile: {grace: .inf}\n", 14, "reconcile.grace: Input should be a finite number"),
-    ("infinite-api-timeout", GOOD.replace("max_parallel: 16", "max_parallel: 16, api_timeout: .inf"), 3,
-     "clouds.engage1.api_timeout: Input should be a finite number"),
-    ("infinite-rate", GOOD.replace("max_parallel: 16", "max_parallel: 16, rate: .inf"), 3,
-     "clouds.engage1.rate: Input should be a finite number (got inf)"),
-    ("nan-cooldown", GOOD.replace("region: RegionTwo", "region: RegionTwo, cooldown: .nan"), 4,
-     "clouds.kaizen.cooldown: Input should be a finite number (got nan)"),
-    ("minus-infinite-cooldown", GOOD.replace("region: RegionTwo", "region: RegionTwo, cooldown: -.inf"), 4,
-     "clouds.kaizen.cooldown: Input should be a finite number"),
-    ("zero-parallel", GOOD.replace("max_parallel: 16", "max_parallel: 0"), 3, "clouds.engage1.max_parallel"),
-    ("cloud-twice", GOOD.replace("cloud: kaizen,", "cloud: engage1,"), 13, "listed twice"),
-    ("pool-without-slurm", GOOD.replace("    slurm: {cpus: 4, real_memory: 7500, features: [cloud]}\n", ""), 6,
-     "pools.cpu.slurm: required key is missing"),
-    ("string-for-pools", GOOD.split("pools:")[0] + "pools: cpu\n", 5, "pools: Input should be a valid dictionary"),
-]
 
 
 @pytest.mark.parametrize(("text", "line", "expected"), [b[1:] for b in BAD], ids=[b[0] for b in BAD])

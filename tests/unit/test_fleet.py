@@ -14,7 +14,7 @@ from elastic.errors import CloudError, CloudErrorKind
 from elastic.fleet import Fleet
 from elastic.testing import MemoryCloud, MemoryHistory
 
-from power_fixtures import CONFIG, make_services
+from tests.support.power import CONFIG, make_services
 
 
 def _meta(node: str, pool: str = "cpu") -> dict[str, str]:

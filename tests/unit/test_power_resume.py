@@ -11,7 +11,7 @@ from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.power import resume
 
-from power_fixtures import make_services
+from tests.support.power import make_services
 
 CONFIG_ONE_CLOUD = """\
 cluster: test

@@ -7,7 +7,7 @@ from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudErrorKind
 from elastic.power import resume_fail, suspend
 
-from power_fixtures import make_services
+from tests.support.power import make_services
 
 
 def _meta(node: str, pool: str = "cpu") -> dict[str, str]:

@@ -19,7 +19,7 @@ from elastic import cli, power, process, wiring
 from elastic.power import Services
 from elastic.testing import MemoryCloud, MemoryHistory, RecordingSlurm
 
-from power_fixtures import CONFIG
+from tests.support.power import CONFIG
 
 NODES = ["cpu-001", "cpu-002", "cpu-003", "cpu-004"]
 

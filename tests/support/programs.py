@@ -11,6 +11,8 @@ import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.support.configs import elastic_yaml
+
 REPO = Path(__file__).resolve().parents[2]
 PROGRAMS = {"resume": REPO / "resume.py", "suspend": REPO / "suspend.py", "resume-fail": REPO / "resume_fail.py"}
 
@@ -108,12 +110,7 @@ def make_site(root: Path) -> Site:
 
 def config_text(site: Site, clouds_yaml: Path, *, clouds: dict[str, dict] | None = None, pools: str, extra: str = "",
                 boot_timeout: float = 30) -> str:
-    clouds = clouds or {"lab": {}}
-    cloud_lines = "\n".join(
-        f"  {name}: {{clouds_yaml: {clouds_yaml}, max_parallel: 8, rate: 0, api_timeout: 10"
-        + "".join(f", {k}: {v}" for k, v in options.items()) + "}"
-        for name, options in clouds.items())
-    return (f"cluster: itest\nclouds:\n{cloud_lines}\npools:\n{textwrap.indent(textwrap.dedent(pools), '  ')}"
-            f"slurm: {{scontrol: {site.root / 'scontrol'}}}\n"
-            f"timeouts: {{boot: {boot_timeout}, delete: 10, poll: 0.2, lock: 20}}\n"
-            f"log_file: {site.log_file}\nstate_dir: {site.root / 'state'}\n{extra}")
+    clouds = {name: {"clouds_yaml": clouds_yaml, "max_parallel": 8, "rate": 0, "api_timeout": 10, **options}
+              for name, options in (clouds or {"lab": {}}).items()}
+    return elastic_yaml(root=site.root, pools=pools, clouds=clouds, scontrol=site.root / "scontrol",
+                        timeouts={"boot": boot_timeout, "lock": 20}, extra=extra)

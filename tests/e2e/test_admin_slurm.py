@@ -17,7 +17,9 @@ from elastic.config import META_CLUSTER, META_NODE, META_POOL, load_config
 from elastic.lab.slurm import LocalSlurm
 from elastic.lab.slurm.install import SlurmInstall, default_install
 
-pytestmark = pytest.mark.integration
+from tests.support.configs import elastic_yaml
+
+pytestmark = pytest.mark.e2e
 
 POOLS = """\
 cpu:
@@ -42,13 +44,10 @@ def write_programs(directory: Path) -> slurm_conf_lines.Programs:
 
 def write_config(tmp_path: Path, clouds_yaml: Path, *, pools: str = POOLS, extra: str = "") -> Path:
     path = tmp_path / "elastic.yaml"
-    indented = "".join(f"  {line}\n" for line in pools.splitlines())
     # The scontrol of the Slurm under test (with --slurm 24.11: the root's, entered from here).
-    scontrol = default_install().scontrol
-    path.write_text(f"cluster: itest\nclouds:\n  lab: {{clouds_yaml: {clouds_yaml}, rate: 0, api_timeout: 10}}\n"
-                    f"pools:\n{indented}slurm: {{scontrol: {scontrol}}}\n"
-                    f"timeouts: {{boot: 30, delete: 10, poll: 0.2, lock: 5}}\nreconcile: {{grace: 600}}\n"
-                    f"log_file: {tmp_path / 'elastic.log'}\nstate_dir: {tmp_path / 'state'}\n{extra}")
+    path.write_text(elastic_yaml(root=tmp_path, pools=pools, scontrol=default_install().scontrol,
+                                 clouds={"lab": {"clouds_yaml": clouds_yaml, "rate": 0, "api_timeout": 10}},
+                                 extra="reconcile: {grace: 600}\n" + extra))
     return path
 
 
@@ -68,7 +67,8 @@ def local_slurm(tmp_path, monkeypatch, slurm_install: SlurmInstall) -> Iterator[
                                                       "ResumeRate", "SuspendRate")}
         power_save.update(kwargs.pop("power_save", {}))
         cluster = LocalSlurm(tmp_path / f"slurm{len(started)}", node_lines=slurm_conf_lines.node_lines(config),
-                             partition_lines=slurm_conf_lines.partition_lines(config), resume_program=str(programs.resume),
+                             partition_lines=slurm_conf_lines.partition_lines(config),
+                             resume_program=str(programs.resume),
                              suspend_program=str(programs.suspend), resume_fail_program=str(programs.resume_fail),
                              power_save=power_save, slurm=slurm_install, **kwargs)
         started.append(cluster)
@@ -106,7 +106,7 @@ def test_slurm_conf_check_names_exactly_what_slurmctld_runs_differently(tmp_path
 def lab(tmp_path):
     from elastic.lab.cloud import LabCloud
 
-    from test_admin_cloud import lab_cloud
+    from tests.support.lab import lab_cloud
 
     with LabCloud({"clouds": {"lab": lab_cloud()}}) as cloud:
         cloud.write_clouds_yaml(tmp_path / "clouds.yaml")
@@ -114,14 +114,14 @@ def lab(tmp_path):
 
 
 def seed(lab, name: str, *, age: float, status: str = "ACTIVE") -> str:
-    from test_admin_cloud import server_id
+    from tests.support.lab import server_id
 
     metadata = {META_CLUSTER: "itest", META_NODE: name, META_POOL: "cpu"}
     return server_id(lab.seed_server("lab", name, metadata=metadata, status=status, age_seconds=age))
 
 
 def live_servers(lab) -> dict[str, list[str]]:
-    from test_admin_cloud import _get, server_id
+    from tests.support.lab import _get, server_id
 
     found: dict[str, list[str]] = {}
     for server in lab.servers("lab"):
@@ -179,7 +179,7 @@ def test_check_reads_the_running_slurmctld(tmp_path, capsys, lab, local_slurm):
     slurm = local_slurm(path, programs)
     assert cli.main(["check", "--config", str(path)]) == 0
     out = capsys.readouterr().out
-    from test_admin_cloud import check_rows
+    from tests.support.lab import check_rows
 
     rows = {subject: line.split()[0] for subject, line in check_rows(out).items()}
     assert rows["slurmctld"] == "ok" and f"Slurm {slurm.version[0]:02d}.{slurm.version[1]:02d}" in out
