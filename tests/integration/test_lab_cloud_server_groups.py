@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import openstack.exceptions as exc
 import pytest
+import requests
 
 from elastic.lab.cloud import LabCloud, LabConfigError
 
@@ -205,6 +206,9 @@ def test_server_group_quota_and_limits(make_lab, sdk):
     conn.compute.delete_server_group(first)
     assert absolute()["totalServerGroupsUsed"] == 1
     conn.compute.create_server_group(name="c", policy="affinity")
+    lab.set_quota("lab", server_groups=-1)
+    conn.compute.create_server_group(name="d", policy="affinity")
+    assert absolute()["maxServerGroups"] == -1 and absolute()["totalServerGroupsUsed"] == 3
     # Image metadata limits left the compute API at 2.39.
     assert "maxImageMeta" not in absolute()
     assert conn.compute.get("/limits", microversion="2.38").json()["limits"]["absolute"]["maxImageMeta"] == 128
@@ -311,3 +315,19 @@ def test_bad_host_and_quota_settings_name_the_key(settings, key):
     """A bad hosts, host_capacity or server-group quota is a LabConfigError naming the key."""
     with pytest.raises(LabConfigError, match=key.replace(".", r"\.")):
         LabCloud({"clouds": {"lab": settings}})
+
+
+def test_both_hint_spellings_and_the_control_endpoint(lab, sdk):
+    """Nova reads `os:scheduler_hints` (what the nova CLI sends) as well as `OS-SCH-HNT:scheduler_hints` (what
+    openstacksdk sends), the first winning; GET /_lab/server-groups shows the groups and their members."""
+    conn = sdk(lab)
+    group = conn.compute.create_server_group(name="g", policy="affinity")
+    other = conn.compute.create_server_group(name="other", policy="affinity")
+    server = {"name": "raw", "flavorRef": conn.compute.find_flavor("m1.small").id,
+              "imageRef": conn.image.find_image("debian-12").id,
+              "networks": [{"uuid": conn.network.find_network("private").id}]}
+    reply = conn.compute.post("/servers", json={"server": server, "os:scheduler_hints": {"group": group.id},
+                                                "OS-SCH-HNT:scheduler_hints": {"group": other.id}})
+    created = reply.json()["server"]["id"]
+    shown = requests.get(f"{lab.url}/_lab/server-groups?cloud=lab", timeout=5).json()["server_groups"]["lab"]
+    assert [(g["name"], g["members"]) for g in shown] == [("g", [created]), ("other", [])]

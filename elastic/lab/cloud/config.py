@@ -149,10 +149,13 @@ def _cloud(name: str, body: Any) -> CloudSpec:
             auth=_auth(merged["auth"], f"{where}.auth"),
             application_credentials=_app_creds(merged["application_credentials"], f"{where}.application_credentials"),
             token_ttl_seconds=_seconds(merged["token_ttl_seconds"], f"{where}.token_ttl_seconds"),
-            flavors=[flavor_spec(item, f"{where}.flavors[{i}]") for i, item in enumerate(_list(merged["flavors"], where, "flavors"))],
-            images=[_named(item, f"{where}.images[{i}]") for i, item in enumerate(_list(merged["images"], where, "images"))],
+            flavors=[flavor_spec(item, f"{where}.flavors[{i}]")
+                     for i, item in enumerate(_list(merged["flavors"], where, "flavors"))],
+            images=[_named(item, f"{where}.images[{i}]")
+                    for i, item in enumerate(_list(merged["images"], where, "images"))],
             networks=_networks(_list(merged["networks"], where, "networks"), f"{where}.networks"),
-            keypairs=[_named(item, f"{where}.keypairs[{i}]") for i, item in enumerate(_list(merged["keypairs"], where, "keypairs"))],
+            keypairs=[_named(item, f"{where}.keypairs[{i}]")
+                      for i, item in enumerate(_list(merged["keypairs"], where, "keypairs"))],
             security_groups=[_named(item, f"{where}.security_groups[{i}]")
                              for i, item in enumerate(_list(merged["security_groups"], where, "security_groups"))],
             quotas=quota_limits({**DEFAULT_CLOUD["quotas"], **(merged["quotas"] or {})}, f"{where}.quotas"),
@@ -184,7 +187,8 @@ def quota_limits(values: Any, where: str) -> dict[str, int]:
         raise LabConfigError(f"{where}: must be a mapping")
     unknown = set(values) - set(QUOTA_KEYS)
     if unknown:
-        raise LabConfigError(f"{where}: unknown quota(s): {', '.join(sorted(unknown))} (known: {', '.join(QUOTA_KEYS)})")
+        raise LabConfigError(f"{where}: unknown quota(s): {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(QUOTA_KEYS)})")
     limits = {}
     for key, value in values.items():
         if isinstance(value, bool) or not isinstance(value, int) or value < -1:
@@ -240,7 +244,8 @@ def _hooks(value: Any, where: str) -> dict[str, str | list[str]]:
     for key, command in value.items():
         if key not in ("on_active", "on_deleted"):
             raise LabConfigError(f"{where}: unknown hook {key!r} (known: on_active, on_deleted)")
-        if not (isinstance(command, str) or (isinstance(command, list) and command and all(isinstance(a, str) for a in command))):
+        is_argv = isinstance(command, list) and command and all(isinstance(a, str) for a in command)
+        if not (isinstance(command, str) or is_argv):
             raise LabConfigError(f"{where}.{key}: a shell command string or a non-empty argv list")
     return dict(value)
 

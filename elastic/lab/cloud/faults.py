@@ -52,7 +52,8 @@ class Faults:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = set(values) - known
         if unknown:
-            raise ValueError(f"{where}: unknown fault(s): {', '.join(sorted(unknown))} (known: {', '.join(sorted(known))})")
+            raise ValueError(f"{where}: unknown fault(s): {', '.join(sorted(unknown))} "
+                             f"(known: {', '.join(sorted(known))})")
         changes = {key: _check(key, value, f"{where}.{key}") for key, value in values.items()}
         return dataclasses.replace(self, **changes)
 
@@ -84,7 +85,8 @@ def _check(key: str, value: Any, where: str) -> Any:
             raise ValueError(f"{where}: {value!r} must be an integer >= 1, or null for no limit")
         return value
     if key == "error_statuses":
-        if not isinstance(value, (list, tuple)) or not value or not all(isinstance(s, int) and 400 <= s <= 599 for s in value):
+        statuses = isinstance(value, (list, tuple)) and all(isinstance(s, int) and 400 <= s <= 599 for s in value)
+        if not value or not statuses:
             raise ValueError(f"{where}: {value!r} must be a non-empty list of HTTP error statuses")
         return tuple(value)
     if key == "reply_lost_methods":
@@ -170,7 +172,8 @@ class FaultGate:
                 self._admitted.append(now)
             if faults.error_rate and self._random.random() < faults.error_rate:
                 return Verdict(delay=faults.latency_seconds, status=self._random.choice(faults.error_statuses))
-            if (faults.reply_lost_rate and (not faults.reply_lost_methods or method.upper() in faults.reply_lost_methods)
+            lost_method = not faults.reply_lost_methods or method.upper() in faults.reply_lost_methods
+            if (faults.reply_lost_rate and lost_method
                     and self._random.random() < faults.reply_lost_rate):
                 return Verdict(delay=faults.latency_seconds, lose_reply=True)
             return Verdict(delay=faults.latency_seconds)

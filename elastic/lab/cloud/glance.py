@@ -49,7 +49,8 @@ def images(cloud: CloudState, req: Request) -> Response:
     except ValueError:
         raise glance_error(400, "limit param must be an integer") from None
     page = found[:limit]
-    body: dict[str, Any] = {"images": [_view(cloud, i) for i in page], "first": "/v2/images", "schema": "/v2/schemas/images"}
+    body: dict[str, Any] = {"images": [_view(cloud, i) for i in page], "first": "/v2/images",
+                            "schema": "/v2/schemas/images"}
     if len(found) > limit and page:
         params = {k: v for k, v in query.items() if k != "marker"} | {"marker": page[-1].id}
         body["next"] = f"/v2/images?{urlencode(params)}"

@@ -69,7 +69,8 @@ def _check_scope(cloud: CloudState, scope: Any) -> bool:
 def _application_credential(cloud: CloudState, identity: dict[str, Any]) -> dict[str, str] | None:
     given = identity.get("application_credential") or {}
     for cred in cloud.config.application_credentials:
-        if given.get("secret") == cred["secret"] and (given.get("id") == cred["id"] or given.get("name") == cred["name"]):
+        named = given.get("id") == cred["id"] or given.get("name") == cred["name"]
+        if given.get("secret") == cred["secret"] and named:
             return cred
     return None
 
@@ -79,8 +80,9 @@ def issue(cloud: CloudState, req: Request) -> Response:
     auth = body.get("auth") if isinstance(body, dict) else None
     identity = auth.get("identity") if isinstance(auth, dict) else None
     if not isinstance(identity, dict) or not isinstance(identity.get("methods"), list):
-        raise keystone_error(400, "Expecting to find identity in auth. The server could not comply with the request "
-                                  "since it is either malformed or otherwise incorrect. The client is assumed to be in error.")
+        raise keystone_error(400, "Expecting to find identity in auth. The server could not comply with the "
+                                  "request since it is either malformed or otherwise incorrect. The client is "
+                                  "assumed to be in error.")
     methods = identity["methods"]
     cred = None
     if methods == ["password"]:

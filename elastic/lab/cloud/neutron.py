@@ -31,8 +31,9 @@ def versions(cloud: CloudState, req: Request) -> Response:
 
 
 def extensions(cloud: CloudState, req: Request) -> Response:
-    return Response(200, {"extensions": [{"alias": a, "name": a, "description": a, "updated": "2013-01-01T00:00:00-00:00",
-                                          "links": []} for a in _EXTENSIONS]})
+    return Response(200, {"extensions": [{"alias": a, "name": a, "description": a,
+                                          "updated": "2013-01-01T00:00:00-00:00", "links": []}
+                                         for a in _EXTENSIONS]})
 
 
 def _common(cloud: CloudState, created: float) -> dict[str, Any]:
@@ -50,13 +51,16 @@ def _network_view(cloud: CloudState, net: Network) -> dict[str, Any]:
 def _subnet_view(cloud: CloudState, net: Network) -> dict[str, Any]:
     subnet = net.subnet
     return {"id": subnet.id, "name": f"{net.name}-subnet", "network_id": net.id, "cidr": str(subnet.cidr),
-            "ip_version": 4, "gateway_ip": subnet.gateway, "enable_dhcp": True, "dns_nameservers": [], "host_routes": [],
-            "allocation_pools": [{"start": str(subnet.cidr.network_address + 2), "end": str(subnet.cidr.broadcast_address - 1)}],
+            "ip_version": 4, "gateway_ip": subnet.gateway, "enable_dhcp": True, "dns_nameservers": [],
+            "host_routes": [],
+            "allocation_pools": [{"start": str(subnet.cidr.network_address + 2),
+                                  "end": str(subnet.cidr.broadcast_address - 1)}],
             "ipv6_ra_mode": None, "ipv6_address_mode": None, "subnetpool_id": None, **_common(cloud, 0)}
 
 
 def _port_view(cloud: CloudState, port: Port) -> dict[str, Any]:
-    groups = [cloud.security_groups[g] for g in cloud.servers[port.device_id].security_groups if g in cloud.security_groups]
+    groups = [cloud.security_groups[g] for g in cloud.servers[port.device_id].security_groups
+              if g in cloud.security_groups]
     return {"id": port.id, "name": "", "network_id": port.network_id, "device_id": port.device_id,
             "device_owner": "compute:nova", "mac_address": port.mac, "status": "ACTIVE", "admin_state_up": True,
             "fixed_ips": [{"subnet_id": port.subnet_id, "ip_address": port.ip}], "security_groups": groups,

@@ -97,7 +97,8 @@ def _keypair_view(req: Request, name: str, key: dict[str, str]) -> dict[str, Any
 
 
 def keypairs(cloud: CloudState, req: Request) -> Response:
-    return Response(200, {"keypairs": [{"keypair": _keypair_view(req, name, key)} for name, key in cloud.keypairs.items()]})
+    keypairs = [{"keypair": _keypair_view(req, name, key)} for name, key in cloud.keypairs.items()]
+    return Response(200, {"keypairs": keypairs})
 
 
 def keypair_show(cloud: CloudState, req: Request, name: str) -> Response:

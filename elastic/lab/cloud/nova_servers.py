@@ -39,7 +39,8 @@ def _links(req: Request, server_id: str) -> list[dict[str, str]]:
     return [{"rel": "self", "href": f"{compute_base(req)}/servers/{server_id}"}] + _bookmark(req, "servers", server_id)
 
 
-def addresses(cloud: CloudState, server: EmulatedServer, *, info_cache: bool = False) -> dict[str, list[dict[str, Any]]]:
+def addresses(cloud: CloudState, server: EmulatedServer, *,
+              info_cache: bool = False) -> dict[str, list[dict[str, Any]]]:
     """The server's addresses from its ports; `info_cache`: as Nova's views show them, from a
     network info cache that may not hold a new floating IP yet (fault floating_ip_cache_lag)."""
     result: dict[str, list[dict[str, Any]]] = {}
@@ -67,8 +68,9 @@ def server_view(cloud: CloudState, req: Request, server: EmulatedServer) -> dict
         # A server booted from a volume shows its image as "", not null: a Nova quirk.
         "image": {"id": server.image.id, "links": _bookmark(req, "images", server.image.id)} if server.image else "",
         "flavor": flavor_view, "created": isotime(server.created), "updated": isotime(server.updated),
-        "addresses": addresses(cloud, server, info_cache=True), "accessIPv4": "", "accessIPv6": "", "links": _links(req, server.id),
-        "OS-DCF:diskConfig": "MANUAL", "OS-EXT-AZ:availability_zone": server.availability_zone if server.status == "ACTIVE" else "",
+        "addresses": addresses(cloud, server, info_cache=True), "accessIPv4": "", "accessIPv6": "",
+        "links": _links(req, server.id), "OS-DCF:diskConfig": "MANUAL",
+        "OS-EXT-AZ:availability_zone": server.availability_zone if server.status == "ACTIVE" else "",
         "config_drive": server.config_drive, "key_name": server.key_name,
         "OS-SRV-USG:launched_at": isotime(server.launched_at, micro=True), "OS-SRV-USG:terminated_at": None,
         "security_groups": [{"name": g} for g in server.security_groups],
@@ -217,7 +219,8 @@ def _network_list(networks: Any) -> list[dict[str, str]]:
             try:
                 uuid.UUID(str(entry["uuid"]))
             except ValueError:
-                raise nova_error(400, f"Bad networks format: network uuid is not in proper format ({entry['uuid']})") from None
+                raise nova_error(400, "Bad networks format: network uuid is not in proper format "
+                                      f"({entry['uuid']})") from None
         result.append({k: str(v) for k, v in entry.items() if v is not None})
     return result
 

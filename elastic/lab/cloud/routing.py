@@ -23,7 +23,8 @@ class Route:
 def route(method: str, path: str, handler: Callable[..., Any], *, label_path: str | None = None,
           auth: bool = True) -> Route:
     """`path` is below the cloud's prefix; the label uses `label_path` (default `path`)."""
-    regex = "^" + _PARAM.sub(lambda m: f"(?P<{m.group(1)}>[^/]+)", re.escape(path).replace(r"\{", "{").replace(r"\}", "}")) + "/?$"
+    escaped = re.escape(path).replace(r"\{", "{").replace(r"\}", "}")
+    regex = "^" + _PARAM.sub(lambda m: f"(?P<{m.group(1)}>[^/]+)", escaped) + "/?$"
     return Route(method, re.compile(regex), f"{method} {label_path or path}", handler, auth)
 
 

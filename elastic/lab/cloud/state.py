@@ -299,7 +299,8 @@ class CloudState:
             if image is not None and image_obj is None:
                 raise NotFound("image", image)
             created = self.now() - age_seconds
-            server = EmulatedServer(new_id(), name, Flavor(**vars(flavor_obj)), image_obj, dict(metadata or {}), created, created,
+            server = EmulatedServer(new_id(), name, Flavor(**vars(flavor_obj)), image_obj, dict(metadata or {}),
+                                    created, created,
                             self._requested_networks(None), ready_at=self._monotonic() + self.config.boot_seconds)
             if status not in ("ACTIVE", "BUILD", "ERROR"):
                 raise Invalid(f"seed status must be ACTIVE, BUILD or ERROR, not {status!r}")
@@ -394,7 +395,8 @@ class CloudState:
                                    "not rescheduling.")
                 return False
             self._macs += 1
-            port = Port(new_id(), net_id, network.subnet.id, server.id, _mac(self.name, self._macs), address, self.now())
+            port = Port(new_id(), net_id, network.subnet.id, server.id, _mac(self.name, self._macs), address,
+                        self.now())
             self.ports[port.id] = port
             self.ports_by_device.setdefault(server.id, []).append(port)
             server.first_address = server.first_address or address
