@@ -107,6 +107,17 @@ def test_missing_servers_transitions_down_nodes_without_reason_and_pending_delet
     assert rules(lab, model, history) == ["down-without-reason", "history", "missing", "transition"]
 
 
+def test_a_run_that_failed_closed_on_an_exception_is_a_crash_even_when_its_node_recovered(world) -> None:
+    lab, model, history = world
+    log = history.with_name("elastic.log")
+    log.write_text('{"event": "resume.start", "command": "resume", "run_id": "r1", "nodes": ["cpu-002"]}\n'
+                   '{"event": "resume.failed_closed", "command": "resume", "run_id": "r1", "nodes": ["cpu-002"], '
+                   '"reason": "elastic: internal: KeyError: \'addresses\'"}\n')
+    lab.seed_server(SITE, "cpu-001", metadata=ours("cpu-001"))
+    found = check(lab, model, CLUSTER, history, log_path=log)
+    assert [(v.rule, v.node) for v in found] == [("crash", "cpu-002")]
+
+
 # ---- soaks -------------------------------------------------------------------------------------
 
 

@@ -5,7 +5,8 @@ Slurm model: what the clouds really hold, not what the product believes.
 - nothing leaked: no server for a name that is no node of ours (or without our metadata), no
   floating IP without a live server's port, no server group left;
 - no node in a power transition, no node DOWN without an `elastic:` reason, and none put there
-  by an `elastic: internal` failure (a crash of ours) at any time during the run;
+  by an `elastic: internal` or `elastic: local` failure (a crash) at any time during the run (the
+  model's states as the soak saw them, and every run's log);
 - the history file reads as JSON, names only our nodes and clouds, and holds no pending delete.
 """
 
@@ -73,7 +74,7 @@ def leaked_server_groups(lab: LabCloud) -> list[str]:
 
 
 def check(lab: LabCloud, model: SlurmModel, cluster: str, history_path: Path, *,
-          reasons_seen: dict[str, set[str]] | None = None) -> list[Violation]:
+          reasons_seen: dict[str, set[str]] | None = None, log_path: Path | None = None) -> list[Violation]:
     violations: list[Violation] = []
     by_node, foreign = servers_by_node(lab, cluster)
     for node_name in sorted(set(by_node) | set(model.nodes)):
@@ -112,7 +113,33 @@ def check(lab: LabCloud, model: SlurmModel, cluster: str, history_path: Path, *,
             if reason.startswith(f"{REASON_PREFIX} internal") or reason.startswith(f"{REASON_PREFIX} local"):
                 violations.append(Violation("crash", f"{node_name} was given {reason!r}", node_name))
     violations.extend(check_history(history_path, set(model.nodes), set(lab.clouds)))
+    if log_path is not None:
+        seen = {v.text for v in violations if v.rule == "crash"}
+        violations.extend(v for v in crashes_in_log(log_path) if v.text not in seen)
     return violations
+
+
+def crashes_in_log(path: Path) -> list[Violation]:
+    """Runs that failed closed on an exception of ours (`elastic: internal`) or of this machine
+    (`elastic: local`), from the programs' JSON log: a crash is a violation even when its node
+    recovered later."""
+    found: list[Violation] = []
+    if not path.exists():
+        return found
+    with open(path, errors="replace") as handle:
+        for line in handle:
+            if '"elastic: internal' not in line and '"elastic: local' not in line:
+                continue
+            try:
+                event = json.loads(line)
+            except ValueError:
+                continue
+            reason = str(event.get("reason", ""))
+            if reason.startswith((f"{REASON_PREFIX} internal", f"{REASON_PREFIX} local")):
+                nodes = event.get("nodes") or [None]
+                found.append(Violation("crash", f"{event.get('command')} run {event.get('run_id')}: "
+                                       f"{event.get('event')}: {reason}", nodes[0]))
+    return found
 
 
 def check_history(path: Path, nodes: set[str], clouds: set[str]) -> list[Violation]:

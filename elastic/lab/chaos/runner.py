@@ -28,7 +28,7 @@ from elastic.lab.chaos.storms import FAULTS, Storms
 from elastic.lab.cloud import LabCloud
 
 OPERATIONS = {"resume": 5.0, "suspend": 4.0, "resume-fail": 1.0, "admin-resume": 0.7, "force-down": 0.6,
-              "kill": 0.5}
+              "kill": 1.2}
 
 
 @dataclass(frozen=True)
@@ -228,7 +228,7 @@ class Soak:
                 self.quiesce()
                 model = self.site.store.read()
                 violations = check(self.lab, model, CLUSTER, self.site.state_dir / "history.json",
-                                   reasons_seen=self.reasons)
+                                   reasons_seen=self.reasons, log_path=self.site.log_file)
                 lines = self.summary(model, violations, time.time() - started)
             finally:
                 self.launcher.wait_all(timeout=0)
@@ -276,6 +276,7 @@ class Soak:
                       .endswith("/servers"))
         deletes = sum(1 for r in requests if r["method"] == "DELETE" and "/servers/" in r["path"])
         states = Counter(n.short for n in model.nodes.values())
+        exits = Counter(run.killed or f"exit {run.returncode}" for run in self.launcher.done)
         up = sum(1 for n in model.nodes.values() if n.powered_up)
         lines = [
             f"chaos: seed {self.options.seed}, {len(self.lab.clouds)} clouds, {len(model.nodes)} nodes, "
@@ -284,6 +285,7 @@ class Soak:
             f"+ {c['timeout kills']} timeout kills, {self.storms.switched} faults switched on",
             f"cloud requests: {len(requests)} (creates {creates}, deletes {deletes}), 4xx {statuses[4]}, "
             f"5xx {statuses[5]}, unanswered {statuses[0]}",
+            f"programs: {', '.join(f'{count} {how}' for how, count in sorted(exits.items()))}",
             f"nodes: {', '.join(f'{count} {state}' for state, count in sorted(states.items()))}; powered up {up}",
         ]
         by_rule = Counter(v.rule for v in violations)
