@@ -201,8 +201,9 @@ class Soak:
             for node in chosen:
                 node.boot_req = now - self.site.settings.timing.resume_timeout - 1
             return chosen, "", []
-        if operation == "admin-resume":  # an admin returns DOWN nodes to service
-            down = [n for n in nodes if n.base == DOWN and "POWERED_DOWN" in n.flags]
+        if operation == "admin-resume":  # an admin returns nodes elastic left DOWN to service
+            down = [n for n in nodes if n.base == DOWN and "POWERED_DOWN" in n.flags
+                    and n.reason.startswith("elastic:")]
             return rng.sample(down, min(len(down), 2)), "resume", []
         raise AssertionError(operation)
 

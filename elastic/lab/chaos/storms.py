@@ -1,9 +1,9 @@
 """Cloud faults switched on and off while the soak runs, through the emulator's own faults.
 
-One fault at a time per cloud, each for a few seconds: 5xx answers, a 429 storm, lost replies
-(processed, then the connection reset), a refused-connection outage (the cloud down), a black
-hole, quota squeezed to what is in use plus one, no valid host for a share of boots, slow
-deletes. `calm()` lifts them all and restores quotas and timings.
+One fault at a time per cloud, each for a few seconds, mostly with one cloud left healthy: 5xx
+answers, a 429 storm, lost replies (processed, then the connection reset), a refused-connection
+outage (the cloud down), a black hole, quota squeezed to what is in use plus one, no valid host
+for a share of boots, slow deletes. `calm()` lifts them all and restores quotas and timings.
 """
 
 from __future__ import annotations
@@ -67,8 +67,9 @@ class Storms:
                 del self.active[cloud]
                 self.on_event(f"fault off: {cloud} {fault}")
         healthy = [cloud for cloud in self.clouds if cloud not in self.active]
-        # Keep at least one cloud healthy most of the time: every pool has a cloud to fall back to.
-        if self.faults and healthy and len(healthy) > 1 and self.rng.random() < 0.08:
+        # Mostly keep one cloud healthy, so a pool has a cloud to fall back to; now and then not.
+        chance = 0.08 if len(healthy) > 1 else 0.02
+        if self.faults and healthy and self.rng.random() < chance:
             cloud = self.rng.choice(healthy)
             fault = self.rng.choice(self.faults)
             duration = self.rng.uniform(15, 40) if fault == "cloud-down" else self.rng.uniform(3, 12)
