@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 T0 = 1_800_000_000.0
 TIMING = Timing(resume_timeout=30, suspend_timeout=10, slurmd_timeout=20)
 CI_SEED = 20261202
-CI_OPS = 160
+CI_OPS = 150
 
 
 def never(node: str, since: float = 0.0) -> bool:
@@ -144,7 +144,7 @@ def test_the_soak_fails_on_a_violation_and_prints_the_seed_and_the_nodes_history
 
 def test_a_ci_sized_soak_keeps_every_invariant(tmp_path: Path) -> None:
     """All faults, kills, three clouds, a fixed seed: every invariant holds at quiescence."""
-    report = run_soak(Options(seed=CI_SEED, ops=CI_OPS, clouds=3, parallel=4), lambda line: None)
+    report = run_soak(Options(seed=CI_SEED, ops=CI_OPS, clouds=3, parallel=4, reconcile_every=15), lambda line: None)
     text = "\n".join(report.lines)
     sys.stdout.write(text + "\n")
     assert report.ok, text

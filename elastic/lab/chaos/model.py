@@ -43,7 +43,6 @@ TRANSITIONS = frozenset({"POWERING_UP", "POWERING_DOWN", "POWER_UP", "POWER_DOWN
 NEEDS_REASON = frozenset({"down", "drain"})
 KNOWN_STATES = frozenset({"power_down", "power_down_force", "power_down_asap", "power_up", "resume", "down", "drain",
                           "idle", "undrain"})
-MAX_EVENTS = 400  # per node, the newest kept
 
 
 class ScontrolError(Exception):
@@ -70,7 +69,8 @@ class Node:
     boot_req: float = 0.0  # when POWERING_UP began
     suspend_at: float = 0.0  # when POWERING_DOWN began
     last_seen: float = 0.0  # powered up: the last pass that saw its VM
-    events: list[list[Any]] = field(default_factory=list)  # [time, text]
+    # [time, text] noted since the model was read; the store appends them to its journal on save.
+    events: list[list[Any]] = field(default_factory=list)
 
     @property
     def state(self) -> str:
@@ -94,11 +94,11 @@ class Node:
 
     def note(self, now: float, text: str) -> None:
         self.events.append([round(now, 3), text])
-        del self.events[:-MAX_EVENTS]
 
     def to_json(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["flags"] = sorted(self.flags)
+        del data["events"]
         return data
 
     @classmethod

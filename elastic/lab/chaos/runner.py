@@ -302,16 +302,15 @@ class Soak:
         lines.extend(f"  {v}" for v in violations)
         for node in list(dict.fromkeys(v.node for v in violations if v.node))[:3]:
             lines.append(f"history of {node}:")
-            lines.extend(self.node_history(model, node))
+            lines.extend(self.node_history(node))
         return lines
 
     def _budget_args(self) -> str:
         return f"--ops {self.options.ops}" if self.options.ops is not None else f"--seconds {self.options.seconds:g}"
 
-    def node_history(self, model: SlurmModel, node: str) -> list[str]:
+    def node_history(self, node: str) -> list[str]:
         entries = list(self.events.get(node, []))
-        if node in model.nodes:
-            entries += [(float(t), f"slurm: {text}") for t, text in model.nodes[node].events]
+        entries += [(t, f"slurm: {text}") for t, text in self.site.store.journal(node)]
         entries += [(t, f"world: {text}") for t, text in self.global_events]
         entries.sort(key=lambda entry: entry[0])
         start = entries[0][0] if entries else 0.0
