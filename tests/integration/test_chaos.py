@@ -118,6 +118,23 @@ def test_a_run_that_failed_closed_on_an_exception_is_a_crash_even_when_its_node_
     assert [(v.rule, v.node) for v in found] == [("crash", "cpu-002")]
 
 
+def test_a_resume_timeout_after_a_resume_that_ended_on_its_own_is_a_silent_powering_up(tmp_path: Path) -> None:
+    import subprocess
+
+    from elastic.lab.chaos.launcher import Launcher, Run
+    from elastic.lab.chaos.runner import _Cloudview
+
+    soak = Soak(Options(seed=1, ops=1), tmp_path, print)
+    soak.launcher = Launcher(tmp_path / "slurm.conf")
+    for node, killed in (("cpu-001", ""), ("cpu-002", "SIGKILL")):
+        done = subprocess.Popen(["true"])
+        done.wait()
+        soak.launcher.done.append(Run("resume", [node], done, T0, killed=killed, ended=T0 + 3, returncode=0))
+    soak.forced_timeouts.add("cpu-003")
+    soak._silent_timeouts(["cpu-001", "cpu-002", "cpu-003"], _Cloudview())
+    assert [(v.rule, v.node) for v in soak.silent] == [("silent-powering-up", "cpu-001")]
+
+
 # ---- soaks -------------------------------------------------------------------------------------
 
 

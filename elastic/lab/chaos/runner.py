@@ -96,6 +96,8 @@ class Soak:
         self.reasons: dict[str, set[str]] = defaultdict(set)
         self.storms = Storms(self.lab, names, self.rng, options.faults, on_event=self._global)
         self.reconcile: subprocess.Popen[bytes] | None = None
+        self.forced_timeouts: set[str] = set()  # nodes whose ResumeTimeout the soak brought early
+        self.silent: list[Violation] = []
         self.next_reconcile = 0.0
         self.site: Site
         self.launcher: Launcher
@@ -121,6 +123,7 @@ class Soak:
             for node in model.nodes.values():
                 if node.reason:
                     self.reasons[node.name].add(node.reason)
+        self._silent_timeouts(calls.resume_fail, view)
         for program, nodes in (("resume", calls.resume), ("suspend", calls.suspend),
                                ("resume-fail", calls.resume_fail)):
             if nodes:
@@ -131,6 +134,23 @@ class Soak:
         if not calm:
             self.storms.step(now)
             self._reconcile_timer(now)
+
+    def _silent_timeouts(self, timed_out: list[str], view: _Cloudview) -> None:
+        """Invariant 3: a node a resume could not serve gets a state that says why, never silently
+        POWERING_UP until ResumeTimeout. A ResumeTimeout the soak did not bring early, for a node
+        whose last resume ended on its own (not killed) and none runs, is such a silence."""
+        for node in timed_out:
+            if node in self.forced_timeouts:
+                self.forced_timeouts.discard(node)
+                continue
+            runs = [run for run in [*self.launcher.done, *self.launcher.running]
+                    if run.program == "resume" and node in run.nodes]
+            if not runs or any(run in self.launcher.running for run in runs) or runs[-1].killed:
+                continue
+            servers = ", ".join(f"{s['id'][:8]} {s['status']} created {s['created']:.1f}"
+                                for s in view.servers.get(node, [])) or "none"
+            self.silent.append(Violation("silent-powering-up", f"{node} reached ResumeTimeout after "
+                                         f"{runs[-1].describe()} (servers: {servers})", node))
 
     def _noted(self, run: Run, text: str) -> None:
         for node in run.nodes:
@@ -200,6 +220,7 @@ class Soak:
             chosen = rng.sample(booting, min(len(booting), rng.choice([1, 2])))
             for node in chosen:
                 node.boot_req = now - self.site.settings.timing.resume_timeout - 1
+                self.forced_timeouts.add(node.name)
             return chosen, "", []
         if operation == "admin-resume":  # an admin returns nodes elastic left DOWN to service
             down = [n for n in nodes if n.base == DOWN and "POWERED_DOWN" in n.flags
@@ -229,7 +250,7 @@ class Soak:
                 self.quiesce()
                 model = self.site.store.read()
                 violations = check(self.lab, model, CLUSTER, self.site.state_dir / "history.json",
-                                   reasons_seen=self.reasons, log_path=self.site.log_file)
+                                   reasons_seen=self.reasons, log_path=self.site.log_file) + self.silent
                 lines = self.summary(model, violations, time.time() - started)
             finally:
                 self.launcher.wait_all(timeout=0)
@@ -292,7 +313,7 @@ class Soak:
         by_rule = Counter(v.rule for v in violations)
         lines.append("checks: " + ", ".join(f"{rule} {by_rule[rule]}" for rule in (
             "duplicate", "orphan", "missing", "leaked-server", "unmarked-server", "leaked-floating-ip",
-            "leaked-server-group", "transition", "down-without-reason", "crash", "history")))
+            "leaked-server-group", "transition", "down-without-reason", "silent-powering-up", "crash", "history")))
         if not violations:
             lines.append(f"verdict: OK: 0 violations (seed {self.options.seed})")
             return lines
