@@ -24,7 +24,7 @@ pytestmark = pytest.mark.integration
 T0 = 1_800_000_000.0
 TIMING = Timing(resume_timeout=30, suspend_timeout=10, slurmd_timeout=20)
 CI_SEED = 20261202
-CI_OPS = 150
+CI_OPS = 120
 
 
 def never(node: str, since: float = 0.0) -> bool:
