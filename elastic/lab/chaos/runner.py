@@ -42,6 +42,7 @@ class Options:
     faults: tuple[str, ...] = FAULTS
     kills: bool = True
     reconcile_every: float = 10.0
+    operations: tuple[str, ...] = tuple(OPERATIONS)  # which of OPERATIONS the soak does
     workdir: Path | None = None
     settings: Settings = Settings()
 
@@ -199,7 +200,7 @@ class Soak:
     # ---- random operations ---------------------------------------------------------------------
 
     def operate(self) -> None:
-        names = list(OPERATIONS)
+        names = [name for name in OPERATIONS if name in self.options.operations]
         operation = self.rng.choices(names, weights=[OPERATIONS[n] for n in names])[0]
         if operation == "kill":
             if self.options.kills and self.launcher.running:
