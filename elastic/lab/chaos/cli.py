@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from elastic.lab.chaos.runner import Options, run_soak
+from elastic.lab.chaos.runner import OPERATIONS, Options, run_soak
 from elastic.lab.chaos.storms import FAULTS
 
 
@@ -26,6 +26,8 @@ def parse(argv: Sequence[str]) -> Options:
     parser.add_argument("--parallel", type=int, default=4, metavar="P", help="programs at once, at most (default 4)")
     parser.add_argument("--faults", default=",".join(FAULTS),
                         help=f"comma list of faults to switch on and off, or none (default: all: {','.join(FAULTS)})")
+    parser.add_argument("--operations", default=",".join(OPERATIONS),
+                        help=f"comma list of the operations to do (default: all: {','.join(OPERATIONS)})")
     parser.add_argument("--no-kills", action="store_true", help="no random SIGKILLs (timeout kills stay)")
     parser.add_argument("--reconcile-every", type=float, default=10.0, metavar="S")
     parser.add_argument("--workdir", type=Path, help="keep the site (config, logs, model, history) here")
@@ -34,10 +36,14 @@ def parse(argv: Sequence[str]) -> Options:
     unknown = [f for f in faults if f not in FAULTS]
     if unknown:
         parser.error(f"unknown fault(s) {', '.join(unknown)}; known: {', '.join(FAULTS)}")
+    operations = tuple(o.strip() for o in args.operations.split(",") if o.strip())
+    if not operations or any(o not in OPERATIONS for o in operations):
+        parser.error(f"--operations: a comma list of {', '.join(OPERATIONS)}")
     if (args.ops is not None and args.ops < 1) or (args.seconds is not None and args.seconds <= 0) or args.parallel < 1:
         parser.error("--ops, --seconds and --parallel must be positive")
     return Options(seed=args.seed, ops=args.ops, seconds=args.seconds, clouds=args.clouds, parallel=args.parallel,
-                   faults=faults, kills=not args.no_kills, reconcile_every=args.reconcile_every, workdir=args.workdir)
+                   faults=faults, kills=not args.no_kills, reconcile_every=args.reconcile_every,
+                   operations=operations, workdir=args.workdir)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
