@@ -145,3 +145,14 @@ def test_addresses_are_matched_by_position() -> None:
 def test_show_config_reads_as_the_product_reads_it() -> None:
     config = parse_show_config(model().show_config(T0))
     assert config["SLURM_VERSION"] == "22.05.8" and config["ResumeTimeout"] == "30 sec"
+
+
+def test_a_resume_timeout_brought_forward_does_not_let_an_older_vm_register() -> None:
+    """The soak's early ResumeTimeout moves the deadline, not the power-up request: a VM booted
+    before the request still does not register (the CI soak once took a deleted node's VM for it)."""
+    m = model()
+    m.update(["nodename=cn1", "state=power_up"], T0)
+    m.power_save_pass(T0, never, never)
+    m.expire("cn1", T0 + 1)
+    calls = m.power_save_pass(T0 + 2, lambda node, since: since < T0, never)
+    assert calls.resume_fail == ["cn1"] and state(m) == "DOWN+CLOUD+POWERED_DOWN"

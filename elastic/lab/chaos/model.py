@@ -67,6 +67,7 @@ class Node:
     addr: str = ""
     hostname: str = ""
     boot_req: float = 0.0  # when POWERING_UP began
+    resume_deadline: float = 0.0  # when ResumeTimeout strikes, if earlier than boot_req + ResumeTimeout
     suspend_at: float = 0.0  # when POWERING_DOWN began
     last_seen: float = 0.0  # powered up: the last pass that saw its VM
     # [time, text] noted since the model was read; the store appends them to its journal on save.
@@ -255,7 +256,7 @@ class SlurmModel:
             if "POWER_UP" in flags and "POWER_DOWN" not in flags and node.base != DOWN:
                 flags.discard("POWER_UP")
                 if "POWERED_DOWN" in flags or "POWERING_UP" not in flags:
-                    node.boot_req = now
+                    node.boot_req, node.resume_deadline = now, 0.0
                 flags.discard("POWERED_DOWN")
                 flags.add("POWERING_UP")
                 calls.resume.append(name)
@@ -279,7 +280,7 @@ class SlurmModel:
                 node.reason, node.reason_set = "", ""
                 node.last_seen = now
                 node.note(now, f"slurmd registered: {node.state}")
-            elif "POWERING_UP" in flags and now > node.boot_req + timing.resume_timeout:
+            elif "POWERING_UP" in flags and now > (node.resume_deadline or node.boot_req + timing.resume_timeout):
                 for flag in ("DRAIN", "POWER_DOWN", "POWERING_UP", "POWER_UP"):
                     flags.discard(flag)
                 flags.add("POWERED_DOWN")
@@ -299,6 +300,13 @@ class SlurmModel:
         return calls
 
     # ---- scontrol show -------------------------------------------------------------------------
+
+    def expire(self, name: str, now: float) -> None:
+        """ResumeTimeout strikes at the next pass for this POWERING_UP node (the soak's shortcut for
+        a slow boot); registration still needs a VM booted after its power-up request."""
+        node = self.nodes[name]
+        node.resume_deadline = now
+        node.note(now, "ResumeTimeout brought forward")
 
     def show_node_line(self, node: Node) -> str:
         """One `scontrol -o show node` line, fields in slurm_sprint_node_table's order."""

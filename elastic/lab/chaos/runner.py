@@ -214,6 +214,10 @@ class Soak:
         with self.site.store.change() as model:
             nodes = list(model.nodes.values())
             chosen, state, fields = self._choose(operation, nodes, now)
+            if operation == "resume-fail":
+                for node in chosen:
+                    model.expire(node.name, now)
+                    self.forced_timeouts.add(node.name)
             if chosen:
                 names_chosen = [n.name for n in chosen]
                 if state:
@@ -243,9 +247,6 @@ class Soak:
         if operation == "resume-fail":  # ResumeTimeout comes early for these
             booting = [n for n in nodes if "POWERING_UP" in n.flags]
             chosen = rng.sample(booting, min(len(booting), rng.choice([1, 2])))
-            for node in chosen:
-                node.boot_req = now - self.site.settings.timing.resume_timeout - 1
-                self.forced_timeouts.add(node.name)
             return chosen, "", []
         if operation == "admin-resume":  # an admin returns nodes elastic left DOWN to service
             down = [n for n in nodes if n.base == DOWN and "POWERED_DOWN" in n.flags
