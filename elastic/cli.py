@@ -268,6 +268,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     lab = sub.add_parser("lab", help="the local world for tests and demos")
     lab_sub = lab.add_subparsers(dest="lab_command", required=True, metavar="PART")
     lab_sub.add_parser("cloud", help="serve the OpenStack emulator", add_help=False)
+    lab_sub.add_parser("chaos", help="the chaos soak: random calls, kills and cloud faults, then the invariants",
+                       add_help=False)
     sub.add_parser("demo", help="run the local demo: emulator + real Slurm, jobs grow and shrink the cluster",
                    add_help=False)
     args, rest = parser.parse_known_args(argv)
@@ -279,6 +281,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         from elastic.lab.cloud.cli import main as lab_cloud_main
 
         return lab_cloud_main(rest)
+    if args.command == "lab" and args.lab_command == "chaos":
+        from elastic.lab.chaos.cli import main as chaos_main
+
+        return chaos_main(rest)
     if args.command == "demo":
         from elastic.lab.demo import main as demo_main
 

@@ -7,6 +7,10 @@
   BUILD, as a resume would adopt.
 - missing: `power_down_force` the node with an `elastic:` reason. Its jobs are requeued now (the
   server is gone, so they are too) and the node returns to idle~.
+- stranded: a node that ResumeTimeout left `down~` with Slurm's own reason and no server, whose
+  ResumeFailProgram never finished (killed, or it crashed before Slurm heard from it): `down~`
+  never recovers by itself, so `scontrol update state=resume` returns it to idle~ as that
+  ResumeFailProgram would have. (A server it left is an orphan: deleted first, resumed next pass.)
 - pending: delete the server at once (no grace period: a suspend or resume-fail already meant to
   delete it when its cloud did not answer), then forget the pending delete; a pending delete on
   a cloud that answers and shows no server for the node is forgotten.
@@ -37,11 +41,16 @@ from elastic.errors import CloudError, LockTimeout, SlurmError
 from elastic.fleet import Fleet
 from elastic.history import PendingDelete
 from elastic.power import placement, server_groups
+from elastic.slurm import NodeState
 
 DELETE = "delete"
 POWER_DOWN = "power_down"
 FORGET = "forget"
+RESUME = "resume"
 REASON = "elastic: reconcile: server vanished"
+STRANDED = "stranded"
+# The reason slurmctld gives a node it set down~ at ResumeTimeout (power_save.c, 22.05 to 26.05).
+RESUME_TIMEOUT_REASON = "ResumeTimeout reached"
 
 
 class SlurmRepairs(status.SlurmNodes, Protocol):
@@ -59,7 +68,7 @@ class PendingMemory(Protocol):
 
 @dataclass(frozen=True)
 class Repair:
-    action: str  # DELETE, POWER_DOWN or FORGET
+    action: str  # DELETE, POWER_DOWN, RESUME or FORGET
     node: str
     problem: str  # the status mismatch this repairs
     server: Server | None = None
@@ -108,7 +117,16 @@ def plan(table_rows: Iterable[status.Row], now: float, grace: float, *,
             repairs.extend(_delete(node, problem, server, now, grace) for server in live if server is not keep)
         elif problem == status.MISSING:
             repairs.append(Repair(POWER_DOWN, node, problem))
+        if not node_rows[0].server and len(node_rows) == 1 and stranded(node_rows[0].slurm):
+            repairs.append(Repair(RESUME, node, STRANDED))
     return repairs
+
+
+def stranded(state: NodeState | None) -> bool:
+    """down~ with the reason slurmctld gives at ResumeTimeout: the node's ResumeFailProgram, which
+    would have deleted its servers and resumed it (or given it an `elastic:` reason), never did."""
+    return (state is not None and state.down and state.powered_down and not state.powering_down
+            and state.reason == RESUME_TIMEOUT_REASON)
 
 
 def keep_of(servers: Sequence[Server], slurm_address: str | None) -> Server | None:
@@ -198,6 +216,7 @@ def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Resu
             result.done.append(repair)
     if settled and history is not None:
         history.clear_pending_deletes(dict(settled))
+    _set_state(slurm, [r for r in todo if r.action == RESUME], "resume", None, result, log)
     downs = [r for r in todo if r.action == POWER_DOWN]
     if downs:
         names = [r.node for r in downs]
@@ -211,7 +230,24 @@ def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Resu
             result.done.extend(downs)
 
 
+def _set_state(slurm: SlurmRepairs, repairs: list[Repair], state: str, reason: str | None, result: Result,
+               log: FilteringBoundLogger) -> None:
+    if not repairs:
+        return
+    names = [r.node for r in repairs]
+    try:
+        slurm.set_state(names, state, reason=reason)
+    except SlurmError as error:
+        log.error("slurm.set_state", ok=False, nodes=names, state=state, error=str(error))
+        result.failed.extend((r, str(error)) for r in repairs)
+    else:
+        log.info("slurm.set_state", nodes=names, state=state, reason=reason, why="reconcile")
+        result.done.extend(repairs)
+
+
 def describe(repair: Repair) -> str:
+    if repair.action == RESUME:
+        return "resume the node (down~ since ResumeTimeout; its ResumeFailProgram never finished)"
     if repair.action == POWER_DOWN:
         return "power_down_force the node (its server is gone)"
     if repair.action == FORGET:

@@ -39,6 +39,12 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
     outcome = Outcome()
     deferred: dict[str, dict[str, str]] = defaultdict(dict)  # node -> cloud -> why
     with svc.locks(sorted(nodes)):
+        # The intent first: a run killed from here on (23.02's timeout kill, a SIGKILL) leaves these
+        # deletes pending, so the next resume deletes the servers instead of adopting a VM whose
+        # slurmd predates its power-up (Slurm would wait for it until ResumeTimeout), and reconcile
+        # deletes them without a grace period. `_remember` settles what this run saw done.
+        svc.history.add_pending_deletes({node: dict.fromkeys(fleet.scope(node), f"{why}: under way")
+                                         for node in nodes}, svc.clock())
         sighting = fleet.find(nodes)
         for node, clouds in fleet.blind_spots(nodes, sighting).items():
             for cloud in clouds:

@@ -245,3 +245,46 @@ def test_empty_groups_costs_nothing_without_a_pool_using_groups(tmp_path):
     clouds = {"alpha": MemoryCloud("alpha"), "beta": MemoryCloud("beta")}
     assert reconcile.empty_groups(config, fleet_of(config, clouds, FakeClock(NOW)), {}) == []
     assert clouds["alpha"].calls == [] and clouds["beta"].calls == []
+
+
+STRANDED = "DOWN+CLOUD+POWERED_DOWN"
+
+
+def test_a_node_left_down_at_resume_timeout_by_a_resume_fail_that_never_finished_is_resumed(tmp_path):
+    """Found by the chaos soak: a ResumeFailProgram SIGKILLed before it resumed the node left it down~
+    with Slurm's "ResumeTimeout reached" (never an `elastic:` reason) for good. Reconcile resumes such
+    a node once it has no server; with a server left it deletes the orphan first. An `elastic:`
+    reason (resume-fail's own verdict) is left alone; a DOWN node that is not powered down is the
+    missing case (power_down_force), not this one."""
+    config = make_config(tmp_path)
+    cloud = MemoryCloud("alpha")
+    left = cloud.add("cpu-002", metadata=ours("cpu-002"), created=NOW - GRACE - 1)
+    nodes = slurm_nodes()
+    for name, state, reason in (("cpu-001", STRANDED, "ResumeTimeout reached"),
+                                ("cpu-002", STRANDED, "ResumeTimeout reached"),
+                                ("cpu-003", STRANDED, "elastic: repeated-failure: failed to resume 3 times"),
+                                ("cpu-004", "DOWN+CLOUD", "ResumeTimeout reached")):
+        nodes[name] = NodeState.from_state(name, state, reason=reason)
+    repairs = plan_for(config, {"alpha": cloud}, nodes)
+    assert summary(repairs) == [("delete", "cpu-002", left.id), ("power_down", "cpu-004", None),
+                                ("resume", "cpu-001", None)]
+    slurm = FakeSlurm(node_states=nodes)
+    clock = FakeClock(NOW)
+    result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=no_locks,
+                             log=null_log(), clock=clock)
+    assert summary(result.done) == summary(repairs)
+    assert slurm.changes == [(("cpu-001",), "resume", None), (("cpu-004",), "power_down_force", reconcile.REASON)]
+    assert "ResumeFailProgram never finished" in reconcile.describe(next(r for r in repairs if r.action == "resume"))
+
+
+def test_a_stranded_node_whose_resume_fail_finished_meanwhile_is_not_resumed_again(tmp_path):
+    """Between the plan and the node's lock the late ResumeFailProgram resumed it: nothing to do."""
+    config = make_config(tmp_path)
+    nodes = slurm_nodes()
+    nodes["cpu-001"] = NodeState.from_state("cpu-001", STRANDED, reason="ResumeTimeout reached")
+    repairs = plan_for(config, {"alpha": MemoryCloud("alpha")}, nodes)
+    slurm = FakeSlurm(node_states=slurm_nodes())  # the fresh look: idle~ again
+    clock = FakeClock(NOW)
+    result = reconcile.apply(config, fleet_of(config, {"alpha": MemoryCloud("alpha")}, clock), slurm, repairs,
+                             locks=no_locks, log=null_log(), clock=clock)
+    assert result.done == [] and [r.action for r, _ in result.skipped] == ["resume"] and slurm.changes == []

@@ -119,3 +119,42 @@ def test_resume_fail_window_forgets_old_failures(tmp_path):
     clock.now += 601
     resume_fail(["cpu-001"], svc)
     assert slurm.state_of("cpu-001") == ("resume", None)
+
+
+class _Killed(BaseException):
+    """A SIGKILL in the middle of a run: nothing after it runs, no handler sees it."""
+
+
+def test_a_suspend_killed_before_its_deletes_leaves_them_pending_and_the_next_resume_does_not_adopt(tmp_path,
+                                                                                                    monkeypatch):
+    """Found by the chaos soak: a suspend SIGKILLed before it deleted a node's server left an ACTIVE
+    server and no trace; the node went idle~ at SuspendTimeout and the next resume adopted that VM,
+    whose slurmd predates the power-up, so Slurm waited for it until ResumeTimeout. The intent is
+    written before the first look, so the next resume deletes the server and boots a new one."""
+    from elastic.power.resume import resume
+
+    svc, clouds, _, _ = make_services(tmp_path)
+    old = clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"), status=ACTIVE)
+
+    def killed(server_id):
+        raise _Killed()
+
+    monkeypatch.setattr(clouds["alpha"], "delete_server", killed)
+    try:
+        suspend(["cpu-001"], svc)
+    except _Killed:
+        pass
+    assert set(svc.history.pending_deletes()["cpu-001"]) == {"alpha", "beta"}
+    monkeypatch.undo()
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.exit_code == 0, outcome.failed
+    assert ("delete", old.id) in clouds["alpha"].calls
+    assert [s.id for s in clouds["alpha"].live() + clouds["beta"].live()] != [old.id]
+    assert svc.history.pending_deletes() == {}
+
+
+def test_a_suspend_that_finishes_leaves_nothing_pending(tmp_path):
+    svc, clouds, _, _ = make_services(tmp_path)
+    clouds["beta"].add("cpu-002", metadata=_meta("cpu-002"))
+    assert suspend(["cpu-001", "cpu-002"], svc).exit_code == 0
+    assert svc.history.pending_deletes() == {}

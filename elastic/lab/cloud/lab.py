@@ -169,6 +169,18 @@ class LabCloud:
         with state.lock:
             state.quotas.update(checked)
 
+    def set_timing(self, cloud: str, *, boot_seconds: float | None = None, delete_seconds: float | None = None) -> None:
+        """How long boots and deletes take from now on (slow deletes: a larger delete_seconds)."""
+        state = self._cloud(cloud)
+        for name, value in (("boot_seconds", boot_seconds), ("delete_seconds", delete_seconds)):
+            if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+                raise ValueError(f"{name} of {cloud}: {value!r} must be a number of seconds >= 0")
+        with state.lock:
+            if boot_seconds is not None:
+                state.config.boot_seconds = float(boot_seconds)
+            if delete_seconds is not None:
+                state.config.delete_seconds = float(delete_seconds)
+
     def add_image(self, cloud: str, name: str) -> str:
         return self._cloud(cloud).add_image(name)
 
