@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
 from structlog.typing import FilteringBoundLogger
 
 from elastic.cloud import OpenStackCloud
@@ -14,6 +15,7 @@ from elastic.config import Config
 from elastic.errors import LocalError
 from elastic.history import History
 from elastic.locks import node_locks
+from elastic.pacing import BootMemory, Pacer
 from elastic.power.services import Services
 from elastic.slurm import Slurm, find_command, subprocess_runner
 
@@ -23,8 +25,21 @@ def make_slurm(config: Config) -> Slurm:
     return Slurm(subprocess_runner(), scontrol=scontrol)
 
 
+PACING_FILE = "pacing.json"
+
+
 def make_clouds(config: Config, clock: Callable[[], float] = time.time) -> dict[str, OpenStackCloud]:
-    return {name: OpenStackCloud(name, cloud, clock=clock) for name, cloud in config.clouds.items()}
+    """One OpenStackCloud per configured cloud, each paced by what every run on this controller
+    learned of it (state_dir/pacing.json; see elastic.pacing)."""
+    shared = config.state_dir / PACING_FILE if config.state_dir.is_dir() else None
+
+    def warn(message: str) -> None:
+        structlog.get_logger().warning("pacing.unshared", error=message)
+
+    return {name: OpenStackCloud(name, cloud, clock=clock,
+                                 pacer=Pacer(name, ceiling=cloud.rate_ceiling, clock=clock, sleep=time.sleep,
+                                             shared=shared, warn=warn))
+            for name, cloud in config.clouds.items()}
 
 
 def ensure_state_dir(config: Config) -> Path:
@@ -49,4 +64,6 @@ def make_services(config: Config, log: FilteringBoundLogger) -> Services:
         monotonic=time.monotonic,
         sleep=time.sleep,
         locks=functools.partial(node_locks, config.lock_dir, timeout=config.timeouts.lock),
+        boots=BootMemory(config.state_dir / PACING_FILE,
+                         warn=lambda message: log.warning("pacing.unsaved", error=message)),
     )
