@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -202,6 +203,9 @@ def run_elastic(root: Path, emulator: Emulator, nodes: int, boot: float, args: a
             ok = ok and not emulator.servers()
         rows.append(Row(nodes, "elastic", phase, wall, boot if phase == "resume" else 0.0, total, refused, rss, ok,
                         note=f"exit {code}"))
+    if args.keep_logs:
+        Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
+        shutil.copy(site / "elastic.log", Path(args.keep_logs) / f"elastic-{nodes}-{time.time():.0f}.log")
     return rows
 
 
@@ -325,6 +329,7 @@ def main() -> None:
                         help="baselines run only up to this N (serial-sdk), cli up to a tenth of it")
     parser.add_argument("--cloud-options", default="", help='extra keys of the bench cloud, e.g. "max_parallel: 64"')
     parser.add_argument("--timeouts", default="", help='timeouts keys, e.g. "poll: 1"')
+    parser.add_argument("--keep-logs", metavar="DIR", help="copy each elastic run's log into DIR")
     parser.add_argument("--repeat", type=int, default=1, help="run each point this many times")
     args = parser.parse_args()
     print(f"latency {args.latency * 1000:.0f} ms, boot {args.boot:g} s, delete {args.delete:g} s"

@@ -16,7 +16,8 @@ Slurm starts one process per resume or suspend, and several may run at once. Eac
 lives in one small JSON file in the state dir (`pacing.json`), read-modify-written under a file
 lock: a refusal seen by one run slows the others at their next sync (about once a second), and
 while a cloud is paced its rate is divided among the runs that use it (each run writes a heartbeat),
-so three resumes at once do not triple the load on a cloud that just said 429. The file is advice:
+so three resumes at once do not triple the load on a cloud that just said 429. A refusal older than
+FORGET_AFTER is forgotten by new runs. The file is advice:
 an unreadable, broken or locked file is ignored with a warning and the run paces on its own.
 
 The decisions are plain functions of (state, now); `Pacer` holds the threads' lock and the file.
@@ -49,6 +50,8 @@ FLOOR = 0.5
 HEARTBEAT_SECONDS = 5.0
 # How often a run reads and writes the shared file while it sends requests.
 SYNC_SECONDS = 1.0
+# A refusal older than this is forgotten by new runs: they slow-start again.
+FORGET_AFTER = 900.0
 # How long to wait for the shared file's lock before pacing alone for a while.
 LOCK_TIMEOUT = 0.5
 
@@ -102,9 +105,15 @@ def fresh(now: float) -> PaceState:
     return PaceState(rate=START_RATE, at=now, slow_start=True)
 
 
-def merged(mine: PaceState, theirs: PaceState) -> PaceState:
-    """Two views of one cloud: the newer decrease wins; the longer block holds."""
-    newer = mine if (mine.throttled_at or -math.inf) >= (theirs.throttled_at or -math.inf) else theirs
+def merged(mine: PaceState, theirs: PaceState, now: float) -> PaceState:
+    """Two views of one cloud: the newer decrease wins, unless it is older than FORGET_AFTER (a
+    run's own state stays its own); the longer block holds."""
+    if theirs.throttled_at is not None and now - theirs.throttled_at > FORGET_AFTER:
+        theirs = PaceState(blocked_until=theirs.blocked_until)
+    def decreased(state: PaceState) -> float:
+        return -math.inf if state.throttled_at is None else state.throttled_at
+
+    newer = mine if decreased(mine) >= decreased(theirs) else theirs
     return replace(newer, blocked_until=max(mine.blocked_until, theirs.blocked_until))
 
 
@@ -267,7 +276,7 @@ class Pacer:
                 entry = data.setdefault(self.cloud, {})
                 theirs = _state_from(entry.get("state"))
                 with self._lock:
-                    self._state = merged(self._state, theirs)
+                    self._state = merged(self._state, theirs, now)
                     if self._state.throttled_at is not None:  # a slow start is each run's own
                         entry["state"] = _state_to(self._state)
                     beats = {run: seen for run, seen in _heartbeats(entry.get("runs")).items()

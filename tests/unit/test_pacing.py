@@ -102,10 +102,18 @@ def test_the_newer_decrease_wins_a_merge_and_the_longer_block_holds():
     """Two runs' views of one cloud: the later refusal's rate, the later Retry-After."""
     mine = PaceState(rate=10.0, at=5.0, step=2.0, throttled_at=5.0, blocked_until=9.0)
     theirs = PaceState(rate=4.0, at=6.0, step=0.8, throttled_at=6.0, blocked_until=7.0)
-    result = merged(mine, theirs)
+    result = merged(mine, theirs, 10.0)
     assert (result.rate, result.throttled_at, result.blocked_until) == (4.0, 6.0, 9.0)
-    assert merged(fresh(0.0), theirs).rate == 4.0
-    assert merged(mine, fresh(0.0)).rate == 10.0
+    assert merged(fresh(0.0), theirs, 10.0).rate == 4.0
+    assert merged(mine, fresh(0.0), 10.0).rate == 10.0
+
+
+def test_a_new_run_forgets_a_refusal_older_than_forget_after():
+    """A refusal a quarter of an hour ago: the new run slow-starts instead of crawling back."""
+    theirs = PaceState(rate=2.0, at=0.0, step=0.5, throttled_at=0.0)
+    now = pacing.FORGET_AFTER + 1
+    assert merged(fresh(now), theirs, now) == fresh(now)
+    assert merged(fresh(10.0), theirs, 10.0).rate == 2.0
 
 
 def test_a_paced_cloud_is_shared_among_the_runs_using_it():
