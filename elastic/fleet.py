@@ -340,6 +340,7 @@ class Fleet:
             if not remaining or self.clock() >= deadline:
                 break
             fixed = self.config.timeouts.poll
+            # A delete takes a second or two: look twice as often as for a boot.
             self.sleep(poll_pause(self.clock(), first_created=None, expected_boot=None, list_seconds=list_seconds,
-                                  fixed=None if fixed is None else min(fixed, 1.0)))
+                                  fixed=None if fixed is None else min(fixed, 1.0), seen_within=0.5))
         return unseen + list(remaining.values())

@@ -41,7 +41,7 @@ from elastic.errors import ElasticError
 from elastic.locks import exclusive_lock
 
 # A run's first rate, doubled every second until the first refusal.
-START_RATE = 50.0
+START_RATE = 200.0
 # Above this many requests a second we stop pacing: max_parallel and the latency bound us first.
 UNPACED_ABOVE = 1000.0
 # The rate never drops below this (requests per second), however many refusals come.
@@ -137,18 +137,18 @@ EARLY_POLL_MAX = 5.0
 
 
 def poll_pause(now: float, *, first_created: float | None, expected_boot: float | None, list_seconds: float,
-               fixed: float | None) -> float:
+               fixed: float | None, seen_within: float = SEEN_WITHIN) -> float:
     """Seconds to wait before the next poll of a cloud's servers.
 
-    `fixed` (the admin's timeouts.poll) wins. Otherwise a server is seen within about SEEN_WITHIN
-    of turning ACTIVE: the pause plus the list's own duration stay near it, but the list never
+    `fixed` (the admin's timeouts.poll) wins. Otherwise a server is seen within about `seen_within`
+    of turning ACTIVE (or gone): the pause plus the list's own duration stay near it, but the list never
     takes more than half the time (a slow list is a loaded cloud). Until the earliest booting
     server (created at `first_created`) is due to be ACTIVE by `expected_boot` (what the last runs
     saw on this cloud), polls are sparser: up to EARLY_POLL_MAX apart, waking a little before it.
     """
     if fixed is not None:
         return fixed
-    pause = max(SEEN_WITHIN - list_seconds, list_seconds, 0.1)
+    pause = max(seen_within - list_seconds, list_seconds, 0.1)
     if expected_boot is not None and first_created is not None:
         due = first_created + expected_boot - SEEN_WITHIN / 2
         if due - now > pause:
