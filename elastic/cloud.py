@@ -21,6 +21,7 @@ from typing import Any, Protocol, TypedDict
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, CloudConfig
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.pacing import Pacer
+from elastic.tokens import TokenCache
 
 BUILDING = "BUILD"
 ACTIVE = "ACTIVE"
@@ -161,8 +162,10 @@ class OpenStackCloud:
 
     def __init__(self, name: str, config: CloudConfig, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 pacer: Pacer | None = None):
+                 pacer: Pacer | None = None, tokens: TokenCache | None = None):
         self.name = name
+        self._tokens = tokens  # Keystone tokens shared by the runs on this controller (state_dir)
+        self._proxies: dict[str, Any] = {}
         self._config = config
         self._clock = clock
         self._conn: Any = None
@@ -190,16 +193,20 @@ class OpenStackCloud:
                 conn = self._half_connected
                 # keystoneauth reads Session.timeout on every request.
                 conn.session.timeout = float(timeout if timeout is not None else self._config.api_timeout)
-                # Authenticate and build the proxies once, before any worker thread uses them.
+                # A token an earlier run got (and its catalog) spares Keystone's discovery and login.
+                cached = self._tokens is not None and self._tokens.load(conn.session.auth)
+                # Authenticate and build the compute proxy once, before any worker thread uses it;
+                # network and image only when a call needs them (_proxy), under the same lock.
                 conn.authorize()
-                for proxy in (conn.compute, conn.network, conn.image):
-                    proxy.get_endpoint()
+                if self._tokens is not None and not cached:
+                    self._tokens.save(conn.session.auth)
+                conn.compute.get_endpoint()
                 conn.session.timeout = float(self._config.api_timeout)
                 self._conn, self._half_connected = conn, None
 
     def probe(self, timeout: float) -> None:
-        """Is the cloud answering? Keystone and each service's discovery, `timeout` seconds each.
-        A connected cloud answered already."""
+        """Is the cloud answering? Keystone (unless a cached token is still valid) and compute's
+        discovery, `timeout` seconds each. A connected cloud answered already."""
         self.connect(timeout)
 
     def _build_connection(self) -> Any:
@@ -227,6 +234,18 @@ class OpenStackCloud:
         if self._conn is None:
             self.connect()
         return self._conn
+
+    def _proxy(self, service: str) -> Any:
+        """conn.network or conn.image, built once under the connect lock (proxies are not built
+        thread-safely): a suspend without floating IPs never pays their endpoint discovery."""
+        conn = self._sdk
+        if service not in self._proxies:
+            with self._connect_lock:
+                if service not in self._proxies:
+                    proxy = getattr(conn, service)
+                    proxy.get_endpoint()
+                    self._proxies[service] = proxy
+        return self._proxies[service]
 
     # ---- servers -----------------------------------------------------------------------------
 
@@ -333,9 +352,9 @@ class OpenStackCloud:
         return BootTarget(
             flavor_id=self._find("flavor", flavor,
                                  lambda: self._sdk.compute.find_flavor(flavor, ignore_missing=True)).id,
-            image_id=self._find("image", image, lambda: self._sdk.image.find_image(image, ignore_missing=True)).id,
+            image_id=self._find("image", image, lambda: self._proxy("image").find_image(image, ignore_missing=True)).id,
             network_id=self._find("network", network,
-                                  lambda: self._sdk.network.find_network(network, ignore_missing=True)).id,
+                                  lambda: self._proxy("network").find_network(network, ignore_missing=True)).id,
         )
 
     def flavor(self, name: str) -> Flavor:
@@ -366,17 +385,17 @@ class OpenStackCloud:
 
     def attach_floating_ip(self, server: Server, external_network: str) -> str:
         network = self._find("network", external_network,
-                             lambda: self._sdk.network.find_network(external_network, ignore_missing=True))
+                             lambda: self._proxy("network").find_network(external_network, ignore_missing=True))
         with self._translated(f"floating IP for {server.name}"):
-            ports = list(self._sdk.network.ports(device_id=server.id))
+            ports = list(self._proxy("network").ports(device_id=server.id))
             if not ports:
                 raise CloudError(CloudErrorKind.BOOT, f"server {server.name} has no port", cloud=self.name,
                                  resource=("server", server.name))
-            for existing in self._sdk.network.ips(port_id=ports[0].id):
+            for existing in self._proxy("network").ips(port_id=ports[0].id):
                 address: str = existing.floating_ip_address
                 return address
             self._limiter.wait()
-            ip = self._sdk.network.create_ip(floating_network_id=network.id, port_id=ports[0].id)
+            ip = self._proxy("network").create_ip(floating_network_id=network.id, port_id=ports[0].id)
         created: str = ip.floating_ip_address
         return created
 
@@ -384,10 +403,10 @@ class OpenStackCloud:
         # Nova deletes the port with the server, but a floating IP stays allocated to the
         # project (and counts against quota) until it is deleted explicitly.
         with self._translated(f"release floating IPs of {server_id}"):
-            for port in self._sdk.network.ports(device_id=server_id):
-                for ip in self._sdk.network.ips(port_id=port.id):
+            for port in self._proxy("network").ports(device_id=server_id):
+                for ip in self._proxy("network").ips(port_id=port.id):
                     self._limiter.wait()
-                    self._sdk.network.delete_ip(ip, ignore_missing=True)
+                    self._proxy("network").delete_ip(ip, ignore_missing=True)
 
     # ---- quota -------------------------------------------------------------------------------
 
