@@ -16,8 +16,9 @@ The emulator runs as `python -m elastic.lab.cloud` with a per-request latency an
 
 Prints one table row per (N, strategy, phase): wall, overhead above the boot floor (wall minus
 boot time, for resume), requests per node (from the emulator's request log), 429s, peak RSS of
-the strategy's biggest process. Asserts nothing: machines are shared and noisy; run a point
-twice when it is near a target.
+the strategy's biggest process, and the CPU seconds its processes used (on a loaded machine the
+wall times stretch; CPU seconds say how much work a strategy does). Asserts nothing: machines are
+shared and noisy; run a point twice when it is near a target.
 
     python bench/bench_burst.py --nodes 100 1000 --latency 0.05 --boot 10
     python bench/bench_burst.py --nodes 10 --strategies elastic serial-sdk cli
@@ -59,6 +60,7 @@ class Row:
     refused: int
     rss_mib: float
     ok: bool
+    cpu: float = 0.0  # CPU seconds (user + system) of the strategy's processes
     note: str = ""
 
 
@@ -122,8 +124,8 @@ class Emulator:
 
 
 def run_process(argv: list[str], *, env: dict[str, str], cwd: str = "/", close_stdio: bool = False,
-                timeout: float = 1800) -> tuple[int, float, float]:
-    """(exit code, wall seconds, peak RSS MiB) of one process."""
+                timeout: float = 1800) -> tuple[int, float, float, float]:
+    """(exit code, wall seconds, peak RSS MiB, CPU seconds) of one process."""
     started = time.perf_counter()
     kwargs: dict = {"env": env, "cwd": cwd}
     if close_stdio:
@@ -140,7 +142,7 @@ def run_process(argv: list[str], *, env: dict[str, str], cwd: str = "/", close_s
             process.kill()
         time.sleep(0.005)
     process.returncode = os.waitstatus_to_exitcode(status)
-    return process.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024
+    return process.returncode, time.perf_counter() - started, usage.ru_maxrss / 1024, usage.ru_utime + usage.ru_stime
 
 
 def _close_standard_fds() -> None:
@@ -197,7 +199,8 @@ def run_elastic(root: Path, emulator: Emulator, nodes: int, boot: float, args: a
     rows = []
     for phase, program in (("resume", "resume.py"), ("suspend", "suspend.py")):
         emulator.reset()
-        code, wall, rss = run_process([PYTHON, str(REPO / program), hostlist(nodes)], env=env, close_stdio=True)
+        code, wall, rss, cpu = run_process([PYTHON, str(REPO / program), hostlist(nodes)], env=env,
+                                           close_stdio=True)
         total, refused, _ = emulator.requests()
         ok = code == 0
         if phase == "resume":
@@ -206,7 +209,7 @@ def run_elastic(root: Path, emulator: Emulator, nodes: int, boot: float, args: a
         else:
             ok = ok and not emulator.servers()
         rows.append(Row(nodes, "elastic", phase, wall, boot if phase == "resume" else 0.0, total, refused, rss, ok,
-                        note=f"exit {code}"))
+                        note=f"exit {code}", cpu=cpu))
     if args.keep_logs:
         Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
         shutil.copy(site / "elastic.log", Path(args.keep_logs) / f"elastic-{nodes}-{time.time():.0f}.log")
@@ -223,17 +226,18 @@ def run_startup(root: Path, emulator: Emulator, nodes: int, boot: float, args: a
     env = {"SLURM_CONF": str(site / "slurm.conf")}
     rows = []
     for label, drop_cache in (("suspend-1 cached token", False), ("suspend-1 no token", True)):
-        code, _, _ = run_process([PYTHON, str(REPO / "resume.py"), hostlist(1)], env=env, close_stdio=True)
+        run_process([PYTHON, str(REPO / "resume.py"), hostlist(1)], env=env, close_stdio=True)
         if drop_cache:
             (site / "state" / "tokens.json").unlink(missing_ok=True)
         emulator.reset()
         started = time.time()
-        code, wall, rss = run_process([PYTHON, str(REPO / "suspend.py"), hostlist(1)], env=env, close_stdio=True)
+        code, wall, rss, cpu = run_process([PYTHON, str(REPO / "suspend.py"), hostlist(1)], env=env,
+                                           close_stdio=True)
         records = emulator.records()
         first = min((r["time"] for r in records), default=started) - started
         keystone = sum(1 for r in records if r["service"] == "identity")
         rows.append(Row(1, "elastic", label, wall, 0.0, len(records), 0, rss, code == 0 and not emulator.servers(),
-                        note=f"first request at {first:.2f} s, {keystone} Keystone requests"))
+                        note=f"first request at {first:.2f} s, {keystone} Keystone requests", cpu=cpu))
     return rows
 
 
@@ -278,12 +282,12 @@ def run_serial_sdk(root: Path, emulator: Emulator, nodes: int, boot: float, args
             ("resume", SERIAL_SDK, [str(emulator.clouds_yaml), str(nodes), *names(nodes)]),
             ("suspend", SERIAL_SDK_DELETE, [str(emulator.clouds_yaml), *names(nodes)])):
         emulator.reset()
-        code, wall, rss = run_process([PYTHON, "-c", script, *argv], env=env, cwd=str(root))
+        code, wall, rss, cpu = run_process([PYTHON, "-c", script, *argv], env=env, cwd=str(root))
         total, refused, _ = emulator.requests()
         active = sum(1 for s in emulator.servers() if s["status"] == "ACTIVE")
         ok = code == 0 and (phase == "suspend" or active == nodes)
         rows.append(Row(nodes, "serial-sdk", phase, wall, boot if phase == "resume" else 0.0, total, refused, rss, ok,
-                        note=f"exit {code}"))
+                        note=f"exit {code}", cpu=cpu))
     return rows
 
 
@@ -300,10 +304,11 @@ def run_cli(root: Path, emulator: Emulator, nodes: int, boot: float, args: argpa
     started = time.perf_counter()
     peak = 0.0
     ok = True
+    cpu = 0.0
     for name in names(nodes):
-        code, _, rss = run_process([str(OPENSTACK_CLI), "server", "create", "--flavor", "m1.small", "--image",
-                                    "debian-12", "--network", "private", name], env=env, cwd=str(root))
-        peak, ok = max(peak, rss), ok and code == 0
+        code, _, rss, used = run_process([str(OPENSTACK_CLI), "server", "create", "--flavor", "m1.small", "--image",
+                                          "debian-12", "--network", "private", name], env=env, cwd=str(root))
+        peak, ok, cpu = max(peak, rss), ok and code == 0, cpu + used
     while ok:
         listing = subprocess.run([str(OPENSTACK_CLI), "server", "list", "-f", "json"], env=env, cwd=str(root),
                                  capture_output=True, text=True)
@@ -315,14 +320,16 @@ def run_cli(root: Path, emulator: Emulator, nodes: int, boot: float, args: argpa
         time.sleep(2)
     wall = time.perf_counter() - started
     total, refused, _ = emulator.requests()
-    rows.append(Row(nodes, "cli", "resume", wall, boot, total, refused, peak, ok))
+    rows.append(Row(nodes, "cli", "resume", wall, boot, total, refused, peak, ok, cpu=cpu))
     emulator.reset()
     started = time.perf_counter()
+    cpu = 0.0
     for name in names(nodes):
-        code, _, rss = run_process([str(OPENSTACK_CLI), "server", "delete", "--wait", name], env=env, cwd=str(root))
-        peak, ok = max(peak, rss), code == 0
+        code, _, rss, used = run_process([str(OPENSTACK_CLI), "server", "delete", "--wait", name], env=env,
+                                         cwd=str(root))
+        peak, ok, cpu = max(peak, rss), code == 0, cpu + used
     total, refused, _ = emulator.requests()
-    rows.append(Row(nodes, "cli", "suspend", time.perf_counter() - started, 0.0, total, refused, peak, ok))
+    rows.append(Row(nodes, "cli", "suspend", time.perf_counter() - started, 0.0, total, refused, peak, ok, cpu=cpu))
     return rows
 
 
@@ -330,8 +337,8 @@ def run_cli(root: Path, emulator: Emulator, nodes: int, boot: float, args: argpa
 
 
 def print_header() -> None:
-    print("| N | strategy | phase | wall s | overhead s | requests/node | 429s | peak RSS MiB | ok |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print("| N | strategy | phase | wall s | overhead s | requests/node | 429s | peak RSS MiB | CPU s | ok |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
 
 
 def print_row(row: Row) -> None:
@@ -340,7 +347,7 @@ def print_row(row: Row) -> None:
     ok = ("yes" + (f" ({row.note})" if row.note and not row.note.startswith("exit") else "")) if row.ok \
         else f"NO ({row.note})"
     print(f"| {row.nodes} | {row.strategy} | {row.phase} | {row.wall:.1f} | {overhead} | {per_node:.2f} | "
-          f"{row.refused} | {row.rss_mib:.0f} | {ok} |", flush=True)
+          f"{row.refused} | {row.rss_mib:.0f} | {row.cpu:.1f} | {ok} |", flush=True)
 
 
 STRATEGIES = {"elastic": run_elastic, "serial-sdk": run_serial_sdk, "cli": run_cli, "startup": run_startup}
