@@ -397,13 +397,21 @@ class OpenStackCloud:
     # ---- names to ids ------------------------------------------------------------------------
 
     def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget:
-        return BootTarget(
-            flavor_id=self._find("flavor", flavor,
-                                 lambda: self._sdk.compute.find_flavor(flavor, ignore_missing=True)).id,
-            image_id=self._find("image", image, lambda: self._proxy("image").find_image(image, ignore_missing=True)).id,
-            network_id=self._find("network", network,
-                                  lambda: self._proxy("network").find_network(network, ignore_missing=True)).id,
+        """The three look-ups run at once (each is a round trip or two, image and network each
+        behind its service's discovery: sequential, they held the first create ~0.4 s); an error
+        is the first in the order flavor, image, network, as before."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        lookups = (
+            ("flavor", flavor, lambda: self._sdk.compute.find_flavor(flavor, ignore_missing=True)),
+            ("image", image, lambda: self._proxy("image").find_image(image, ignore_missing=True)),
+            ("network", network, lambda: self._proxy("network").find_network(network, ignore_missing=True)),
         )
+        self.connect()  # in this thread first: the workers share the connection
+        with ThreadPoolExecutor(max_workers=3, thread_name_prefix=f"resolve-{self.name}") as pool:
+            futures = [pool.submit(self._find, kind, name, lookup) for kind, name, lookup in lookups]
+        flavor_item, image_item, network_item = (future.result() for future in futures)
+        return BootTarget(flavor_id=flavor_item.id, image_id=image_item.id, network_id=network_item.id)
 
     def flavor(self, name: str) -> Flavor:
         item = self._find("flavor", name,
