@@ -175,6 +175,7 @@ class OpenStackCloud:
         self.name = name
         self._tokens = tokens  # Keystone tokens shared by the runs on this controller (state_dir)
         self._proxies: dict[str, Any] = {}
+        self._saved_auth: Any = None  # the keystoneauth AccessInfo last kept in the token cache
         self._config = config
         self._clock = clock
         self._conn: Any = None
@@ -209,6 +210,7 @@ class OpenStackCloud:
                 conn.authorize()
                 if self._tokens is not None and not cached:
                     self._tokens.save(conn.session.auth)
+                self._saved_auth = conn.session.auth.auth_ref
                 conn.compute.get_endpoint()
                 conn.session.timeout = float(self._config.api_timeout)
                 self._conn, self._half_connected = conn, None
@@ -495,6 +497,7 @@ class OpenStackCloud:
     def _translated(self, action: str, resource: tuple[str, str] | None = None) -> Iterator[None]:
         try:
             yield
+            self._keep_new_token()
         except CloudError:
             raise
         except Exception as exc:  # every SDK failure becomes one of our kinds
@@ -503,6 +506,18 @@ class OpenStackCloud:
             if error.kind is CloudErrorKind.RATE_LIMITED or error.status == 503:
                 self._limiter.refused(error.retry_after)  # the cloud asks us to slow down
             raise error from exc
+
+
+    def _keep_new_token(self) -> None:
+        """keystoneauth logs in again on its own (a 401 on a revoked token, an expiring one): keep
+        the new token for the next runs too, once."""
+        if self._tokens is None or self._conn is None:
+            return
+        auth = self._conn.session.auth
+        current = getattr(auth, "auth_ref", None)
+        if current is not None and current is not self._saved_auth:
+            self._saved_auth = current
+            self._tokens.save(auth)
 
 
 def classify_fault(message: str | None) -> CloudErrorKind:

@@ -104,7 +104,7 @@ def test_a_token_cache_readable_by_others_is_not_used(site_and_lab):
 
 def test_a_revoked_cached_token_is_replaced(site_and_lab):
     """The cloud revoked every token since the last run: keystoneauth logs in again after the
-    401, the node is served."""
+    401, the node is served, and the new token is kept for the next run."""
     lab, site = site_and_lab
     for node in ("cpu-001", "cpu-002"):
         _seed(lab, node)
@@ -115,3 +115,8 @@ def test_a_revoked_cached_token_is_replaced(site_and_lab):
     assert [s["name"] for s in lab.servers("lab")] == []
     statuses = [r["status"] for r in lab.requests("lab")]
     assert 401 in statuses and _identity(lab)
+    # The token it got after the 401 is kept: the next run logs in no more.
+    _seed(lab, "cpu-003")
+    lab.reset_requests()
+    assert site.run("suspend", "cpu-003").returncode == 0
+    assert _identity(lab) == [] and 401 not in [r["status"] for r in lab.requests("lab")]
