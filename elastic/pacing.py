@@ -261,7 +261,12 @@ class Pacer:
             before = self._state
             self._state = throttled(self._state, now, sent_at=sent_at, retry_after=retry_after,
                                     observed=observed, ceiling=self.ceiling)
-            self._next = max(self._next, self._state.blocked_until)
+            if self._state.throttled_at != before.throttled_at:
+                # Every thread waiting for a turn takes a new one at the new rate (wait()), so the
+                # turns handed out at the old rate, far ahead by now, are void.
+                self._next = self._state.blocked_until
+            else:
+                self._next = max(self._next, self._state.blocked_until)
         if self._shared is not None and self._state.throttled_at != before.throttled_at:
             self.sync()
 
