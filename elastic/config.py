@@ -54,13 +54,32 @@ class CloudConfig(_Model):
     secure_yaml: Path | None = None
     cloud: str | None = None  # entry name in clouds.yaml; defaults to this cloud's key
     region: str | None = None
-    max_parallel: Annotated[int, Field(ge=1, le=256)] = 8
+    # Creates and deletes in flight at once on this cloud, per run. They wait on the network, not
+    # on our CPU: 64 keeps a 1,000-node burst within seconds; the adaptive pacing (elastic.pacing)
+    # slows us down when the cloud says 429/503.
+    max_parallel: Annotated[int, Field(ge=1, le=256)] = 64
     api_timeout: Seconds = 60
-    rate: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 10  # requests per second we allow ourselves; 0 = no cap
+    # A hard ceiling in requests per second for all runs on this controller together (a cloud
+    # behind a strict proxy); None: the adaptive pacing alone decides.
+    max_rate: Annotated[float, Field(gt=0, allow_inf_nan=False)] | None = None
+    rate: Annotated[float, Field(ge=0, allow_inf_nan=False)] | None = None  # the old name of max_rate; 0 = none
     # Skip this cloud for a pool this long after quota/capacity.
     cooldown: Annotated[float, Field(ge=0, allow_inf_nan=False)] = 600
     # A cloud that gave no answer is probed by the next runs with this timeout until it answers.
     probe_timeout: Seconds = 10
+
+    @model_validator(mode="after")
+    def _one_rate_key(self) -> CloudConfig:
+        if self.rate is not None and self.max_rate is not None:
+            raise ValueError("rate is the old name of max_rate: give only max_rate")
+        return self
+
+    @property
+    def rate_ceiling(self) -> float | None:
+        """The hard ceiling of the pacing (max_rate, or the old `rate`; 0 or unset: none)."""
+        if self.max_rate is not None:
+            return self.max_rate
+        return self.rate or None
 
 
 class SlurmNode(_Model):
@@ -160,7 +179,9 @@ class Timeouts(_Model):
     boot: Seconds = 600  # resume waits this long for ACTIVE; keep it below ResumeTimeout
     delete: Seconds = 120  # suspend waits this long for servers to go; below SuspendTimeout
     lock: Seconds = 60  # a node lock held longer than this by another run is an error
-    poll: Seconds = 5  # between list calls while waiting
+    # Between list calls while waiting; unset: from the cloud's expected boot time and the list's
+    # own duration, so a server is seen within about a second of turning ACTIVE.
+    poll: Seconds | None = None
 
 
 class ResumeFailPolicy(_Model):

@@ -30,6 +30,7 @@ from elastic.cloud import BootRequest, BootTarget, Cloud, Flavor, Limits, Server
 from elastic.config import Config
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.history import CloudDown
+from elastic.pacing import poll_pause
 from elastic.retry import ATTEMPTS, with_retries
 
 T = TypeVar("T")
@@ -333,7 +334,10 @@ class Fleet:
             names: dict[str, set[str]] = defaultdict(set)
             for server in remaining.values():
                 names[server.cloud].add(server.name)
-            for cloud, result in self.poll(names).items():
+            listed = self.monotonic()
+            results = self.poll(names)
+            list_seconds = self.monotonic() - listed
+            for cloud, result in results.items():
                 if isinstance(result, CloudError):
                     self.log.warning("cloud.list", cloud=cloud, ok=False, error=str(result))
                     if self.clouds[cloud].stopped is not None:
@@ -344,5 +348,8 @@ class Fleet:
                     remaining.pop(server_id)
             if not remaining or self.clock() >= deadline:
                 break
-            self.sleep(min(self.config.timeouts.poll, 1.0))
+            fixed = self.config.timeouts.poll
+            # A delete takes a second or two: look twice as often as for a boot.
+            self.sleep(poll_pause(self.clock(), first_created=None, expected_boot=None, list_seconds=list_seconds,
+                                  fixed=None if fixed is None else min(fixed, 1.0), seen_within=0.5))
         return unseen + list(remaining.values())

@@ -22,11 +22,12 @@ import re
 import traceback
 from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any
-
-import jinja2
+from typing import TYPE_CHECKING, Any
 
 from elastic.errors import ConfigError
+
+if TYPE_CHECKING:  # imported where a template is rendered: a suspend never pays for Jinja
+    import jinja2
 
 # Nova's API schema caps the base64-encoded user_data at 65535 characters.
 NOVA_USER_DATA_LIMIT = 65535
@@ -42,6 +43,8 @@ def render_user_data(template_path: Path, context: Mapping[str, Any]) -> str:
     `{{ keys[munge_key] }}`, is a value); any other error (TypeError, KeyError, ValueError,
     LookupError...: Python quotes values in those) gives only its type.
     """
+    import jinja2
+
     template_path = Path(template_path)
     environment = jinja2.Environment(
         loader=jinja2.FileSystemLoader(template_path.parent),
@@ -118,6 +121,8 @@ def _written(quoted: str, environment: jinja2.Environment, where: str, template_
 
 def _written_names(environment: jinja2.Environment, path: Path) -> set[str]:
     """repr() of every variable name, attribute name and constant written in a template file."""
+    import jinja2
+
     try:
         tree = environment.parse(Path(path).read_text(encoding="utf-8"))
     except (OSError, ValueError, jinja2.TemplateSyntaxError):

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import functools
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import structlog
 from structlog.typing import FilteringBoundLogger
 
 from elastic.cloud import OpenStackCloud
@@ -14,8 +16,10 @@ from elastic.config import Config
 from elastic.errors import LocalError
 from elastic.history import History
 from elastic.locks import node_locks
+from elastic.pacing import BootMemory, Pacer
 from elastic.power.services import Services
 from elastic.slurm import Slurm, find_command, subprocess_runner
+from elastic.tokens import TokenCache
 
 
 def make_slurm(config: Config) -> Slurm:
@@ -23,8 +27,31 @@ def make_slurm(config: Config) -> Slurm:
     return Slurm(subprocess_runner(), scontrol=scontrol)
 
 
-def make_clouds(config: Config, clock: Callable[[], float] = time.time) -> dict[str, OpenStackCloud]:
-    return {name: OpenStackCloud(name, cloud, clock=clock) for name, cloud in config.clouds.items()}
+PACING_FILE = "pacing.json"
+TOKEN_FILE = "tokens.json"  # Keystone tokens and catalogs, 0600 (elastic.tokens)
+
+
+def make_clouds(config: Config, clock: Callable[[], float] = time.time,
+                log: FilteringBoundLogger | None = None) -> dict[str, OpenStackCloud]:
+    """One OpenStackCloud per configured cloud, each paced by what every run on this controller
+    learned of it (state_dir/pacing.json; see elastic.pacing), sharing their Keystone tokens
+    (state_dir/tokens.json; see elastic.tokens). Without `log`, warnings about those files go
+    to stderr."""
+    shared = config.state_dir / PACING_FILE if config.state_dir.is_dir() else None
+    logger = log if log is not None else structlog.wrap_logger(structlog.PrintLogger(sys.stderr))
+
+    def warn(message: str) -> None:
+        logger.warning("pacing.unshared", error=message)
+
+    def warn_tokens(message: str) -> None:
+        logger.warning("tokens.uncached", error=message)
+
+    tokens = TokenCache(config.state_dir / TOKEN_FILE, clock=clock, warn=warn_tokens) if shared else None
+    return {name: OpenStackCloud(name, cloud, clock=clock,
+                                 pacer=Pacer(name, ceiling=cloud.rate_ceiling, clock=clock, sleep=time.sleep,
+                                             shared=shared, warn=warn),
+                                 tokens=tokens)
+            for name, cloud in config.clouds.items()}
 
 
 def ensure_state_dir(config: Config) -> Path:
@@ -41,7 +68,7 @@ def make_services(config: Config, log: FilteringBoundLogger) -> Services:
     clock = time.time
     return Services(
         config=config,
-        clouds=make_clouds(config, clock),
+        clouds=make_clouds(config, clock, log=log),
         slurm=make_slurm(config),
         history=History(config.history_path, on_error=lambda message: log.error("history.unsaved", error=message)),
         log=log,
@@ -49,4 +76,6 @@ def make_services(config: Config, log: FilteringBoundLogger) -> Services:
         monotonic=time.monotonic,
         sleep=time.sleep,
         locks=functools.partial(node_locks, config.lock_dir, timeout=config.timeouts.lock),
+        boots=BootMemory(config.state_dir / PACING_FILE,
+                         warn=lambda message: log.warning("pacing.unsaved", error=message)),
     )

@@ -31,6 +31,7 @@ class Booting:
     server: Server
     pool: str
     entry: PoolCloud | None
+    created_here: bool = False  # `server.created` is our clock's, not the cloud's
 
 
 @dataclass
@@ -40,6 +41,7 @@ class RunState:
     tried: dict[str, set[str]] = field(default_factory=lambda: defaultdict(set))  # node -> clouds
     failures: dict[str, dict[str, Failure]] = field(default_factory=lambda: defaultdict(dict))  # node -> cloud ->
     served_pools: set[tuple[str, str]] = field(default_factory=set)  # (cloud, pool) that served a node
+    boot_seen: dict[str, list[float]] = field(default_factory=lambda: defaultdict(list))  # cloud -> seconds
     job_of: dict[str, JobNodes] = field(default_factory=dict)  # node -> the job that asked for it
     where: dict[str, Server] = field(default_factory=dict)  # node -> its server booting or served in this run
     # One quota read per cloud per run (None: it failed), then kept current with this run's creates.
@@ -154,7 +156,7 @@ def create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[st
     unanswered: dict[str, dict[str, str]] = {}
     for node, result in results:
         if isinstance(result, Server):
-            started[node] = Booting(result, pool_name, entry)
+            started[node] = Booting(result, pool_name, entry, created_here=True)
         elif isinstance(result, CloudError):
             failed[node] = failure_from(result)
             if result.kind in FALLBACK_KINDS:

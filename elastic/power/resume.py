@@ -18,12 +18,13 @@ is power/create.py.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from elastic.cloud import ACTIVE, ERROR, Server
 from elastic.errors import FALLBACK_KINDS, CloudError, CloudErrorKind, SlurmError
 from elastic.fleet import Fleet, Sighting
+from elastic.pacing import poll_pause
 from elastic.power import placement
 from elastic.power.create import (
     Booting,
@@ -73,6 +74,9 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
         unserved = [n for n in nodes if n not in outcome.served and n not in outcome.failed]
         outcome.fail(unserved, internal_failure(exc))
     _report_to_slurm(outcome, svc)
+    if svc.boots is not None:
+        for cloud, seen in state.boot_seen.items():
+            svc.boots.record(cloud, seen)  # the next runs' poll cadence
     return outcome
 
 
@@ -176,10 +180,12 @@ def _wait(booting: dict[str, Booting], state: RunState, outcome: Outcome, fleet:
     """Poll until every booting node is served, cancelled or failed; return nodes to place again."""
     again: dict[str, str] = {}
     waiting = dict(booting)
+    boots = svc.boots
+    expected = {cloud: boots.expected(cloud) for cloud in {b.server.cloud for b in booting.values()}} if boots else {}
     while waiting:
         served_now: dict[str, str] = {}
         try:
-            pause = _poll_once(waiting, served_now, again, state, outcome, fleet, svc)
+            pause = _poll_once(waiting, served_now, again, state, outcome, fleet, svc, expected)
         finally:
             _send_addresses(served_now, svc)  # what one poll found reaches Slurm even if it failed half-way
         if waiting and svc.clock() >= deadline:
@@ -195,15 +201,23 @@ def _wait(booting: dict[str, Booting], state: RunState, outcome: Outcome, fleet:
 
 
 def _poll_once(waiting: dict[str, Booting], served_now: dict[str, str], again: dict[str, str], state: RunState,
-               outcome: Outcome, fleet: Fleet, svc: Services) -> float:
+               outcome: Outcome, fleet: Fleet, svc: Services, expected: Mapping[str, float | None]) -> float:
     """One list per cloud, the clouds in parallel; judge each waiting node, moving it out of
-    `waiting` once decided. Returns how long to pause before the next poll."""
+    `waiting` once decided. Returns how long to pause before the next poll: from the clouds'
+    expected boot times and the lists' own duration (pacing.poll_pause), unless timeouts.poll says."""
     by_cloud: dict[str, list[str]] = defaultdict(list)
     for node, item in waiting.items():
         by_cloud[item.server.cloud].append(node)
-    pause = svc.config.timeouts.poll
+    listed = svc.monotonic()
+    results = fleet.poll(by_cloud)
+    list_seconds = svc.monotonic() - listed
+    now = svc.clock()
+    pause = min(poll_pause(now, first_created=min((waiting[n].server.created or now for n in members), default=None),
+                           expected_boot=expected.get(cloud), list_seconds=list_seconds,
+                           fixed=svc.config.timeouts.poll)
+                for cloud, members in by_cloud.items())
     lost: dict[str, dict[str, str]] = {}
-    for cloud_name, result in fleet.poll(by_cloud).items():
+    for cloud_name, result in results.items():
         members = by_cloud[cloud_name]
         if isinstance(result, CloudError):
             if result.retryable:
@@ -275,6 +289,8 @@ def _judge(node: str, item: Booting, server: Server | None, state: RunState, fle
         return address
     if address is None and svc.config.slurm.addresses == "scontrol":
         return _Pending()  # some clouds list the port a moment after ACTIVE
+    if item.created_here and item.server.created is not None:
+        state.boot_seen[server.cloud].append(svc.clock() - item.server.created)
     if (server.cloud, item.pool) not in state.served_pools:
         state.served_pools.add((server.cloud, item.pool))
         svc.history.clear_cloud_failure(server.cloud, item.pool)

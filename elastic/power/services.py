@@ -41,6 +41,13 @@ class FailureMemory(Protocol):
                              window_seconds: float | None = None) -> dict[str, int]: ...
 
 
+class BootTimes(Protocol):
+    """Each cloud's expected boot time, learned by earlier runs (elastic.pacing.BootMemory)."""
+
+    def expected(self, cloud: str) -> float | None: ...
+    def record(self, cloud: str, seen: list[float]) -> None: ...
+
+
 def _no_locks(names: Iterable[str]) -> AbstractContextManager[None]:
     return contextlib.nullcontext()
 
@@ -57,6 +64,7 @@ class Services:
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
     locks: Callable[[Iterable[str]], AbstractContextManager[None]] = field(default=_no_locks)
+    boots: BootTimes | None = None  # None: nothing known of boot times, poll at the steady cadence
 
     def fleet(self) -> Fleet:
         """The clouds as one, behind their breakers, for one run."""

@@ -54,7 +54,7 @@ def program(tmp_path, monkeypatch):
     path = tmp_path / "elastic.yaml"
     path.write_text(CONFIG + f"state_dir: {tmp_path / 'state'}\nlog_file: {tmp_path / 'elastic.log'}\n")
     slurm = RecordingSlurm()
-    monkeypatch.setattr(wiring, "make_clouds", lambda config, clock: {n: MemoryCloud(n) for n in config.clouds})
+    monkeypatch.setattr(wiring, "make_clouds", lambda config, clock, **_: {n: MemoryCloud(n) for n in config.clouds})
     monkeypatch.setattr(wiring, "make_slurm", lambda config: slurm)
 
     def run(command: str, hostlist: str, config: str | None = None) -> int:

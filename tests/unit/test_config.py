@@ -80,3 +80,18 @@ def test_unreadable_config_names_the_file(tmp_path):
     """A missing config file gives one line naming the path."""
     with pytest.raises(ConfigError, match=r"nope\.yaml: cannot read config"):
         load_config(tmp_path / "nope.yaml")
+
+
+@pytest.mark.parametrize(("options", "ceiling"), [("", None), ("rate: 0", None), ("rate: 5", 5.0),
+                                                   ("max_rate: 2.5", 2.5)])
+def test_the_old_rate_key_still_sets_the_pacing_ceiling(tmp_path, options, ceiling):
+    """`rate` (a fixed rate before adaptive pacing) is read as max_rate; 0 or unset: no ceiling."""
+    text = GOOD.replace("max_parallel: 16", "max_parallel: 16" + (f", {options}" if options else ""))
+    assert _load(tmp_path, text).clouds["engage1"].rate_ceiling == ceiling
+
+
+def test_defaults_are_sized_for_io_bound_bursts(tmp_path):
+    """64 creates/deletes in flight per cloud, no rate ceiling, adaptive polling."""
+    config = _load(tmp_path, GOOD)
+    kaizen = config.clouds["kaizen"]
+    assert (kaizen.max_parallel, kaizen.rate_ceiling, config.timeouts.poll) == (64, None, None)

@@ -442,3 +442,49 @@ def test_a_failed_look_before_resending_a_create_stops_the_retries(tmp_path):
     assert [op for op, _ in clouds["alpha"].calls].count("create") == 1 and looks
     assert outcome.served.keys() == {"cpu-001"} and [s.name for s in clouds["beta"].live()] == ["cpu-001"]
     assert list(svc.history.pending_deletes()["cpu-001"]) == ["alpha"]
+
+
+class _Boots:
+    """BootTimes that expects `expected` seconds and keeps what a run records."""
+
+    def __init__(self, expected: float | None):
+        self._expected = expected
+        self.recorded: dict[str, list[float]] = {}
+
+    def expected(self, cloud: str) -> float | None:
+        return self._expected
+
+    def record(self, cloud: str, seen: list[float]) -> None:
+        self.recorded[cloud] = list(seen)
+
+
+ADAPTIVE_POLL = CONFIG_ONE_CLOUD + "timeouts: {boot: 600, delete: 30}\n"
+
+
+def _adaptive(tmp_path, expected: float | None, boot_polls: int):
+    svc, clouds, _, clock = make_services(tmp_path, config_text=ADAPTIVE_POLL)
+    clouds["alpha"].boot_polls = boot_polls
+    # The memory cloud stamps creates from its own counter: start it at the fake clock's now.
+    clouds["alpha"]._ids = itertools.count(int(clock.now))
+    svc.boots = _Boots(expected)
+    return svc, clock
+
+
+def test_without_a_learned_boot_time_polls_are_about_a_second_apart(tmp_path):
+    """timeouts.poll unset and nothing learned: every pause is at most a second."""
+    svc, clock = _adaptive(tmp_path, None, boot_polls=4)
+    assert resume(["cpu-001", "cpu-002"], svc).exit_code == 0
+    assert clock.slept and max(clock.slept) <= 1.0
+
+
+def test_polls_are_sparse_until_the_learned_boot_time(tmp_path):
+    """Expected boot 60 s: the first pauses are EARLY_POLL_MAX long, none longer, and the run
+    records what it saw for the next runs."""
+    from elastic.pacing import EARLY_POLL_MAX
+
+    svc, clock = _adaptive(tmp_path, 60.0, boot_polls=20)
+    assert resume(["cpu-001", "cpu-002"], svc).exit_code == 0
+    assert clock.slept[0] == EARLY_POLL_MAX and max(clock.slept) <= EARLY_POLL_MAX
+    assert clock.slept[-1] == 1.0, "near the due time polls come every second"
+    seen = svc.boots.recorded["alpha"]
+    assert len(seen) == 2 and all(s > 0 for s in seen)

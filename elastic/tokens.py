@@ -1,0 +1,164 @@
+"""A Keystone token (with its service catalog: the endpoints) shared by the runs on one controller.
+
+Every Slurm program is a short process; without this each one logs in again (Keystone's version
+discovery and a POST /v3/auth/tokens) before its first real request. keystoneauth can hand out its
+authentication state and take it back (`get_auth_state` / `set_auth_state`, a JSON string of the
+token and its body, the catalog included) and names the auth options it came from with
+`get_cache_id()` (a hash, credentials included, never the credentials themselves). This module
+keeps those states in `state_dir/tokens.json`:
+
+- mode 0600: the file holds bearer tokens; its contents never reach a log or an error message;
+- a state is used only while it expires more than REFRESH_BEFORE from now: a run that starts
+  later logs in and saves the new token (keystoneauth itself re-authenticates once on a 401, so
+  a revoked token costs one refused request);
+- advice only: a missing, unreadable, broken or wrongly-owned file is ignored with a warning that
+  names the file, and the run logs in as before.
+
+The plugin is duck-typed (any keystoneauth identity plugin), so this module imports neither
+keystoneauth nor openstacksdk.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import stat
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from elastic.errors import ElasticError
+from elastic.locks import exclusive_lock
+
+# A cached token is used only if it stays valid this long after the run starts: longer than a
+# run lasts (a resume waits up to timeouts.boot) would be better still, but keystoneauth renews
+# a token that is about to expire on its own.
+REFRESH_BEFORE = 300.0
+MODE = 0o600
+LOCK_TIMEOUT = 1.0
+
+
+def usable(expires_at: float | None, now: float, margin: float = REFRESH_BEFORE) -> bool:
+    """Is a token expiring at `expires_at` good for a run starting at `now`?"""
+    return expires_at is not None and expires_at - now > margin
+
+
+def _expiry(plugin: Any) -> float | None:
+    expires = getattr(getattr(plugin, "auth_ref", None), "expires", None)
+    if not isinstance(expires, dt.datetime):
+        return None
+    if expires.tzinfo is None:
+        expires = expires.replace(tzinfo=dt.UTC)
+    return expires.timestamp()
+
+
+class TokenCache:
+    """Keystone auth states by the plugin's cache id, in one 0600 JSON file."""
+
+    def __init__(self, path: Path, *, clock: Callable[[], float], warn: Callable[[str], None] = lambda message: None):
+        self.path = path
+        self._clock = clock
+        self._warn = warn
+
+    def load(self, plugin: Any) -> bool:
+        """Install a cached, still valid state into `plugin`; True if one was installed."""
+        key = _cache_id(plugin)
+        if key is None:
+            return False
+        entry = self._read().get(key)
+        if not isinstance(entry, dict) or not isinstance(entry.get("state"), str):
+            return False
+        expires = entry.get("expires")
+        if not isinstance(expires, (int, float)) or not usable(float(expires), self._clock()):
+            return False
+        try:
+            plugin.set_auth_state(entry["state"])
+        except (ValueError, KeyError, TypeError, AttributeError):
+            self._warn(f"token cache {self.path}: an entry could not be used; logging in")
+            with contextlib.suppress(Exception):
+                plugin.set_auth_state(None)
+            return False
+        if not usable(_expiry(plugin), self._clock()):
+            plugin.set_auth_state(None)
+            return False
+        return True
+
+    def save(self, plugin: Any) -> None:
+        """Keep the plugin's current state for the next runs (when it has one worth keeping)."""
+        key = _cache_id(plugin)
+        expires = _expiry(plugin)
+        if key is None or not usable(expires, self._clock()):
+            return
+        try:
+            state = plugin.get_auth_state()
+        except (ValueError, TypeError, AttributeError):
+            return
+        if not isinstance(state, str):
+            return
+        try:
+            with exclusive_lock(self.path.with_name(self.path.name + ".lock"), LOCK_TIMEOUT):
+                data = self._read()
+                now = self._clock()
+                data = {k: v for k, v in data.items()
+                        if isinstance(v, dict) and isinstance(v.get("expires"), (int, float)) and v["expires"] > now}
+                if data.get(key, {}).get("state") == state:
+                    return
+                data[key] = {"state": state, "expires": expires}
+                self._write(data)
+        except (OSError, ElasticError) as error:
+            self._warn(f"token cache {self.path} not saved: {_reason(error)}")
+
+    def _read(self) -> dict[str, Any]:
+        try:
+            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return {}
+        except OSError as error:
+            self._warn(f"token cache {self.path} ignored: {_reason(error)}")
+            return {}
+        with os.fdopen(fd, "rb") as handle:
+            info = os.fstat(handle.fileno())
+            if stat.S_IMODE(info.st_mode) & 0o077 or info.st_uid != os.geteuid():
+                self._warn(f"token cache {self.path} ignored: it must be ours and mode 0600 "
+                           f"(is {stat.S_IMODE(info.st_mode):04o})")
+                return {}
+            raw = handle.read()
+        try:
+            data = json.loads(raw)
+        except ValueError:
+            self._warn(f"token cache {self.path} ignored: not JSON")
+            return {}
+        tokens = data.get("tokens") if isinstance(data, dict) else None
+        if not isinstance(tokens, dict):
+            self._warn(f"token cache {self.path} ignored: no tokens mapping")
+            return {}
+        return tokens
+
+    def _write(self, tokens: dict[str, Any]) -> None:
+        fd, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                os.fchmod(handle.fileno(), MODE)
+                json.dump({"version": 1, "tokens": tokens}, handle)
+            os.replace(temporary, self.path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
+
+
+def _cache_id(plugin: Any) -> str | None:
+    try:
+        key = plugin.get_cache_id()
+    except (NotImplementedError, AttributeError, TypeError):
+        return None
+    return key if isinstance(key, str) and key else None
+
+
+def _reason(error: BaseException) -> str:
+    if isinstance(error, OSError):
+        return error.strerror or type(error).__name__
+    return str(error)
