@@ -79,6 +79,16 @@ def find_command(name: str, configured: str | None = None) -> str:
     return os.path.abspath(found)
 
 
+class _Flag:
+    """A NodeState attribute: whether the node's state carries this flag (`IDLE+CLOUD+POWERED_DOWN`)."""
+
+    def __init__(self, flag: str) -> None:
+        self.flag = flag
+
+    def __get__(self, node: NodeState, owner: type[NodeState] | None = None) -> bool:
+        return self.flag in node.flags
+
+
 @dataclass(frozen=True)
 class NodeState:
     """One node as `scontrol show node` prints it."""
@@ -96,33 +106,16 @@ class NodeState:
         base, *flags = state.split("+")
         return cls(name=name, state=state, base=base, flags=frozenset(flags), **fields)
 
-    @property
-    def powered_down(self) -> bool:
-        return "POWERED_DOWN" in self.flags
-
-    @property
-    def powering_up(self) -> bool:
-        return "POWERING_UP" in self.flags
-
-    @property
-    def powering_down(self) -> bool:
-        return "POWERING_DOWN" in self.flags
+    powered_down = _Flag("POWERED_DOWN")
+    powering_up = _Flag("POWERING_UP")
+    powering_down = _Flag("POWERING_DOWN")
+    drain = _Flag("DRAIN")
+    cloud = _Flag("CLOUD")
+    not_responding = _Flag("NOT_RESPONDING")
 
     @property
     def down(self) -> bool:
         return self.base == "DOWN"
-
-    @property
-    def drain(self) -> bool:
-        return "DRAIN" in self.flags
-
-    @property
-    def cloud(self) -> bool:
-        return "CLOUD" in self.flags
-
-    @property
-    def not_responding(self) -> bool:
-        return "NOT_RESPONDING" in self.flags
 
 
 class Slurm:
