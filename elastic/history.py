@@ -4,7 +4,9 @@
 - health: clouds that did not answer (a circuit breaker: the next runs probe them briefly);
 - problems: a cloud's permanent errors per pool (auth, config, a missing image), for status/check;
 - pending: deletes that could not happen (the cloud did not answer), retried when it does;
-- nodes: node resume failures (ResumeFail's repeated-failure policy).
+- nodes: node resume failures (ResumeFail's repeated-failure policy);
+- released: when a suspend or resume-fail last started releasing each node (a resume that started
+  before that does not boot the node: Slurm already counts it as powered down).
 
 Each Slurm program is a short process, so memory between runs lives in one small JSON file in the
 state dir. Every change is one read-modify-write under a file lock, written to a temporary file
@@ -183,6 +185,21 @@ class History:
                 data["nodes"].pop(node, None)
             return len(recent)
 
+    # ---- released: when a suspend (or resume-fail) last started giving a node back -------------
+
+    def releases(self) -> dict[str, float]:
+        """{node: when the last suspend or resume-fail of it started}."""
+        released: dict[str, float] = self._read()["released"]  # its shape checked by _valid
+        return released
+
+    def record_releases(self, nodes: list[str], now: float) -> None:
+        """Note that a release of `nodes` started at `now`, in one locked write."""
+        if not nodes:
+            return
+        with self._update() as data:
+            for node in nodes:
+                data["released"][node] = max(now, data["released"].get(node, now))
+
     # ---- the file --------------------------------------------------------------------------------
 
     @contextlib.contextmanager
@@ -232,7 +249,7 @@ class History:
 
 
 def _empty() -> dict[str, Any]:
-    return {"clouds": {}, "nodes": {}, "health": {}, "problems": {}, "pending": {}}
+    return {"clouds": {}, "nodes": {}, "health": {}, "problems": {}, "pending": {}, "released": {}}
 
 
 def _valid(raw: Any) -> dict[str, Any]:
@@ -256,6 +273,9 @@ def _valid(raw: Any) -> dict[str, Any]:
                 kept_times = [float(t) for t in times if _is_number(t)]
                 if kept_times:
                     data["nodes"][node] = kept_times
+    released = raw.get("released")
+    if isinstance(released, dict):
+        data["released"] = {node: float(at) for node, at in released.items() if _is_number(at)}
     return data
 
 

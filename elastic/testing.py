@@ -257,6 +257,14 @@ class MemoryHistory:
     down: dict[str, CloudDown] = field(default_factory=dict)
     cloud_problems: dict[str, dict[str, Problem]] = field(default_factory=dict)
     pending: dict[str, dict[str, PendingDelete]] = field(default_factory=dict)
+    released: dict[str, float] = field(default_factory=dict)
+
+    def releases(self) -> dict[str, float]:
+        return self.released
+
+    def record_releases(self, nodes: list[str], now: float) -> None:
+        for node in nodes:
+            self.released[node] = max(now, self.released.get(node, now))
 
     def clouds_down(self) -> dict[str, CloudDown]:
         return self.down

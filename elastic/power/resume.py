@@ -51,14 +51,15 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
     if unknown:
         outcome.fail(unknown, Failure("no-pool", f"not in any pool of {config.source or 'the config'}", permanent=True))
     pending = {node: pool for pool, members in by_pool.items() for node in members}
-    deadline = svc.clock() + config.timeouts.boot
+    started = svc.clock()
+    deadline = started + config.timeouts.boot
     state = RunState()
     state.job_of = {node: job for job in group_by_job(list(pending), jobs) for node in job.nodes}
     timeout = Failure("timeout", "no server became ACTIVE in time")
     try:
         fleet = svc.fleet()
         while pending:
-            booting = _place_round(pending, state, outcome, fleet, svc, deadline)
+            booting = _place_round(pending, state, outcome, fleet, svc, started, deadline)
             for node in release_broken_jobs(state, outcome, fleet, svc):
                 booting.pop(node, None)
             pending = _wait(booting, state, outcome, fleet, svc, deadline)
@@ -84,9 +85,19 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
 
 
 def _place_round(pending: dict[str, str], state: RunState, outcome: Outcome, fleet: Fleet, svc: Services,
-                 deadline: float) -> dict[str, Booting]:
+                 started: float, deadline: float) -> dict[str, Booting]:
     booting: dict[str, Booting] = {}
     with svc.locks(sorted(pending)):
+        for node in _released_since(pending, started, svc):
+            # Slurm sent a suspend (power_down_force) for the node after asking for this resume, and
+            # that suspend took the lock first: Slurm counts the node as powered down, and a server
+            # booted now would start its slurmd before the next power-up, which would then wait for
+            # it until ResumeTimeout. Cancelled, as when a suspend deletes the server while we wait.
+            svc.log.info("resume.cancelled", node=node, why="released after this resume started")
+            pending.pop(node)
+            outcome.cancelled.add(node)
+        if not pending:
+            return booting
         # The same one list per cloud also finds where the jobs' other allocated nodes run.
         others = sorted({n for node in pending for n in job_of_node(node, state).others if n not in pending})
         sighting = fleet.find(sorted(pending) + others)
@@ -119,6 +130,12 @@ def _place_round(pending: dict[str, str], state: RunState, outcome: Outcome, fle
             else:
                 booting.update(_create_in_pool(pool_name, members, state, outcome, fleet, svc, deadline))
     return booting
+
+
+def _released_since(pending: Mapping[str, str], started: float, svc: Services) -> list[str]:
+    """The pending nodes whose release (suspend, resume-fail) started after this resume did."""
+    released = svc.history.releases()
+    return sorted(node for node in pending if released.get(node, started) > started)
 
 
 def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet,

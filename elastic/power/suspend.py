@@ -35,6 +35,7 @@ def suspend(nodes: Sequence[str], svc: Services) -> Outcome:
 def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
     """Delete every server of the nodes; what cannot be deleted now is deferred (see module doc)."""
     nodes = list(dict.fromkeys(nodes))
+    started = svc.clock()  # before the locks: a resume that Slurm asked for after this is not stopped
     fleet = svc.fleet()
     outcome = Outcome()
     deferred: dict[str, dict[str, str]] = defaultdict(dict)  # node -> cloud -> why
@@ -43,6 +44,9 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
         # deletes pending, so the next resume deletes the servers instead of adopting a VM whose
         # slurmd predates its power-up (Slurm would wait for it until ResumeTimeout), and reconcile
         # deletes them without a grace period. `_remember` settles what this run saw done.
+        # The release time first: a resume of these nodes that started before this run and waits for
+        # their locks does not boot them after we let go (power/resume.py, _released_since).
+        svc.history.record_releases(nodes, started)
         svc.history.add_pending_deletes({node: dict.fromkeys(fleet.scope(node), f"{why}: under way")
                                          for node in nodes}, svc.clock())
         sighting = fleet.find(nodes)

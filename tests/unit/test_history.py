@@ -220,3 +220,17 @@ def test_record_node_failures_is_one_write_for_many_nodes(path, mocker):
     writes = mocker.spy(history, "_write")
     counts = history.record_node_failures([f"cpu-{i:04d}" for i in range(1, 1001)], NOW, window_seconds=3600)
     assert writes.call_count == 1 and len(counts) == 1000 and counts["cpu-0001"] == 1
+
+
+def test_release_times_persist_in_one_write_and_keep_the_latest(path, mocker):
+    """A suspend's release times reach the next run, all nodes in one write; an earlier time does
+    not move a later one back, and a malformed entry is dropped."""
+    History(path).record_releases(["cpu-001", "cpu-002"], NOW + 10)
+    write = mocker.spy(_History, "_write")
+    History(path).record_releases(["cpu-001", "cpu-003"], NOW)
+    assert write.call_count == 1
+    assert History(path).releases() == {"cpu-001": NOW + 10, "cpu-002": NOW + 10, "cpu-003": NOW}
+    data = json.loads(path.read_text())
+    data["released"]["cpu-002"] = "soon"
+    path.write_text(json.dumps(data))
+    assert History(path).releases() == {"cpu-001": NOW + 10, "cpu-003": NOW}

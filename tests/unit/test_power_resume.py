@@ -488,3 +488,49 @@ def test_polls_are_sparse_until_the_learned_boot_time(tmp_path):
     assert clock.slept[-1] == 1.0, "near the due time polls come every second"
     seen = svc.boots.recorded["alpha"]
     assert len(seen) == 2 and all(s > 0 for s in seen)
+
+
+def _suspend_first(svc, clock, nodes, *, later_by: float):
+    """svc.locks for a resume whose nodes' locks a suspend of `nodes` holds: on the resume's first
+    take, the suspend (started `later_by` seconds after the resume) runs to its end, then the
+    resume gets the locks."""
+    from contextlib import contextmanager, nullcontext
+    from dataclasses import replace
+
+    from elastic.power import suspend
+
+    suspender = replace(svc, locks=lambda names: nullcontext())
+    started = clock()
+    ran: list[bool] = []
+
+    @contextmanager
+    def locks(names):
+        if not ran:
+            ran.append(True)
+            resumed_at = clock.now
+            clock.now = started + later_by
+            suspend(nodes, suspender)
+            clock.now = max(clock.now, resumed_at) + 1
+        yield
+
+    return locks
+
+
+def test_a_suspend_that_took_the_lock_first_cancels_the_waiting_resume(tmp_path):
+    """power_down_force while a resume waits for the node's lock: the suspend runs first, and the
+    resume then boots nothing for the node (Slurm counts it powered down), cancelled, not failed."""
+    svc, clouds, slurm, clock = make_services(tmp_path)
+    svc.locks = _suspend_first(svc, clock, ["cpu-001"], later_by=2)
+    outcome = resume(["cpu-001", "cpu-002"], svc)
+    assert outcome.cancelled == {"cpu-001"} and "cpu-001" not in outcome.served and not outcome.failed
+    assert [s.name for s in clouds["alpha"].live() + clouds["beta"].live()] == ["cpu-002"]
+    assert "cpu-002" in outcome.served and slurm.states == []
+
+
+def test_a_suspend_that_started_before_the_resume_does_not_stop_it(tmp_path):
+    """A power-up after a suspend (the suspend still deleting when the resume starts) boots the node."""
+    svc, clouds, _, clock = make_services(tmp_path)
+    svc.locks = _suspend_first(svc, clock, ["cpu-001"], later_by=-5)
+    outcome = resume(["cpu-001"], svc)
+    assert "cpu-001" in outcome.served and not outcome.cancelled
+    assert [s.name for s in clouds["alpha"].live()] == ["cpu-001"]
