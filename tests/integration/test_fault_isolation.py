@@ -344,18 +344,27 @@ def test_fault_on_one_cloud_stays_on_that_cloud(tmp_path, fault):
 # ---- a create whose reply never comes ----------------------------------------------------------
 
 
+# The answers that end the look-ups before a create: flavor, image and network by name. They run
+# at once (OpenStackCloud.resolve_boot), so any of them may come last.
+RESOLVED_BY = frozenset({"GET /flavors/detail", "GET /image/v2/images", "GET /network/v2.0/networks"})
+
+
 def slow_after_resolve(lab: LabCloud, cloud: str, latency: float) -> threading.Event:
     """Give `cloud` `latency` seconds of latency once it has answered the resume's last look-up
-    before its creates (the network by name): the creates then reach Nova, are carried out after
-    `latency`, and their replies come too late. Set from the request log's record of that
-    look-up, which is written before its reply leaves, so no create can come first."""
+    before its creates: the creates then reach Nova, are carried out after `latency`, and their
+    replies come too late. Set from the request log's records of those look-ups, each written
+    before its reply leaves, so no create can come first."""
     done = threading.Event()
     add = lab.log.add
+    answered: set[str] = set()
 
     def watching(record: dict) -> None:
         add(record)
-        if (not done.is_set() and record["cloud"] == cloud and record["endpoint"] == "GET /network/v2.0/networks"
-                and record["status"] == 200):
+        if done.is_set() or record["cloud"] != cloud or record["status"] != 200:
+            return
+        if record["endpoint"] in RESOLVED_BY:
+            answered.add(record["endpoint"])
+        if answered == RESOLVED_BY:
             lab.set_faults(cloud, latency_seconds=latency)
             done.set()
 
