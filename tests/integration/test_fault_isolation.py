@@ -275,7 +275,9 @@ def test_fault_on_one_cloud_stays_on_that_cloud(tmp_path, fault):
         code, faulted = timed_run(site, "resume", "bonly-[1-2]")
         assert code == 0, story(site, events)
         assert requests_to(lab, A) == before, lab.requests(A)[-10:]
-        assert faulted < 1.5 * healthy + 1, f"{fault}: B-only resume took {faulted:.2f}s, {healthy:.2f}s with A healthy"
+        # Not one request to A is the proof. The time bound only catches gross waits (several
+        # api_timeouts); it leaves room for a loaded machine, where 1.5x + 1 s failed 2 runs in ~10.
+        assert faulted < 2 * healthy + 2, f"{fault}: B-only resume took {faulted:.2f}s, {healthy:.2f}s with A healthy"
         bonly_servers = {s["name"]: s["id"] for s in live(lab, B)}
         assert sorted(bonly_servers) == BONLY
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 
 import pytest
 
@@ -273,15 +274,17 @@ def test_concurrent_resume_and_suspend_leave_at_most_nothing(one_cloud):
 
     resume = threading.Thread(target=run, args=("resume",))
     resume.start()
-    deadline_ok = False
-    for _ in range(200):
-        if lab.servers("lab"):
-            deadline_ok = True
-            break
-        threading.Event().wait(0.02)
+    # The suspend starts once the resume's create is in (a resume process starts and looks first:
+    # seconds on a loaded machine, so the wait is generous; it ends as soon as the server shows).
+    created = False
+    give_up = time.monotonic() + 60
+    while not created and time.monotonic() < give_up:
+        created = bool(lab.servers("lab"))
+        if not created:
+            threading.Event().wait(0.02)
     run("suspend")
     resume.join(300)
-    assert deadline_ok
+    assert created
     assert results["suspend"].returncode == 0
     assert _live(lab, "lab") == []
 
