@@ -13,6 +13,7 @@ import pytest
 
 from elastic.lab.slurm import LocalSlurm
 from elastic.lab.slurm.install import SlurmInstall
+from elastic.lab.world import LabWorld
 
 # Writes one block per call: argv, the exact environment (from /proc, not from `env`, which a
 # shell would add PWD to), whether fds 0-2 were open when slurmctld exec'd it and what they were,
@@ -137,3 +138,18 @@ def shared_dir(slurm_install: SlurmInstall) -> Iterator[Path]:
     path.chmod(0o755)
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+# A LabWorld factory: world(**LabWorld options) -> a started world, stopped at teardown.
+@pytest.fixture
+def world(tmp_path):
+    worlds: list[LabWorld] = []
+
+    def make(**kwargs) -> LabWorld:
+        made = LabWorld(tmp_path / f"world{len(worlds)}", **kwargs)
+        worlds.append(made)
+        return made.start()
+
+    yield make
+    for made in worlds:
+        made.stop()

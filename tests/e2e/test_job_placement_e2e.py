@@ -9,6 +9,8 @@ import pytest
 
 from elastic.lab.world import LabWorld, lab_cloud_config
 
+from tests.support.world import job_state, submit
+
 pytestmark = pytest.mark.e2e
 
 TOGETHER_POOL = """\
@@ -34,30 +36,6 @@ def wait_for(predicate, timeout: float, what: str, world: LabWorld) -> None:
                                  + world.slurm.run("scontrol", "-o", "show", "node", check=False) + "\n"
                                  + "\n".join(log))
         time.sleep(0.5)
-
-
-def submit(world: LabWorld, *args: str) -> int:
-    out = world.slurm.run("sbatch", "--parsable", f"--output={world.workdir}/job-%j.out", *args)
-    return int(out.strip().split(";")[0])
-
-
-def job_state(world: LabWorld, job_id: int) -> str:
-    out = world.slurm.run("scontrol", "-o", "show", "job", str(job_id))
-    return next(f.split("=", 1)[1] for f in out.split() if f.startswith("JobState="))
-
-
-@pytest.fixture
-def world(tmp_path):
-    worlds: list[LabWorld] = []
-
-    def make(**kwargs) -> LabWorld:
-        made = LabWorld(tmp_path / f"world{len(worlds)}", **kwargs)
-        worlds.append(made)
-        return made.start()
-
-    yield make
-    for made in worlds:
-        made.stop()
 
 
 def test_a_3_node_job_runs_whole_on_the_cloud_with_room_and_leaves_nothing(world):

@@ -11,6 +11,8 @@ import pytest
 from elastic.lab.world import LabWorld, lab_cloud_config
 from elastic.slurm import parse_node_line
 
+from tests.support.world import job_state, submit
+
 pytestmark = pytest.mark.e2e
 
 CPU_POOL = """\
@@ -48,16 +50,6 @@ def live_servers(world: LabWorld, cloud: str = "lab") -> list[dict]:
     return [s for s in world.cloud.servers(cloud) if s["task_state"] != "deleting"]
 
 
-def submit(world: LabWorld, *args: str) -> int:
-    out = world.slurm.run("sbatch", "--parsable", f"--output={world.workdir}/job-%j.out", *args)
-    return int(out.strip().split(";")[0])
-
-
-def job_state(world: LabWorld, job_id: int) -> str:
-    out = world.slurm.run("scontrol", "-o", "show", "job", str(job_id))
-    return next(f.split("=", 1)[1] for f in out.split() if f.startswith("JobState="))
-
-
 def job_node(world: LabWorld, job_id: int) -> str:
     out = world.slurm.run("scontrol", "-o", "show", "job", str(job_id))
     return next(f.split("=", 1)[1] for f in out.split() if f.startswith("NodeList="))
@@ -70,20 +62,6 @@ def node_field(world: LabWorld, node: str, key: str) -> str:
 def powered_down(world: LabWorld, node: str) -> bool:
     state = world.slurm.node_state(node)
     return "POWERED_DOWN" in state and "POWERING" not in state
-
-
-@pytest.fixture
-def world(tmp_path):
-    worlds = []
-
-    def make(**kwargs) -> LabWorld:
-        w = LabWorld(tmp_path / f"world{len(worlds)}", **kwargs)
-        worlds.append(w)
-        return w.start()
-
-    yield make
-    for w in worlds:
-        w.stop()
 
 
 def test_queued_jobs_boot_nodes_that_suspend_afterwards(world):
