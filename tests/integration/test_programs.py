@@ -182,14 +182,15 @@ def test_fifty_nodes_two_pools_two_clouds_one_out_of_quota(tmp_path):
 
 
 def test_rate_limit_storm_is_ridden_out(one_cloud):
-    """Under a 429 storm the creates are retried with backoff and every node boots exactly once."""
+    """Under a 429 storm every node boots exactly once. Which calls meet the 429s depends on the
+    pacing (it backs off after the first), so the test asserts that the storm happened, not where."""
     lab, site = one_cloud
     site.write_config(config_text(site, site.root / "clouds.yaml", pools=ONE_POOL, boot_timeout=120))
-    lab.set_faults("lab", rate_limit_per_second=3)
+    lab.set_faults("lab", rate_limit_per_second=2)
     result = site.run("resume", "cpu-[001-006]", timeout=300)
     assert result.returncode == 0, site.log_file.read_text()[-3000:]
     assert sorted(s["name"] for s in _live(lab, "lab")) == [f"cpu-00{i}" for i in range(1, 7)]
-    assert any(e["event"] == "cloud.retry" for e in site.log_events())
+    assert any(r["status"] == 429 for r in lab.log.records("lab"))
 
 
 def test_api_outage_fails_nodes_with_power_down_force(one_cloud):
