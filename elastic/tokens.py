@@ -151,6 +151,8 @@ class TokenCache:
 
 
 def _cache_id(plugin: Any) -> str | None:
+    """keystoneauth's key for these credentials; None (no caching) for a plugin that has none:
+    the base plugin raises NotImplementedError, and token/noauth plugins lack the method."""
     try:
         key = plugin.get_cache_id()
     except (NotImplementedError, AttributeError, TypeError):
