@@ -241,8 +241,8 @@ def _print_outcome(outcome: Outcome) -> None:
     for node in sorted(outcome.cancelled):
         print(f"{node}: cancelled (deleted while booting)", file=sys.stderr)
     for node, clouds in sorted(outcome.deferred.items()):
-        print(f"{node}: delete deferred on {', '.join(clouds)} (not answering; retried by the next run "
-              "or elastic reconcile)", file=sys.stderr)
+        print(f"{node}: delete deferred on {', '.join(clouds)} (retried by the next run or elastic reconcile; "
+              "the log says why)", file=sys.stderr)
     for node, failure in sorted(outcome.failed.items()):
         print(f"{node}: failed: {failure.reason}", file=sys.stderr)
 

@@ -15,7 +15,7 @@ from elastic.cloud import OpenStackCloud
 from elastic.config import Config
 from elastic.errors import LocalError
 from elastic.history import History
-from elastic.locks import node_locks
+from elastic.locks import free_node_locks
 from elastic.pacing import BootMemory, Pacer
 from elastic.power.services import Services
 from elastic.slurm import Slurm, find_command, subprocess_runner
@@ -75,7 +75,7 @@ def make_services(config: Config, log: FilteringBoundLogger) -> Services:
         clock=clock,
         monotonic=time.monotonic,
         sleep=time.sleep,
-        locks=functools.partial(node_locks, config.lock_dir, timeout=config.timeouts.lock),
+        locks=functools.partial(free_node_locks, config.lock_dir),
         boots=BootMemory(config.state_dir / PACING_FILE,
                          warn=lambda message: log.warning("pacing.unsaved", error=message)),
     )

@@ -49,6 +49,7 @@ class RunState:
     flavors: dict[tuple[str, str], Flavor | None] = field(default_factory=dict)
     groups: dict[str, dict[str, ServerGroup]] = field(default_factory=dict)  # cloud -> name -> our group
     released: set[str] = field(default_factory=set)  # all_or_nothing jobs already released
+    started: float = 0.0  # when the run started: a suspend of a node after this cancels it
 
     def note(self, node: str, cloud: str, failure: Failure) -> None:
         self.tried[node].add(cloud)

@@ -18,7 +18,7 @@ is power/create.py.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from elastic.cloud import ACTIVE, ERROR, Server
@@ -55,21 +55,25 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
     deadline = started + config.timeouts.boot
     state = RunState()
     state.job_of = {node: job for job in group_by_job(list(pending), jobs) for node in job.nodes}
+    state.started = started
     timeout = Failure("timeout", "no server became ACTIVE in time")
     try:
         fleet = svc.fleet()
         while pending:
-            booting = _place_round(pending, state, outcome, fleet, svc, started, deadline)
+            booting, busy = _place_round(pending, state, outcome, fleet, svc, deadline)
             for node in release_broken_jobs(state, outcome, fleet, svc):
                 booting.pop(node, None)
             pending = _wait(booting, state, outcome, fleet, svc, deadline)
             move_whole_jobs(pending, state, outcome, fleet, svc)
+            pending.update(busy)
             for node in list(pending):
                 if svc.clock() >= deadline:
-                    outcome.fail([node], state.verdict(node, timeout))
+                    outcome.fail([node], state.verdict(node, _lock_held(svc, started) if node in busy else timeout))
                     pending.pop(node)
             for node in release_broken_jobs(state, outcome, fleet, svc):
                 pending.pop(node, None)
+            if pending and not booting:
+                svc.sleep(LOCK_RETRY_SECONDS)  # only nodes another run holds: let it get on
     except Exception as exc:  # fail closed: no node may sit in POWERING_UP until ResumeTimeout
         svc.log.exception("resume.internal_error", error=str(exc))
         unserved = [n for n in nodes if n not in outcome.served and n not in outcome.failed]
@@ -84,11 +88,25 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
 # ---- placing: look, adopt, create ----------------------------------------------------------
 
 
+# How often a resume comes back for nodes whose locks another run holds, when it has nothing else
+# to do. A suspend that holds them deletes in seconds; another resume of them, in one round.
+LOCK_RETRY_SECONDS = 0.5
+
+
+def _lock_held(svc: Services, started: float) -> Failure:
+    return Failure("timeout", f"node lock held by another elastic run for {svc.clock() - started:.0f}s")
+
+
 def _place_round(pending: dict[str, str], state: RunState, outcome: Outcome, fleet: Fleet, svc: Services,
-                 started: float, deadline: float) -> dict[str, Booting]:
+                 deadline: float) -> tuple[dict[str, Booting], dict[str, str]]:
+    """Place the nodes whose locks are free; return those now booting, and those another run held."""
     booting: dict[str, Booting] = {}
-    with svc.locks(sorted(pending)):
-        for node in _released_since(pending, started, svc):
+    with svc.locks(sorted(pending)) as held:
+        busy = {node: pool for node, pool in pending.items() if node not in held}
+        if busy:
+            svc.log.info("resume.lock_busy", nodes=sorted(busy))
+        pending = {node: pool for node, pool in pending.items() if node in held}
+        for node in _released_since(pending, state.started, svc):
             # Slurm sent a suspend (power_down_force) for the node after asking for this resume, and
             # that suspend took the lock first: Slurm counts the node as powered down, and a server
             # booted now would start its slurmd before the next power-up, which would then wait for
@@ -97,7 +115,7 @@ def _place_round(pending: dict[str, str], state: RunState, outcome: Outcome, fle
             pending.pop(node)
             outcome.cancelled.add(node)
         if not pending:
-            return booting
+            return booting, busy
         # The same one list per cloud also finds where the jobs' other allocated nodes run.
         others = sorted({n for node in pending for n in job_of_node(node, state).others if n not in pending})
         sighting = fleet.find(sorted(pending) + others)
@@ -129,13 +147,28 @@ def _place_round(pending: dict[str, str], state: RunState, outcome: Outcome, fle
                 booting.update(create_jobs(pool_name, members, anchors, state, outcome, fleet, svc, deadline))
             else:
                 booting.update(_create_in_pool(pool_name, members, state, outcome, fleet, svc, deadline))
-    return booting
+    return booting, busy
 
 
-def _released_since(pending: Mapping[str, str], started: float, svc: Services) -> list[str]:
-    """The pending nodes whose release (suspend, resume-fail) started after this resume did."""
+def _released_since(nodes: Iterable[str], started: float, svc: Services) -> list[str]:
+    """The nodes whose release (suspend, resume-fail) started after this resume did."""
     released = svc.history.releases()
-    return sorted(node for node in pending if released.get(node, started) > started)
+    return sorted(node for node in nodes if released.get(node, started) > started)
+
+
+def _cancel_released(waiting: dict[str, Booting], state: RunState, outcome: Outcome, fleet: Fleet,
+                     svc: Services) -> None:
+    """Slurm sent a suspend for a node we are booting (power_down_force): its server goes now, by
+    us, whether or not that suspend gets the node's lock; the node is cancelled, not failed."""
+    released = _released_since(waiting, state.started, svc)
+    if not released:
+        return
+    servers = [waiting.pop(node).server for node in released]
+    svc.log.info("resume.cancelled", nodes=released, why="released while booting")
+    deletion = fleet.delete(servers, why="released while booting")
+    svc.history.add_pending_deletes({server.name: {server.cloud: f"released while booting: {error.message}"}
+                                     for server, error in deletion.failed.values()}, svc.clock())
+    outcome.cancelled.update(released)
 
 
 def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet,
@@ -200,6 +233,9 @@ def _wait(booting: dict[str, Booting], state: RunState, outcome: Outcome, fleet:
     boots = svc.boots
     expected = {cloud: boots.expected(cloud) for cloud in {b.server.cloud for b in booting.values()}} if boots else {}
     while waiting:
+        _cancel_released(waiting, state, outcome, fleet, svc)
+        if not waiting:
+            break
         served_now: dict[str, str] = {}
         try:
             pause = _poll_once(waiting, served_now, again, state, outcome, fleet, svc, expected)

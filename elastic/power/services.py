@@ -50,8 +50,8 @@ class BootTimes(Protocol):
     def record(self, cloud: str, seen: list[float]) -> None: ...
 
 
-def _no_locks(names: Iterable[str]) -> AbstractContextManager[None]:
-    return contextlib.nullcontext()
+def _no_locks(names: Iterable[str]) -> AbstractContextManager[frozenset[str]]:
+    return contextlib.nullcontext(frozenset(names))
 
 
 @dataclass
@@ -65,7 +65,9 @@ class Services:
     # Only for the durations the logs show; deadlines are on `clock`.
     monotonic: Callable[[], float] = time.monotonic
     sleep: Callable[[float], None] = time.sleep
-    locks: Callable[[Iterable[str]], AbstractContextManager[None]] = field(default=_no_locks)
+    # Takes the nodes' locks that no other run holds, without waiting, and yields their names
+    # (elastic.locks.free_node_locks); the flows come back for the others.
+    locks: Callable[[Iterable[str]], AbstractContextManager[frozenset[str]]] = field(default=_no_locks)
     boots: BootTimes | None = None  # None: nothing known of boot times, poll at the steady cadence
 
     def fleet(self) -> Fleet:

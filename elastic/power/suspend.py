@@ -36,40 +36,31 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
     """Delete every server of the nodes; what cannot be deleted now is deferred (see module doc)."""
     nodes = list(dict.fromkeys(nodes))
     started = svc.clock()  # before the locks: a resume that Slurm asked for after this is not stopped
+    # The release time first, before any lock: a resume of these nodes that started before this run
+    # cancels them, whether it holds their locks now (it checks as it polls) or waits for them.
+    svc.history.record_releases(nodes, started)
     fleet = svc.fleet()
     outcome = Outcome()
     deferred: dict[str, dict[str, str]] = defaultdict(dict)  # node -> cloud -> why
-    with svc.locks(sorted(nodes)):
-        # The intent first: a run killed from here on (23.02's timeout kill, a SIGKILL) leaves these
-        # deletes pending, so the next resume deletes the servers instead of adopting a VM whose
-        # slurmd predates its power-up (Slurm would wait for it until ResumeTimeout), and reconcile
-        # deletes them without a grace period. `_remember` settles what this run saw done.
-        # The release time first: a resume of these nodes that started before this run and waits for
-        # their locks does not boot them after we let go (power/resume.py, _released_since).
-        svc.history.record_releases(nodes, started)
-        svc.history.add_pending_deletes({node: dict.fromkeys(fleet.scope(node), f"{why}: under way")
-                                         for node in nodes}, svc.clock())
-        sighting = fleet.find(nodes)
-        for node, clouds in fleet.blind_spots(nodes, sighting).items():
-            for cloud in clouds:
-                deferred[node][cloud] = f"{why}: cannot list servers: {sighting.unseen[cloud].message}"
-        doomed = [s for node in nodes for s in sighting.of(node)]
-        grouped = _uses_server_groups(nodes, svc)
-        groups = server_groups.holding(fleet.clouds, doomed, svc.config, svc.log) if grouped and doomed else {}
-        deletion = fleet.delete(doomed, why=why)
-        for server, error in deletion.failed.values():
-            if error.kind in _REFUSALS:
-                outcome.fail([server.name],
-                             Failure(error.kind.value, f"delete on {server.cloud} refused: {error.message}"))
-            else:
-                deferred[server.name][server.cloud] = f"{why}: delete failed: {error.kind.value}: {error.message}"
-        for server in fleet.wait_gone(deletion.accepted, svc.config.timeouts.delete):
-            deferred[server.name].setdefault(server.cloud,
-                                             f"{why}: still there after {svc.config.timeouts.delete:.0f}s")
-        _remember(nodes, deferred, fleet, svc)
-        if groups:
-            # A group goes with its last server (Nova drops a member when the server is gone).
-            server_groups.delete_empty(fleet.clouds, groups, svc.config, svc.log)
+    left = nodes
+    give_up = started + svc.config.timeouts.lock
+    while left:
+        with svc.locks(left) as held:
+            batch = [node for node in left if node in held]
+            if batch:
+                _release_locked(batch, fleet, svc, outcome, deferred, why=why)
+        left = [node for node in left if node not in held]
+        if left and svc.clock() >= give_up:
+            # Another run (a resume booting them, a slow suspend) holds them: not the nodes' fault.
+            # Slurm counts them as powered down, so they stay that way; their deletes are pending
+            # for the next run that locks them, or reconcile (a resume that holds them cancels them).
+            for node in left:
+                deferred[node].update(dict.fromkeys(fleet.scope(node), f"{why}: node lock held by another run"))
+            svc.history.add_pending_deletes({node: deferred[node] for node in left}, svc.clock())
+            svc.log.warning(f"{why}.lock_busy", nodes=left, seconds=round(svc.clock() - started, 1))
+            break
+        if left:
+            svc.sleep(LOCK_RETRY_SECONDS)
     for node in nodes:
         if node not in outcome.failed:
             outcome.served[node] = None
@@ -78,6 +69,42 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
     if outcome.deferred:
         svc.log.warning(f"{why}.deferred", nodes=outcome.deferred)
     return outcome
+
+
+# How often a release comes back for nodes whose locks another run holds (up to timeouts.lock).
+LOCK_RETRY_SECONDS = 0.2
+
+
+def _release_locked(nodes: list[str], fleet: Fleet, svc: Services, outcome: Outcome,
+                    deferred: dict[str, dict[str, str]], *, why: str) -> None:
+    """Delete the servers of nodes whose locks this run holds, and wait for them to go."""
+    # The intent first: a run killed from here on (23.02's timeout kill, a SIGKILL) leaves these
+    # deletes pending, so the next resume deletes the servers instead of adopting a VM whose
+    # slurmd predates its power-up (Slurm would wait for it until ResumeTimeout), and reconcile
+    # deletes them without a grace period. `_remember` settles what this run saw done.
+    svc.history.add_pending_deletes({node: dict.fromkeys(fleet.scope(node), f"{why}: under way")
+                                     for node in nodes}, svc.clock())
+    sighting = fleet.find(nodes)
+    for node, clouds in fleet.blind_spots(nodes, sighting).items():
+        for cloud in clouds:
+            deferred[node][cloud] = f"{why}: cannot list servers: {sighting.unseen[cloud].message}"
+    doomed = [s for node in nodes for s in sighting.of(node)]
+    grouped = _uses_server_groups(nodes, svc)
+    groups = server_groups.holding(fleet.clouds, doomed, svc.config, svc.log) if grouped and doomed else {}
+    deletion = fleet.delete(doomed, why=why)
+    for server, error in deletion.failed.values():
+        if error.kind in _REFUSALS:
+            outcome.fail([server.name],
+                         Failure(error.kind.value, f"delete on {server.cloud} refused: {error.message}"))
+        else:
+            deferred[server.name][server.cloud] = f"{why}: delete failed: {error.kind.value}: {error.message}"
+    for server in fleet.wait_gone(deletion.accepted, svc.config.timeouts.delete):
+        deferred[server.name].setdefault(server.cloud,
+                                         f"{why}: still there after {svc.config.timeouts.delete:.0f}s")
+    _remember(nodes, deferred, fleet, svc)
+    if groups:
+        # A group goes with its last server (Nova drops a member when the server is gone).
+        server_groups.delete_empty(fleet.clouds, groups, svc.config, svc.log)
 
 
 def _uses_server_groups(nodes: list[str], svc: Services) -> bool:

@@ -299,3 +299,44 @@ def test_exclusive_lock_single_instance(tmp_path):
                 pass
     with exclusive_lock(path, timeout=0):
         assert path.exists()
+
+
+def test_free_node_locks_takes_what_is_free_without_waiting_and_lets_it_all_go(tmp_path):
+    """Another holder has cpu-002 (flock is per open file, so a thread stands in for a process):
+    free_node_locks yields the other two at once, holds them for its body (another taker gets
+    none of them), and frees them after."""
+    import time
+
+    from elastic.locks import free_node_locks
+
+    held_event, done = threading.Event(), threading.Event()
+
+    def holder():
+        with node_locks(tmp_path, ["cpu-002"], timeout=1):
+            held_event.set()
+            done.wait(10)
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held_event.wait(10)
+        started = time.monotonic()
+        with free_node_locks(tmp_path, ["cpu-003", "cpu-001", "cpu-002"]) as held:
+            assert held == {"cpu-001", "cpu-003"} and time.monotonic() - started < 1.0
+            with free_node_locks(tmp_path, ["cpu-001", "cpu-003"]) as again:
+                assert again == set()
+        assert _free(tmp_path, "cpu-001") and _free(tmp_path, "cpu-003")
+    finally:
+        done.set()
+        thread.join(10)
+    with free_node_locks(tmp_path, ["cpu-002"]) as held:
+        assert held == {"cpu-002"}
+
+
+def test_free_node_locks_refuses_a_name_that_cannot_name_a_lock_file_before_taking_any(tmp_path):
+    from elastic.locks import free_node_locks
+
+    with pytest.raises(UsageError):
+        with free_node_locks(tmp_path, ["ok", "../evil"]):
+            pass
+    assert _free(tmp_path, "ok")

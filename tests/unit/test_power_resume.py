@@ -499,7 +499,7 @@ def _suspend_first(svc, clock, nodes, *, later_by: float):
 
     from elastic.power import suspend
 
-    suspender = replace(svc, locks=lambda names: nullcontext())
+    suspender = replace(svc, locks=lambda names: nullcontext(frozenset(names)))
     started = clock()
     ran: list[bool] = []
 
@@ -511,7 +511,7 @@ def _suspend_first(svc, clock, nodes, *, later_by: float):
             clock.now = started + later_by
             suspend(nodes, suspender)
             clock.now = max(clock.now, resumed_at) + 1
-        yield
+        yield frozenset(names)
 
     return locks
 
@@ -534,3 +534,65 @@ def test_a_suspend_that_started_before_the_resume_does_not_stop_it(tmp_path):
     outcome = resume(["cpu-001"], svc)
     assert "cpu-001" in outcome.served and not outcome.cancelled
     assert [s.name for s in clouds["alpha"].live()] == ["cpu-001"]
+
+
+# ---- nodes whose locks another run holds ---------------------------------------------------------
+
+
+def _held_by_another_run(busy: set[str], *, for_takes: int):
+    """svc.locks under which `busy` are held by another run for the first `for_takes` takes."""
+    from contextlib import contextmanager
+
+    takes: list[int] = []
+
+    @contextmanager
+    def locks(names):
+        takes.append(1)
+        names = set(names)
+        yield frozenset(names - busy if len(takes) <= for_takes else names)
+
+    return locks, takes
+
+
+def test_a_node_another_run_holds_does_not_hold_up_the_others(tmp_path):
+    """cpu-002's lock is held by another run for two takes: cpu-001 boots and is served at once;
+    cpu-002 is placed once the lock is free, in the same run, and served too."""
+    svc, clouds, slurm, clock = make_services(tmp_path)
+    svc.locks, takes = _held_by_another_run({"cpu-002"}, for_takes=2)
+    outcome = resume(["cpu-001", "cpu-002"], svc)
+    assert set(outcome.served) == {"cpu-001", "cpu-002"} and not outcome.failed
+    assert list(slurm.addresses[0]) == ["cpu-001"] and list(slurm.addresses[-1]) == ["cpu-002"]
+    assert len(takes) == 3 and len(clouds["alpha"].live()) == 2
+
+
+def test_a_node_whose_lock_stays_held_fails_at_the_boot_deadline_as_a_timeout(tmp_path):
+    """A lock held past timeouts.boot: the node is not served, with a timeout reason naming the
+    lock (not a local fault), and nothing is created for it; the others are served."""
+    svc, clouds, slurm, clock = make_services(tmp_path)
+    svc.locks, _ = _held_by_another_run({"cpu-002"}, for_takes=10**6)
+    outcome = resume(["cpu-001", "cpu-002"], svc)
+    assert set(outcome.served) == {"cpu-001"}
+    failure = outcome.failed["cpu-002"]
+    assert failure.kind == "timeout" and "node lock held by another elastic run" in failure.message
+    assert [s.name for s in clouds["alpha"].live() + clouds["beta"].live()] == ["cpu-001"]
+    assert slurm.states == [(("cpu-002",), "power_down_force", failure.reason)]
+    assert clock.now - 1_000_000.0 >= svc.config.timeouts.boot
+
+
+def test_a_suspend_that_could_not_lock_a_booting_node_still_cancels_it(tmp_path):
+    """power_down_force of a node this resume is booting, whose suspend gave up on the lock: the
+    resume sees the release as it polls, deletes the server itself, and cancels the node."""
+    svc, clouds, slurm, clock = make_services(tmp_path)
+    clouds["alpha"].boot_polls = 3
+    real_sleep = svc.sleep
+
+    def sleep(seconds: float) -> None:
+        real_sleep(seconds)
+        if not svc.history.releases():
+            svc.history.record_releases(["cpu-001"], clock())  # the suspend, which found the lock held
+
+    svc.sleep = sleep
+    outcome = resume(["cpu-001", "cpu-002"], svc)
+    assert outcome.cancelled == {"cpu-001"} and set(outcome.served) == {"cpu-002"} and not outcome.failed
+    assert [s.name for s in clouds["alpha"].live()] == ["cpu-002"]
+    assert all("cpu-001" not in sent for sent in slurm.addresses) and slurm.states == []

@@ -158,3 +158,47 @@ def test_a_suspend_that_finishes_leaves_nothing_pending(tmp_path):
     clouds["beta"].add("cpu-002", metadata=_meta("cpu-002"))
     assert suspend(["cpu-001", "cpu-002"], svc).exit_code == 0
     assert svc.history.pending_deletes() == {}
+
+
+def _held_by_another_run(busy: set[str], *, for_takes: int):
+    from contextlib import contextmanager
+
+    takes: list[int] = []
+
+    @contextmanager
+    def locks(names):
+        takes.append(1)
+        names = set(names)
+        yield frozenset(names - busy if len(takes) <= for_takes else names)
+
+    return locks, takes
+
+
+def test_suspend_deletes_the_free_nodes_first_and_comes_back_for_a_busy_one(tmp_path):
+    """cpu-002's lock is held by another run for a while: cpu-001's server goes at once, cpu-002's
+    once its lock is free, in the same run; nothing is left pending."""
+    svc, clouds, slurm, clock = make_services(tmp_path)
+    a = clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
+    b = clouds["alpha"].add("cpu-002", metadata=_meta("cpu-002"))
+    svc.locks, takes = _held_by_another_run({"cpu-002"}, for_takes=3)
+    outcome = suspend(["cpu-001", "cpu-002"], svc)
+    deletes = [server_id for op, server_id in clouds["alpha"].calls if op == "delete"]
+    assert deletes == [a.id, b.id] and clouds["alpha"].live() == []
+    assert outcome.exit_code == 0 and not outcome.deferred and len(takes) == 4
+    assert svc.history.pending_deletes() == {} and slurm.states == []
+
+
+def test_suspend_leaves_a_node_locked_past_timeouts_lock_powered_down_with_its_delete_pending(tmp_path):
+    """A lock held past timeouts.lock is not the node's fault: no Slurm state change, exit 0; the
+    node's deletes are pending on every cloud of its pool (the next run that locks it, or
+    reconcile, carries them out), and its release is recorded (a resume booting it cancels it)."""
+    svc, clouds, slurm, clock = make_services(tmp_path)
+    started = clock()
+    b = clouds["alpha"].add("cpu-002", metadata=_meta("cpu-002"))
+    svc.locks, _ = _held_by_another_run({"cpu-002"}, for_takes=10**6)
+    outcome = suspend(["cpu-002"], svc)
+    assert outcome.exit_code == 0 and outcome.deferred == {"cpu-002": ["alpha", "beta"]}
+    assert clouds["alpha"].live() == [b] and slurm.states == []
+    assert set(svc.history.pending_deletes()["cpu-002"]) == {"alpha", "beta"}
+    assert svc.history.releases()["cpu-002"] == started
+    assert clock() - started >= svc.config.timeouts.lock
