@@ -338,12 +338,12 @@ def _empty_groups(config: Config, fleet: Fleet, slurm: Slurm) -> list[tuple[str,
 def _apply(config: Config, fleet: Fleet, slurm: Slurm, repairs: list[Repair], history: History,
            log: FilteringBoundLogger, clock: Callable[[], float]) -> Result:
     from elastic.admin import reconcile
-    from elastic.locks import node_locks
+    from elastic.locks import free_node_locks
 
     log.info("reconcile.start", repairs=[{"action": r.action, "node": r.node, "problem": r.problem,
                                           "server": r.server.id if r.server else None, "wait": r.wait or None}
                                          for r in repairs])
-    locks = functools.partial(node_locks, config.lock_dir, timeout=config.timeouts.lock)
+    locks = functools.partial(free_node_locks, config.lock_dir)  # a busy node waits for the next pass
     result = reconcile.apply(config, fleet, slurm, repairs, locks=locks, log=log, clock=clock, history=history)
     log.info("reconcile.done", done=len(result.done), failed=len(result.failed), skipped=len(result.skipped))
     return result

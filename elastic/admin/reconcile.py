@@ -23,7 +23,6 @@ idle. A node whose lock another run holds is skipped until the next pass.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -37,7 +36,7 @@ from elastic.admin import status
 from elastic.admin.table import duration, format_table
 from elastic.cloud import ACTIVE, Server, ServerGroup
 from elastic.config import Config
-from elastic.errors import CloudError, LockTimeout, SlurmError
+from elastic.errors import CloudError, SlurmError
 from elastic.fleet import Fleet
 from elastic.history import PendingDelete
 from elastic.power import placement, server_groups
@@ -156,7 +155,7 @@ def _delete(node: str, problem: str, server: Server, now: float, grace: float) -
 
 
 def apply(config: Config, fleet: Fleet, slurm: SlurmRepairs, repairs: Sequence[Repair], *,
-          locks: Callable[[Iterable[str]], ContextManager[None]], log: FilteringBoundLogger,
+          locks: Callable[[Iterable[str]], ContextManager[frozenset[str]]], log: FilteringBoundLogger,
           clock: Callable[[], float] = time.time, history: PendingMemory | None = None) -> Result:
     """Carry out the due repairs, each node under its lock and only if a fresh look still wants it.
 
@@ -165,16 +164,9 @@ def apply(config: Config, fleet: Fleet, slurm: SlurmRepairs, repairs: Sequence[R
     """
     result = Result()
     due = [r for r in repairs if r.ready]
-    with contextlib.ExitStack() as held_locks:
-        held: list[str] = []
-        for node in sorted({r.node for r in due}):
-            try:
-                held_locks.enter_context(locks([node]))
-            except LockTimeout:
-                result.skipped.extend((r, "node busy: another elastic run holds its lock")
-                                      for r in due if r.node == node)
-                continue
-            held.append(node)
+    with locks(sorted({r.node for r in due})) as taken:
+        held = sorted(taken)
+        result.skipped.extend((r, "node busy: another elastic run holds its lock") for r in due if r.node not in taken)
         if not held:
             return result
         pending = history.pending_deletes() if history is not None else {}
