@@ -72,8 +72,8 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
                     pending.pop(node)
             for node in release_broken_jobs(state, outcome, fleet, svc):
                 pending.pop(node, None)
-            if pending and not booting:
-                svc.sleep(LOCK_RETRY_SECONDS)  # only nodes another run holds: let it get on
+            if busy and not booting:
+                svc.sleep(LOCK_RETRY_SECONDS)  # nothing of ours to poll: let the other run get on
     except Exception as exc:  # fail closed: no node may sit in POWERING_UP until ResumeTimeout
         svc.log.exception("resume.internal_error", error=str(exc))
         unserved = [n for n in nodes if n not in outcome.served and n not in outcome.failed]
