@@ -26,7 +26,7 @@ from typing import Protocol, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
-from elastic.cloud import BootRequest, BootTarget, Cloud, Flavor, Limits, Server, ServerGroup
+from elastic.cloud import BootRequest, BootTarget, Cloud, Flavor, FloatingIp, Limits, Server, ServerGroup
 from elastic.config import Config
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.history import CloudDown
@@ -85,6 +85,12 @@ class CloudGuard:
 
     def release_floating_ips(self, server_id: str) -> None:
         return self._call(lambda: self._cloud.release_floating_ips(server_id))
+
+    def list_floating_ips(self, cluster: str) -> list[FloatingIp]:
+        return self._call(lambda: self._cloud.list_floating_ips(cluster))
+
+    def delete_floating_ip(self, ip_id: str) -> None:
+        return self._call(lambda: self._cloud.delete_floating_ip(ip_id))
 
     def flavor(self, name: str) -> Flavor:
         return self._call(lambda: self._cloud.flavor(name))
