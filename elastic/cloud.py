@@ -535,9 +535,9 @@ class OpenStackCloud:
         shows it unattached) and marked with our cluster and the node; one already on the port is kept."""
         network = self._find("network", external_network,
                              lambda: self._proxy("network").find_network(external_network, ignore_missing=True))
-        neutron = self._proxy("network")
         cluster = server.metadata.get(META_CLUSTER)
         with self._translated(f"floating IP for {server.name}"):
+            neutron = self._proxy("network")
             ports = list(neutron.ports(device_id=server.id))
             if not ports:
                 raise CloudError(CloudErrorKind.BOOT, f"server {server.name} has no port", cloud=self.name,
@@ -575,9 +575,11 @@ class OpenStackCloud:
         """The project's floating IPs that carry our cluster's mark (confirmed here: Neutron's
         description filter is exact-match only). Each attached one names its port's server: from
         `port_details` (the fip-port-details extension, Rocky and later), else one port look-up."""
-        neutron = self._proxy("network")
+        from openstack import exceptions as sdk
+
         found: list[FloatingIp] = []
         with self._translated("list floating IPs"):
+            neutron = self._proxy("network")
             self._limiter.wait()
             # An admin's token sees every project's floating IPs: only this project's are ours.
             project = self._sdk.current_project_id
@@ -593,8 +595,10 @@ class OpenStackCloud:
                         server_id = details.get("device_id") or None
                     else:
                         self._limiter.wait()
-                        port = neutron.get_port(item.port_id) if item.port_id else None
-                        server_id = getattr(port, "device_id", None) or None
+                        try:
+                            server_id = neutron.get_port(item.port_id).device_id or None
+                        except sdk.NotFoundException:
+                            server_id = None  # the port went meanwhile: the IP is on no server
                 found.append(FloatingIp(id=str(item.id), address=str(item.floating_ip_address), cloud=self.name,
                                         node=owner[1], port_id=item.port_id or None, server_id=server_id,
                                         created=_epoch(item.created_at), status=str(item.status or "")))

@@ -92,7 +92,11 @@ class _Neutron:
         return [] if "port_id" in query else self.items
 
     def get_port(self, port_id: str) -> Any:
+        from openstack import exceptions as sdk
+
         self.port_gets.append(port_id)
+        if port_id == "gone":
+            raise sdk.NotFoundException(message=f"Port {port_id} could not be found.")
         return SimpleNamespace(id=port_id, device_id=f"server-of-{port_id}")
 
     def create_ip(self, **attrs: Any) -> Any:
@@ -132,7 +136,8 @@ def test_attach_marks_the_ip_and_falls_back_unmarked_on_a_neutron_without_descri
 
 def test_list_floating_ips_keeps_our_clusters_and_names_each_ports_server(tmp_path):
     """Only this project's IPs are asked for; only those with our cluster's mark are kept; the
-    server of an attached one comes from port_details, or from one port look-up without it."""
+    server of an attached one comes from port_details, or from one port look-up without it (none
+    when that port is gone meanwhile)."""
     def item(ident: str, description: str, port: str | None = None, details: Any = None) -> SimpleNamespace:
         return SimpleNamespace(id=ident, floating_ip_address=f"127.20.0.{ident[-1]}", description=description,
                                port_id=port, port_details=details, created_at="2026-01-01T00:00:00Z", status="DOWN")
@@ -141,10 +146,11 @@ def test_list_floating_ips_keeps_our_clusters_and_names_each_ports_server(tmp_pa
         item("ip-1", "elastic cluster=engage1 node=cpu-001"),
         item("ip-2", "elastic cluster=engage1 node=cpu-002", "p2", {"device_id": "s-2"}),
         item("ip-3", "elastic cluster=engage1 node=cpu-003", "p3"),
-        item("ip-4", "elastic cluster=other node=cpu-001"), item("ip-5", None), item("ip-6", "bastion")])
+        item("ip-4", "elastic cluster=other node=cpu-001"), item("ip-5", None), item("ip-6", "bastion"),
+        item("ip-7", "elastic cluster=engage1 node=cpu-007", "gone")])
     found = _cloud_with(tmp_path, neutron).list_floating_ips("engage1")
     assert [(ip.id, ip.node, ip.port_id, ip.server_id, ip.detached) for ip in found] == [
         ("ip-1", "cpu-001", None, None, True), ("ip-2", "cpu-002", "p2", "s-2", False),
-        ("ip-3", "cpu-003", "p3", "server-of-p3", False)]
+        ("ip-3", "cpu-003", "p3", "server-of-p3", False), ("ip-7", "cpu-007", "gone", None, False)]
     assert found[0].created == 1767225600.0 and neutron.queries == [{"project_id": "proj-1"}]
-    assert neutron.port_gets == ["p3"]
+    assert neutron.port_gets == ["p3", "gone"]
