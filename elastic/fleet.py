@@ -306,7 +306,7 @@ class Fleet:
         cloud = self.clouds[server.cloud]
         started = self.monotonic()
         try:
-            if self._may_hold_floating_ip(server):
+            if self.may_hold_floating_ip(server):
                 # Ask Neutron (by the server's ports): Nova's address cache may not show the IP yet.
                 with_retries(lambda: cloud.release_floating_ips(server.id), sleep=self.sleep)
             with_retries(lambda: cloud.delete_server(server.id), sleep=self.sleep)
@@ -348,9 +348,6 @@ class Fleet:
 
     def may_hold_floating_ip(self, server: Server) -> bool:
         """Does the server show a floating IP, or is its pool set to take one on its cloud?"""
-        return self._may_hold_floating_ip(server)
-
-    def _may_hold_floating_ip(self, server: Server) -> bool:
         if server.floating_address():
             return True
         pool = self.config.pools.get(server.pool or "") if server.pool else None
