@@ -143,6 +143,24 @@ class ServerGroup:
 
 
 @dataclass(frozen=True)
+class FloatingIp:
+    """One of our floating IPs (its description carries our mark, `floating_ip_mark`)."""
+
+    id: str
+    address: str
+    cloud: str
+    node: str  # the node it was made for, from the mark
+    port_id: str | None = None  # None: not associated (Neutron's answer once its port is gone)
+    server_id: str | None = None  # the device of its port; None when unattached or the port is gone
+    created: float | None = None  # epoch seconds (Neutron's created_at)
+    status: str = ""  # ACTIVE | DOWN | ERROR
+
+    @property
+    def detached(self) -> bool:
+        return self.port_id is None
+
+
+@dataclass(frozen=True)
 class BootTarget:
     flavor_id: str
     image_id: str
@@ -160,6 +178,8 @@ class Cloud(Protocol):
     def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget: ...
     def attach_floating_ip(self, server: Server, external_network: str) -> str: ...
     def release_floating_ips(self, server_id: str) -> None: ...
+    def list_floating_ips(self, cluster: str) -> list[FloatingIp]: ...
+    def delete_floating_ip(self, ip_id: str) -> None: ...
     def flavor(self, name: str) -> Flavor: ...
     def find_keypair(self, name: str) -> None: ...
     def limits(self) -> Limits: ...
@@ -171,6 +191,24 @@ class Cloud(Protocol):
 
 def is_ours(server_metadata: Mapping[str, str], cluster: str) -> bool:
     return server_metadata.get(META_CLUSTER) == cluster
+
+
+# Floating IPs carry no metadata: Neutron's `description` (the standard-attr-description extension,
+# Mitaka and later, 255 characters) marks ours. Cluster names cannot hold a space (config.Name) and
+# node names never do, so the mark reads back unambiguously; anything else (a human's description,
+# another cluster's mark, none at all) is not ours and never touched.
+_MARK = re.compile(r"elastic cluster=(?P<cluster>[A-Za-z0-9][A-Za-z0-9_.-]{0,62}) node=(?P<node>[^\s]{1,128})")
+
+
+def floating_ip_mark(cluster: str, node: str) -> str:
+    """The description of a floating IP we create for `node`."""
+    return f"elastic cluster={cluster} node={node}"
+
+
+def floating_ip_owner(description: str | None) -> tuple[str, str] | None:
+    """(cluster, node) from one of our marks, or None for any other description."""
+    found = _MARK.fullmatch(description or "")
+    return (found["cluster"], found["node"]) if found else None
 
 
 class OpenStackCloud:
@@ -193,6 +231,7 @@ class OpenStackCloud:
         # since 4.7, so we pace ourselves; wiring passes a pacer shared with the other runs.
         self._limiter = pacer or Pacer(name, ceiling=config.rate_ceiling, clock=clock, sleep=sleep)
         self._cache: dict[tuple[str, str], Any] = {}
+        self._marks_floating_ips = True  # False once Neutron refused a description (pre-Mitaka)
 
     # ---- connection --------------------------------------------------------------------------
 
@@ -492,18 +531,34 @@ class OpenStackCloud:
     # ---- floating IPs ------------------------------------------------------------------------
 
     def attach_floating_ip(self, server: Server, external_network: str) -> str:
+        """A floating IP on the server's first port, created associated (one call: Neutron never
+        shows it unattached) and marked with our cluster and the node; one already on the port is kept."""
         network = self._find("network", external_network,
                              lambda: self._proxy("network").find_network(external_network, ignore_missing=True))
+        cluster = server.metadata.get(META_CLUSTER)
         with self._translated(f"floating IP for {server.name}"):
-            ports = list(self._proxy("network").ports(device_id=server.id))
+            neutron = self._proxy("network")
+            ports = list(neutron.ports(device_id=server.id))
             if not ports:
                 raise CloudError(CloudErrorKind.BOOT, f"server {server.name} has no port", cloud=self.name,
                                  resource=("server", server.name))
-            for existing in self._proxy("network").ips(port_id=ports[0].id):
+            for existing in neutron.ips(port_id=ports[0].id):
                 address: str = existing.floating_ip_address
                 return address
+            attrs: dict[str, Any] = {"floating_network_id": network.id, "port_id": ports[0].id}
+            if cluster and self._marks_floating_ips:
+                attrs["description"] = floating_ip_mark(cluster, server.name)
             self._limiter.wait()
-            ip = self._proxy("network").create_ip(floating_network_id=network.id, port_id=ports[0].id)
+            try:
+                ip = neutron.create_ip(**attrs)
+            except Exception as exc:
+                if "description" not in attrs or not _unrecognized_description(exc):
+                    raise
+                # A Neutron older than Mitaka has no description: 400 "Unrecognized attribute(s)".
+                # Its floating IPs cannot be marked, so reconcile cannot find them if they leak.
+                self._marks_floating_ips = False
+                del attrs["description"]
+                ip = neutron.create_ip(**attrs)
         created: str = ip.floating_ip_address
         return created
 
@@ -515,6 +570,45 @@ class OpenStackCloud:
                 for ip in self._proxy("network").ips(port_id=port.id):
                     self._limiter.wait()
                     self._proxy("network").delete_ip(ip, ignore_missing=True)
+
+    def list_floating_ips(self, cluster: str) -> list[FloatingIp]:
+        """The project's floating IPs that carry our cluster's mark (confirmed here: Neutron's
+        description filter is exact-match only). Each attached one names its port's server: from
+        `port_details` (the fip-port-details extension, Rocky and later), else one port look-up."""
+        from openstack import exceptions as sdk
+
+        found: list[FloatingIp] = []
+        with self._translated("list floating IPs"):
+            neutron = self._proxy("network")
+            self._limiter.wait()
+            # An admin's token sees every project's floating IPs: only this project's are ours.
+            project = self._sdk.current_project_id
+            items = list(neutron.ips(project_id=project) if project else neutron.ips())
+            for item in items:
+                owner = floating_ip_owner(item.description)
+                if owner is None or owner[0] != cluster:
+                    continue
+                server_id = None
+                if item.port_id:
+                    details = item.port_details if isinstance(item.port_details, dict) else None
+                    if details is not None and "device_id" in details:
+                        server_id = details.get("device_id") or None
+                    else:
+                        self._limiter.wait()
+                        try:
+                            server_id = neutron.get_port(item.port_id).device_id or None
+                        except sdk.NotFoundException:
+                            server_id = None  # the port went meanwhile: the IP is on no server
+                found.append(FloatingIp(id=str(item.id), address=str(item.floating_ip_address), cloud=self.name,
+                                        node=owner[1], port_id=item.port_id or None, server_id=server_id,
+                                        created=_epoch(item.created_at), status=str(item.status or "")))
+        return found
+
+    def delete_floating_ip(self, ip_id: str) -> None:
+        """Delete one floating IP by id; one already gone is fine."""
+        with self._translated(f"delete floating IP {ip_id}"):
+            self._limiter.wait()
+            self._proxy("network").delete_ip(ip_id, ignore_missing=True)
 
     # ---- quota -------------------------------------------------------------------------------
 
@@ -691,6 +785,14 @@ def _retry_after(response: Any) -> float | None:
 def _first_line(value: object) -> str:
     text = str(value).strip()
     return text.splitlines()[0] if text else type(value).__name__
+
+
+def _unrecognized_description(exc: BaseException) -> bool:
+    """Neutron's 400 for a body attribute it does not know (here: no standard-attr-description)."""
+    from openstack import exceptions as sdk
+
+    return (isinstance(exc, sdk.BadRequestException)
+            and "unrecognized attribute" in str(exc.details or exc.message or exc).lower())
 
 
 def _regex_escape(name: str) -> str:

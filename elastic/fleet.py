@@ -26,7 +26,7 @@ from typing import Protocol, TypeVar
 
 from structlog.typing import FilteringBoundLogger
 
-from elastic.cloud import BootRequest, BootTarget, Cloud, Flavor, Limits, Server, ServerGroup
+from elastic.cloud import BootRequest, BootTarget, Cloud, Flavor, FloatingIp, Limits, Server, ServerGroup
 from elastic.config import Config
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.history import CloudDown
@@ -85,6 +85,12 @@ class CloudGuard:
 
     def release_floating_ips(self, server_id: str) -> None:
         return self._call(lambda: self._cloud.release_floating_ips(server_id))
+
+    def list_floating_ips(self, cluster: str) -> list[FloatingIp]:
+        return self._call(lambda: self._cloud.list_floating_ips(cluster))
+
+    def delete_floating_ip(self, ip_id: str) -> None:
+        return self._call(lambda: self._cloud.delete_floating_ip(ip_id))
 
     def flavor(self, name: str) -> Flavor:
         return self._call(lambda: self._cloud.flavor(name))
@@ -300,7 +306,7 @@ class Fleet:
         cloud = self.clouds[server.cloud]
         started = self.monotonic()
         try:
-            if self._may_hold_floating_ip(server):
+            if self.may_hold_floating_ip(server):
                 # Ask Neutron (by the server's ports): Nova's address cache may not show the IP yet.
                 with_retries(lambda: cloud.release_floating_ips(server.id), sleep=self.sleep)
             with_retries(lambda: cloud.delete_server(server.id), sleep=self.sleep)
@@ -312,7 +318,36 @@ class Fleet:
                       seconds=round(self.monotonic() - started, 3))
         return None
 
-    def _may_hold_floating_ip(self, server: Server) -> bool:
+    def sweep_floating_ips(self, nodes_by_cloud: Mapping[str, Collection[str]], *, why: str) -> list[FloatingIp]:
+        """Delete our detached floating IPs made for these nodes: one list per cloud. A release
+        before the delete misses an IP that a resume attached meanwhile (resume attaches without
+        the node's lock); once the server is gone, Neutron shows such an IP detached, and no flow
+        ever takes a detached IP up again. Errors are logged only: `elastic reconcile` finds the rest."""
+        def sweep(cloud: str) -> list[FloatingIp]:
+            guard = self.clouds[cloud]
+            mine = set(nodes_by_cloud[cloud])
+            swept = []
+            for ip in guard.list_floating_ips(self.config.cluster):
+                if ip.detached and ip.node in mine:
+                    guard.delete_floating_ip(ip.id)
+                    self.log.info("cloud.delete_floating_ip", cloud=cloud, node=ip.node, ip=ip.address, id=ip.id,
+                                  ok=True, why=why)
+                    swept.append(ip)
+            return swept
+
+        deleted: list[FloatingIp] = []
+        calls = {cloud: functools.partial(sweep, cloud) for cloud, nodes in nodes_by_cloud.items()
+                 if nodes and cloud in self.clouds}
+        for cloud, result in self.each_cloud(calls).items():
+            if isinstance(result, CloudError):
+                self.log.warning("cloud.sweep_floating_ips", cloud=cloud, ok=False, why=why, kind=result.kind.value,
+                                 error=str(result))
+            else:
+                deleted += result
+        return deleted
+
+    def may_hold_floating_ip(self, server: Server) -> bool:
+        """Does the server show a floating IP, or is its pool set to take one on its cloud?"""
         if server.floating_address():
             return True
         pool = self.config.pools.get(server.pool or "") if server.pool else None

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Collection, Mapping, Sequence
+import time
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 
 from elastic.cloud import (
@@ -21,12 +22,16 @@ from elastic.cloud import (
     BootRequest,
     BootTarget,
     Flavor,
+    FloatingIp,
     Limits,
     Server,
     ServerGroup,
     classify_fault,
+    floating_ip_mark,
+    floating_ip_owner,
     is_ours,
 )
+from elastic.config import META_CLUSTER
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.history import CloudDown, PendingDelete, Problem
 
@@ -51,6 +56,9 @@ class MemoryCloud:
     server_groups: dict[str, ServerGroup] = field(default_factory=dict)
     server_group_quota: int = 10  # Nova's defaults; -1: unlimited
     server_group_member_quota: int = 10
+    # Floating IPs as Neutron holds them, by id; one whose server is gone stays, disassociated.
+    floating_ips: dict[str, MemoryFloatingIp] = field(default_factory=dict)
+    clock: Callable[[], float] = time.time  # floating IPs' created_at
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
@@ -76,6 +84,12 @@ class MemoryCloud:
             self.servers[server.id] = server
             return server
 
+    def add_floating_ip(self, *, description: str = "", server_id: str | None = None,
+                        created: float | None = None) -> MemoryFloatingIp:
+        """A floating IP made behind our back (a human's, another cluster's, an old run's)."""
+        with self._lock:
+            return self._new_floating_ip(description, server_id, created)
+
     def live(self) -> list[Server]:
         return [s for s in self.servers.values() if not s.deleting]
 
@@ -88,6 +102,7 @@ class MemoryCloud:
                 if server.deleting:
                     del self.servers[server_id]  # a delete is visible for one list, then gone
                     self._leave_groups(server_id)  # Nova lists a member until its delete completes
+                    self._drop_ports(server_id)
                 elif server.status == BUILDING and server.name not in self.stuck_in_build:
                     self._polls[server_id] = self._polls.get(server_id, 0) + 1
                     if self._polls[server_id] >= self.boot_polls:
@@ -137,14 +152,40 @@ class MemoryCloud:
         self._record("attach_floating_ip", server.name)
         with self._lock:
             current = self.servers[server.id]
-            address = f"127.20.0.{len(self.servers) % 250 + 1}"
-            floating: Address = {"addr": address, "version": 4, "OS-EXT-IPS:type": "floating"}
+            existing = next((f for f in self.floating_ips.values() if f.server_id == server.id), None)
+            if existing is not None:
+                return existing.address
+            cluster = current.metadata.get(META_CLUSTER)
+            fip = self._new_floating_ip(floating_ip_mark(cluster, server.name) if cluster else "", server.id, None)
+            floating: Address = {"addr": fip.address, "version": 4, "OS-EXT-IPS:type": "floating"}
             addresses = {**current.addresses, "private": [*current.addresses.get("private", []), floating]}
             self.servers[server.id] = replace(current, addresses=addresses)
-            return address
+            return fip.address
 
     def release_floating_ips(self, server_id: str) -> None:
         self._record("release_floating_ips", server_id)
+        with self._lock:
+            for fip in [f for f in self.floating_ips.values() if f.server_id == server_id]:
+                del self.floating_ips[fip.id]
+
+    def list_floating_ips(self, cluster: str) -> list[FloatingIp]:
+        self._record("list_floating_ips", cluster)
+        with self._lock:
+            found = []
+            for fip in self.floating_ips.values():
+                owner = floating_ip_owner(fip.description)
+                if owner is None or owner[0] != cluster:
+                    continue
+                port = f"port-{fip.server_id}" if fip.server_id else None
+                found.append(FloatingIp(id=fip.id, address=fip.address, cloud=self.name, node=owner[1], port_id=port,
+                                        server_id=fip.server_id, created=fip.created,
+                                        status="ACTIVE" if port else "DOWN"))
+            return found
+
+    def delete_floating_ip(self, ip_id: str) -> None:
+        self._record("delete_floating_ip", ip_id)
+        with self._lock:
+            self.floating_ips.pop(ip_id, None)
 
     def probe(self, timeout: float) -> None:
         self._record("probe", f"{timeout:g}")
@@ -201,6 +242,20 @@ class MemoryCloud:
             if queued:
                 raise queued.pop(0)
 
+    def _new_floating_ip(self, description: str, server_id: str | None, created: float | None) -> MemoryFloatingIp:
+        serial = next(self._ids)
+        address = f"127.20.{serial // 250 % 250}.{serial % 250 + 1}"
+        fip = MemoryFloatingIp(id=f"{self.name}-fip-{serial}", address=address, description=description,
+                               server_id=server_id, created=self.clock() if created is None else created)
+        self.floating_ips[fip.id] = fip
+        return fip
+
+    def _drop_ports(self, server_id: str) -> None:
+        # Nova deletes the server's ports; Neutron keeps their floating IPs, disassociated.
+        for fip in self.floating_ips.values():
+            if fip.server_id == server_id:
+                fip.server_id = None
+
     def _leave_groups(self, server_id: str) -> None:
         for group in list(self.server_groups.values()):
             if server_id in group.members:
@@ -217,6 +272,17 @@ class MemoryCloud:
             return {}
         return {"private": [{"addr": f"{self.network_prefix}{len(self.servers) % 250 + 1}", "version": 4,
                              "OS-EXT-IPS:type": "fixed"}]}
+
+
+@dataclass
+class MemoryFloatingIp:
+    """A floating IP as MemoryCloud holds it: associated with a server's (only) port, or not."""
+
+    id: str
+    address: str
+    description: str
+    server_id: str | None
+    created: float
 
 
 @dataclass

@@ -52,7 +52,8 @@ def add_admin_commands(subparsers: argparse._SubParsersAction[argparse.ArgumentP
         subparsers, "reconcile", reconcile_command, pool_filter=True,
         help="repair what status flags (dry run unless --apply)",
         description="Compute the repairs for the mismatches status flags: delete orphaned servers older than "
-                    "reconcile.grace, delete duplicates keeping one, power down nodes whose server vanished. "
+                    "reconcile.grace, delete duplicates keeping one, power down nodes whose server vanished, "
+                    "delete our floating IPs that no live server of ours holds (older than reconcile.grace). "
                     "Prints them; changes nothing without --apply. Run it from the systemd timer in etc/.")
     reconcile.add_argument("--apply", action="store_true", help="carry the repairs out")
 
@@ -293,25 +294,38 @@ def _reconcile(config: Config, slurm: Slurm, pools: list[str] | None, *, apply: 
     table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools, unseen=snapshot.unseen,
                              pending=snapshot.pending)
     repairs = reconcile.plan(table_rows, now, config.reconcile.grace, pending=snapshot.pending, unseen=snapshot.unseen)
-    # Empty server groups of ours, on a pass over every pool only (--pool scopes the nodes' repairs).
+    # Empty server groups and leaked floating IPs of ours, on a pass over every pool only (--pool
+    # scopes the nodes' repairs).
     groups = _empty_groups(config, fleet, slurm) if pools is None else []
-    blind = EXIT_FOUND if snapshot.unseen else EXIT_OK
-    if not repairs and not groups:
+    ips, ips_unseen = reconcile.leaked_floating_ips(config, fleet, now) if pools is None else ([], {})
+    for cloud, error in ips_unseen.items():
+        if cloud not in snapshot.unseen:
+            print(f"elastic: warning: floating IPs on {cloud} cannot be listed: {_why_unseen(error, config)}; "
+                  "they get no repair now", file=sys.stderr)
+    blind = EXIT_FOUND if snapshot.unseen or ips_unseen else EXIT_OK
+    if not repairs and not groups and not ips:
         print("nothing to repair")
         return blind
     if repairs:
         sys.stdout.write(reconcile.render_plan(repairs, now))
+    if ips:
+        sys.stdout.write(reconcile.render_ip_plan(ips, now))
     for cloud, group in groups:
         print(f"server group {group.name} ({group.id}) on {cloud}: no member and its job holds no node: delete")
     due = [r for r in repairs if r.ready]
+    ips_due = [r for r in ips if r.ready]
     if not apply:
-        print(f"{len(due) + len(groups)} repairs due, {len(repairs) - len(due)} waiting; nothing changed "
-              "(use --apply)")
-        return EXIT_FOUND if due or groups else blind
+        waiting = len(repairs) - len(due) + len(ips) - len(ips_due)
+        print(f"{len(due) + len(groups) + len(ips_due)} repairs due, {waiting} waiting; nothing changed (use --apply)")
+        return EXIT_FOUND if due or groups or ips_due else blind
     failed = False
     for cloud, group, problem in reconcile.delete_groups(fleet, groups, log):
         print(f"server group {group.name} on {cloud}: {'FAILED: ' + problem if problem else 'deleted'}")
         failed = failed or problem is not None
+    if ips_due:
+        released = reconcile.delete_floating_ips(config, fleet, ips_due, log=log, clock=clock)
+        sys.stdout.write(reconcile.render_ip_result(released))
+        failed = failed or any(result == "FAILED" for _, result, _ in released)
     if not due:
         return EXIT_FOUND if failed else blind
     result = _apply(config, fleet, slurm, repairs, history, log, clock)

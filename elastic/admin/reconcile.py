@@ -23,6 +23,7 @@ idle. A node whose lock another run holds is skipped until the next pass.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections import defaultdict
 from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
@@ -34,12 +35,13 @@ from structlog.typing import FilteringBoundLogger
 
 from elastic.admin import status
 from elastic.admin.table import duration, format_table
-from elastic.cloud import ACTIVE, Server, ServerGroup
+from elastic.cloud import ACTIVE, FloatingIp, Server, ServerGroup
 from elastic.config import Config
 from elastic.errors import CloudError, SlurmError
 from elastic.fleet import Fleet
 from elastic.history import PendingDelete
 from elastic.power import placement, server_groups
+from elastic.retry import with_retries
 from elastic.slurm import NodeState
 
 DELETE = "delete"
@@ -302,3 +304,123 @@ def delete_groups(fleet: Fleet, groups: Sequence[tuple[str, ServerGroup]],
         log.info("cloud.delete_server_group", cloud=cloud, group=group.name, ok=True, why="reconcile")
         done.append((cloud, group, None))
     return done
+
+
+# ---- floating IPs --------------------------------------------------------------------------------
+
+DETACHED = "detached"  # no port: its server was deleted (Neutron disassociates, never deletes)
+STRAY = "stray"  # on a port that is no live server's of ours
+
+
+@dataclass(frozen=True)
+class IpRepair:
+    """Delete one of our floating IPs that no live server of ours holds."""
+
+    ip: FloatingIp
+    problem: str  # DETACHED or STRAY
+    wait: str = ""  # why it is not due yet
+
+    @property
+    def ready(self) -> bool:
+        return not self.wait
+
+
+def plan_floating_ips(ips: Iterable[FloatingIp], servers: Iterable[Server], now: float,
+                      grace: float) -> list[IpRepair]:
+    """Which of our floating IPs (`ips`, marked ours by the cloud adapter) leaked: not associated, or
+    associated with a port whose server is not a live server of ours (`servers`, listed after the
+    IPs, so a server that got its IP between the two lists is in it). One younger than `grace` waits:
+    it may be a resume's, just made, whose server this look did not see yet."""
+    live = {(s.cloud, s.id) for s in servers if not s.deleting}
+    repairs = []
+    for ip in ips:
+        if ip.port_id is not None and ip.server_id is not None and (ip.cloud, ip.server_id) in live:
+            continue
+        if ip.created is None:
+            wait = "age unknown"
+        elif now - ip.created < grace:
+            wait = f"younger than the grace period ({duration(now - ip.created)} < {duration(grace)})"
+        else:
+            wait = ""
+        repairs.append(IpRepair(ip, DETACHED if ip.port_id is None else STRAY, wait))
+    return repairs
+
+
+def floating_ip_clouds(config: Config, fleet: Fleet) -> list[str]:
+    """The clouds where a pool takes floating IPs: the only ones where we make them."""
+    return sorted({e.cloud for pool in config.pools.values() for e in pool.clouds
+                   if e.floating_ip and e.cloud in fleet.clouds})
+
+
+def leaked_floating_ips(config: Config, fleet: Fleet, now: float) -> tuple[list[IpRepair], dict[str, CloudError]]:
+    """The floating-IP repairs on every cloud a pool takes floating IPs from, and the clouds that did
+    not answer (they get none). Per cloud the IPs are listed first, then our servers."""
+    def look(cloud: str) -> tuple[list[FloatingIp], list[Server]]:
+        guard = fleet.clouds[cloud]
+        ips = with_retries(lambda: guard.list_floating_ips(config.cluster), sleep=fleet.sleep)
+        if not ips:
+            return [], []
+        return ips, with_retries(lambda: guard.list_servers(config.cluster), sleep=fleet.sleep)
+
+    repairs: list[IpRepair] = []
+    unseen: dict[str, CloudError] = {}
+    for cloud, result in fleet.each_cloud({c: functools.partial(look, c)
+                                           for c in floating_ip_clouds(config, fleet)}).items():
+        if isinstance(result, CloudError):
+            unseen[cloud] = result
+            continue
+        ips, servers = result
+        repairs += plan_floating_ips(ips, servers, now, config.reconcile.grace)
+    return repairs, unseen
+
+
+def delete_floating_ips(config: Config, fleet: Fleet, repairs: Sequence[IpRepair], *, log: FilteringBoundLogger,
+                        clock: Callable[[], float] = time.time) -> list[tuple[IpRepair, str, str]]:
+    """Delete the due floating IPs that a fresh look still finds leaked; per repair (repair, RESULT,
+    detail) with RESULT done, FAILED or skipped. No node lock is needed: our flows never take up a
+    detached IP again (a resume makes a new one on the port), and a suspend deleting the same IP
+    first only makes ours a harmless 404."""
+    due = [r for r in repairs if r.ready]
+    if not due:
+        return []
+    fresh, unseen = leaked_floating_ips(config, fleet, clock())
+    still = {(r.ip.cloud, r.ip.id) for r in fresh if r.ready}
+    outcome: list[tuple[IpRepair, str, str]] = []
+    for repair in due:
+        ip = repair.ip
+        if ip.cloud in unseen:
+            outcome.append((repair, "skipped", f"cloud {ip.cloud} did not answer the fresh look"))
+            continue
+        if (ip.cloud, ip.id) not in still:
+            outcome.append((repair, "skipped", "no longer needed: the floating IP changed or is gone"))
+            continue
+        try:
+            with_retries(functools.partial(fleet.clouds[ip.cloud].delete_floating_ip, ip.id), sleep=fleet.sleep)
+        except CloudError as error:
+            log.error("cloud.delete_floating_ip", cloud=ip.cloud, node=ip.node, ip=ip.address, id=ip.id, ok=False,
+                      error=str(error))
+            outcome.append((repair, "FAILED", str(error)))
+            continue
+        log.info("cloud.delete_floating_ip", cloud=ip.cloud, node=ip.node, ip=ip.address, id=ip.id, ok=True,
+                 why=f"reconcile: {repair.problem}")
+        outcome.append((repair, "done", ""))
+    return outcome
+
+
+def describe_ip(repair: IpRepair) -> str:
+    if repair.problem == DETACHED:
+        return "delete floating IP (detached: its server is gone)"
+    server = repair.ip.server_id or "a port that is gone"
+    return f"delete floating IP (on {server}, no live server of ours)"
+
+
+def render_ip_plan(repairs: Sequence[IpRepair], now: float) -> str:
+    body = [["delete" if r.ready else "wait", r.ip.node, r.ip.address, r.ip.id,
+             r.ip.cloud, r.ip.status or None, duration(now - r.ip.created) if r.ip.created is not None else None,
+             describe_ip(r) + (f"; not yet: {r.wait}" if r.wait else "")] for r in repairs]
+    return format_table(["ACTION", "NODE", "FLOATING IP", "ID", "CLOUD", "STATUS", "AGE", "WHY"], body)
+
+
+def render_ip_result(outcome: Sequence[tuple[IpRepair, str, str]]) -> str:
+    body = [[result, r.ip.node, r.ip.address, r.ip.cloud, detail] for r, result, detail in outcome]
+    return format_table(["RESULT", "NODE", "FLOATING IP", "CLOUD", "DETAIL"], body)

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Sequence
 
+from elastic.cloud import Server
 from elastic.errors import CloudErrorKind
 from elastic.fleet import Fleet
 from elastic.power import server_groups
@@ -98,13 +99,26 @@ def _release_locked(nodes: list[str], fleet: Fleet, svc: Services, outcome: Outc
                          Failure(error.kind.value, f"delete on {server.cloud} refused: {error.message}"))
         else:
             deferred[server.name][server.cloud] = f"{why}: delete failed: {error.kind.value}: {error.message}"
-    for server in fleet.wait_gone(deletion.accepted, svc.config.timeouts.delete):
+    lingering = fleet.wait_gone(deletion.accepted, svc.config.timeouts.delete)
+    for server in lingering:
         deferred[server.name].setdefault(server.cloud,
                                          f"{why}: still there after {svc.config.timeouts.delete:.0f}s")
+    _sweep_floating_ips(deletion.accepted, lingering, fleet, why)
     _remember(nodes, deferred, fleet, svc)
     if groups:
         # A group goes with its last server (Nova drops a member when the server is gone).
         server_groups.delete_empty(fleet.clouds, groups, svc.config, svc.log)
+
+
+def _sweep_floating_ips(accepted: Sequence[Server], lingering: Sequence[Server], fleet: Fleet, why: str) -> None:
+    """With the servers gone, their nodes' detached floating IPs go too (Fleet.sweep_floating_ips)."""
+    still = {server.id for server in lingering}
+    by_cloud: dict[str, set[str]] = defaultdict(set)
+    for server in accepted:
+        if server.id not in still and fleet.may_hold_floating_ip(server):
+            by_cloud[server.cloud].add(server.name)
+    if by_cloud:
+        fleet.sweep_floating_ips(by_cloud, why=why)
 
 
 def _uses_server_groups(nodes: list[str], svc: Services) -> bool:

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,11 +15,13 @@ import pytest
 
 from elastic import cli, slurm_conf_lines
 from elastic.admin.slurm_conf import default_programs
+from elastic.cloud import OpenStackCloud
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, load_config
 from elastic.lab.cloud import LabCloud
 
 from tests.support.configs import elastic_yaml
 from tests.support.lab import PASSWORD, _get, check_rows, lab_cloud, server_id
+from tests.support.programs import PROGRAMS
 
 pytestmark = pytest.mark.integration
 
@@ -254,6 +258,62 @@ def test_reconcile_never_deletes_a_server_still_booting(site, capsys):
     assert "younger than the grace period" in out
     assert site.servers() == {"cpu-1": [booting]} and site.lab.servers("lab")[0]["status"] == "BUILD"
     assert not [k for k in site.lab.request_counts("lab") if k.startswith("DELETE")]
+
+
+FLOATING_POOLS = POOLS.replace("- {cloud: lab, network: private}",
+                               "- {cloud: lab, network: private, floating_ip: public}")
+
+
+def _resume(site: Site, hostlist: str) -> None:
+    """resume.py as slurmctld runs it (bare environment, fds closed) against this site."""
+    (site.root / "slurm.conf").write_text("# not read by the programs\n")
+    result = subprocess.run([sys.executable, str(PROGRAMS["resume"]), hostlist], cwd="/", timeout=120,
+                            env={"SLURM_CONF": str(site.root / "slurm.conf")}, stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    assert result.returncode == 0, (site.root / "elastic.log").read_text()
+
+
+def test_reconcile_deletes_exactly_the_floating_ip_a_server_delete_left_behind(site, capsys):
+    """A pool with floating IPs: resume gives two nodes a marked floating IP each; one server is
+    deleted by another path (no release first), so Neutron keeps its IP, detached. reconcile shows it
+    (dry run, nothing changed) and --apply deletes exactly it: the other node's IP, an unmarked IP and
+    another cluster's IP (both detached, old) stay."""
+    site.write_config(FLOATING_POOLS)
+    config_path = site.root / "elastic.yaml"
+    config_path.write_text(config_path.read_text().replace("reconcile: {grace: 600}", "reconcile: {grace: 2}"))
+    _resume(site, "cpu-[1-2]")
+    resumed = time.monotonic()
+    ips = {ip["server"]: ip for ip in site.lab.floating_ips("lab")}
+    servers = site.servers()
+    assert set(ips) == {servers["cpu-1"][0], servers["cpu-2"][0]}
+    assert {ip["description"] for ip in ips.values()} == {"elastic cluster=itest node=cpu-1",
+                                                         "elastic cluster=itest node=cpu-2"}
+    leaked, kept = ips[servers["cpu-1"][0]], ips[servers["cpu-2"][0]]
+    foreign = {site.lab.seed_floating_ip("lab", "public", age_seconds=3600),
+               site.lab.seed_floating_ip("lab", "public", description="elastic cluster=other node=cpu-1",
+                                         age_seconds=3600)}
+    cloud = OpenStackCloud("lab", load_config(config_path).clouds["lab"])
+    cloud.delete_server(servers["cpu-1"][0])  # an admin's delete: Nova drops the port, Neutron keeps the IP
+    deadline = time.monotonic() + 10
+    while any(s["name"] == "cpu-1" for s in site.lab.servers("lab")) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    detached = {ip["id"]: ip for ip in site.lab.floating_ips("lab")}[leaked["id"]]
+    assert detached["port_id"] is None and detached["server"] is None
+    site.slurm.up({"cpu-1": "IDLE+CLOUD+POWERED_DOWN", "cpu-2": "IDLE+CLOUD"})
+    time.sleep(max(0.0, resumed + 2.5 - time.monotonic()))  # past the grace period
+
+    assert site.run("reconcile") == 1
+    out = capsys.readouterr().out
+    assert leaked["address"] in out and "detached: its server is gone" in out and "nothing changed" in out
+    assert kept["address"] not in out and len(site.lab.floating_ips("lab")) == 4
+
+    assert site.run("reconcile", "--apply") == 0
+    out = capsys.readouterr().out
+    assert {ip["id"] for ip in site.lab.floating_ips("lab")} == {kept["id"], *foreign}
+    assert site.servers()["cpu-2"] == servers["cpu-2"]
+    events = [json.loads(line) for line in (site.root / "elastic.log").read_text().splitlines()]
+    assert [e["id"] for e in events if e["event"] == "cloud.delete_floating_ip" and e["ok"]] == [leaked["id"]]
+    assert site.run("reconcile") == 0 and "nothing to repair" in capsys.readouterr().out
 
 
 # ---- bad input: one line, exit 2, nothing changed ------------------------------------------------

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from elastic.cloud import floating_ip_mark
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import SlurmError
 from elastic.lab.chaos.check import check
@@ -96,6 +97,27 @@ def test_a_server_created_behind_the_products_back_is_found(world) -> None:
     lab.seed_server(SITE, "cpu-001", metadata=ours("cpu-001"))  # a second one
     lab.seed_server(SITE, "login-9", metadata={})  # no node of ours
     assert rules(lab, model, history) == ["duplicate", "leaked-server", "orphan"]
+
+
+def test_floating_ips_are_judged_by_our_mark_and_their_nodes_live_server(world) -> None:
+    """Our marked IP on its node's live server is fine; ours detached, ours on another node's server
+    and ours on a server being deleted are leaked; an IP without our mark (none, a human's, another
+    cluster's) is unmarked: reconcile could never find it."""
+    lab, model, history = world
+    server = lab.seed_server(SITE, "cpu-001", metadata=ours("cpu-001"))
+    held = lab.seed_floating_ip(SITE, "public", description=floating_ip_mark(CLUSTER, "cpu-001"), server=server)
+    assert rules(lab, model, history) == []
+    lab.seed_floating_ip(SITE, "public", description=floating_ip_mark(CLUSTER, "cpu-002"))
+    lab.clouds[SITE].describe_floating_ip(held, floating_ip_mark(CLUSTER, "cpu-002"))
+    for description in ("", "bastion", floating_ip_mark("other", "cpu-001")):
+        lab.seed_floating_ip(SITE, "public", description=description)
+    found = check(lab, model, CLUSTER, history)
+    assert sorted(v.rule for v in found) == ["leaked-floating-ip"] * 2 + ["unmarked-floating-ip"] * 3
+    assert sorted(v.text.split("(")[-1] for v in found if v.rule == "leaked-floating-ip") == [
+        "no port)", "on cpu-001's server)"]
+    lab.clouds[SITE].servers[server].task_state = "deleting"
+    leaked = [v.text for v in check(lab, model, CLUSTER, history) if v.rule == "leaked-floating-ip"]
+    assert len(leaked) == 2 and sum("port of no live server" in text for text in leaked) == 1
 
 
 def test_missing_servers_transitions_down_nodes_without_reason_and_pending_deletes_are_found(world) -> None:

@@ -13,7 +13,16 @@ from pathlib import Path
 
 import pytest
 
-from elastic.cloud import ACTIVE, BUILDING, BootRequest, Cloud, OpenStackCloud, Server, ServerGroup
+from elastic.cloud import (
+    ACTIVE,
+    BUILDING,
+    BootRequest,
+    Cloud,
+    OpenStackCloud,
+    Server,
+    ServerGroup,
+    floating_ip_mark,
+)
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, CloudConfig
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.lab.cloud import LabCloud
@@ -28,6 +37,8 @@ CLUSTER = "contract"
 class Subject:
     cloud: Cloud
     seed: Callable[[str, dict[str, str]], None]  # a server made behind our back (another cluster, an old run)
+    # a floating IP made behind our back: (description, server id or None) -> its id
+    seed_ip: Callable[[str, str | None], str]
 
 
 def _emulated(max_microversion: str = "2.96", delete_seconds: float = 0.2) -> Iterator[Subject]:
@@ -44,12 +55,15 @@ def _emulated(max_microversion: str = "2.96", delete_seconds: float = 0.2) -> It
     with LabCloud(config) as lab, tempfile.TemporaryDirectory() as tmp:
         clouds_yaml = lab.write_clouds_yaml(Path(tmp) / "clouds.yaml")
         cloud = OpenStackCloud("lab", CloudConfig(clouds_yaml=clouds_yaml, api_timeout=10, rate=0))
-        yield Subject(cloud, lambda name, metadata: lab.seed_server("lab", name, metadata=metadata))
+        yield Subject(cloud, lambda name, metadata: lab.seed_server("lab", name, metadata=metadata),
+                      lambda description, server: lab.seed_floating_ip("lab", "public", description=description,
+                                                                        server=server))
 
 
 def _memory() -> Iterator[Subject]:
     cloud = MemoryCloud("lab", boot_polls=2, server_group_quota=3, server_group_member_quota=2)
-    yield Subject(cloud, lambda name, metadata: cloud.add(name, metadata=metadata))
+    yield Subject(cloud, lambda name, metadata: cloud.add(name, metadata=metadata),
+                  lambda description, server: cloud.add_floating_ip(description=description, server_id=server).id)
 
 
 @pytest.fixture(params=["openstack-on-emulator", "memory"])
@@ -180,6 +194,72 @@ def test_a_floating_ip_is_attached_and_released(subject):
     assert _until(lambda: (s := _only(cloud, "cpu-6")) and s.floating_address() == address)
     cloud.release_floating_ips(server.id)
     cloud.release_floating_ips(server.id)
+
+
+def _active(cloud: Cloud, node: str) -> Server:
+    cloud.create_server(_request(cloud, node))
+    active = _until(lambda: (s := _only(cloud, node)) and s.status == ACTIVE and s)
+    assert isinstance(active, Server)
+    return active
+
+
+def test_our_floating_ip_is_marked_and_listed_with_its_node_and_server(subject):
+    """A floating IP attach_floating_ip makes is listed by list_floating_ips as ours: its node, its
+    address, its port and server, a creation time; attaching again keeps the same one."""
+    cloud = subject.cloud
+    server = _active(cloud, "cpu-7")
+    before = time.time()
+    address = cloud.attach_floating_ip(server, "public")
+    assert cloud.attach_floating_ip(server, "public") == address
+    [ip] = cloud.list_floating_ips(CLUSTER)
+    assert (ip.address, ip.node, ip.cloud, ip.server_id, ip.detached) == (address, "cpu-7", "lab", server.id, False)
+    assert ip.port_id and ip.id and ip.status == "ACTIVE"
+    assert ip.created is not None and before - 2 <= ip.created <= time.time() + 2
+    assert cloud.list_floating_ips("someone-else") == []
+
+
+def test_only_floating_ips_with_our_clusters_mark_are_listed(subject):
+    """A floating IP without a description, with a human's, with another cluster's mark, or with our
+    mark inside a longer text is never listed; one with our exact mark is, with its node."""
+    cloud = subject.cloud
+    server = _active(cloud, "cpu-8")
+    for description in ("", "web frontend", floating_ip_mark("someone-else", "cpu-8"),
+                        f"copy of {floating_ip_mark(CLUSTER, 'cpu-8')}", floating_ip_mark(CLUSTER, "cpu-8") + " x"):
+        subject.seed_ip(description, None)
+    subject.seed_ip("", server.id)
+    ours = subject.seed_ip(floating_ip_mark(CLUSTER, "cpu-9"), None)
+    listed = cloud.list_floating_ips(CLUSTER)
+    assert [(ip.id, ip.node, ip.detached, ip.server_id) for ip in listed] == [(ours, "cpu-9", True, None)]
+
+
+def test_a_floating_ip_outlives_its_server_detached_and_is_deleted_by_id(subject):
+    """When its server is deleted without a release first (a killed suspend, an admin's delete),
+    our floating IP stays allocated, detached (no port, no server, status DOWN); delete_floating_ip
+    removes it, and again (or an unknown id) is harmless."""
+    cloud = subject.cloud
+    server = _active(cloud, "cpu-11")
+    cloud.attach_floating_ip(server, "public")
+    cloud.delete_server(server.id)
+    assert _until(lambda: _only(cloud, "cpu-11") is None)
+    [ip] = cloud.list_floating_ips(CLUSTER)
+    assert (ip.node, ip.port_id, ip.server_id, ip.detached, ip.status) == ("cpu-11", None, None, True, "DOWN")
+    cloud.delete_floating_ip(ip.id)
+    assert cloud.list_floating_ips(CLUSTER) == []
+    cloud.delete_floating_ip(ip.id)
+    cloud.delete_floating_ip("00000000-0000-0000-0000-000000000000")
+
+
+def test_releasing_a_servers_floating_ips_leaves_other_ips_alone(subject):
+    """release_floating_ips deletes the IPs on that server's ports only: another server's and a
+    detached one of ours stay."""
+    cloud = subject.cloud
+    first, second = _active(cloud, "cpu-12"), _active(cloud, "cpu-13")
+    cloud.attach_floating_ip(first, "public")
+    kept = cloud.attach_floating_ip(second, "public")
+    detached = subject.seed_ip(floating_ip_mark(CLUSTER, "cpu-14"), None)
+    cloud.release_floating_ips(first.id)
+    assert sorted((ip.address if ip.server_id else ip.id) for ip in cloud.list_floating_ips(CLUSTER)) == sorted(
+        [kept, detached])
 
 
 def test_a_healthy_cloud_passes_its_probe(subject):

@@ -284,6 +284,50 @@ def test_floating_ips_create_associate_list_delete(make_lab, sdk):
     assert conn.network.get_ip(second.id).port_id == port.id
 
 
+def test_floating_ip_description_is_stored_returned_filtered_and_updated(lab, sdk):
+    """Neutron's standard-attr-description: a floating IP's description is stored as given, returned
+    by show and list, matched exactly by the `description` filter (with port_id and
+    floating_network_id filters beside it), changed by PUT; the extensions list names it."""
+    conn = sdk(lab)
+    aliases = {e.alias for e in conn.network.extensions()}
+    assert {"standard-attr-description", "standard-attr-timestamp", "fip-port-details"} <= aliases
+    server = conn.compute.wait_for_server(boot(conn, "fip-d"), interval=0.02, wait=5)
+    (port,) = conn.network.ports(device_id=server.id)
+    public = conn.network.find_network("public")
+    ours = conn.network.create_ip(floating_network_id=public.id, port_id=port.id,
+                                  description="elastic cluster=a node=n")
+    other = conn.network.create_ip(floating_network_id=public.id)
+    assert ours.description == "elastic cluster=a node=n" and other.description == ""
+    assert conn.network.get_ip(ours.id).description == "elastic cluster=a node=n"
+    assert [i.id for i in conn.network.ips(description="elastic cluster=a node=n")] == [ours.id]
+    assert [i.id for i in conn.network.ips(description="elastic cluster=a")] == []
+    assert [i.id for i in conn.network.ips(port_id=port.id, floating_network_id=public.id)] == [ours.id]
+    assert ours.port_details["device_id"] == server.id and other.port_details is None
+    conn.network.update_ip(other, description="web")
+    assert conn.network.get_ip(other.id).description == "web" and conn.network.get_ip(other.id).port_id is None
+    with pytest.raises(exc.BadRequestException, match="description"):
+        conn.network.create_ip(floating_network_id=public.id, description="x" * 256)
+
+
+def test_a_floating_ip_is_disassociated_not_deleted_when_its_server_goes(lab, sdk, eventually):
+    """As Neutron does when Nova deletes a server's port: the floating IP stays allocated (and counted
+    against quota) with port_id, fixed_ip_address and port_details null and status DOWN; its
+    description and created_at stay."""
+    conn = sdk(lab)
+    server = conn.compute.wait_for_server(boot(conn, "fip-gone"), interval=0.02, wait=5)
+    (port,) = conn.network.ports(device_id=server.id)
+    public = conn.network.find_network("public")
+    ip = conn.network.create_ip(floating_network_id=public.id, port_id=port.id, description="mark")
+    assert ip.status == "ACTIVE" and ip.created_at
+    conn.compute.delete_server(server.id)
+    eventually(lambda: not list(conn.network.ports(device_id=server.id)))
+    after = conn.network.get_ip(ip.id)
+    assert (after.port_id, after.fixed_ip_address, after.port_details, after.status) == (None, None, None, "DOWN")
+    assert (after.description, after.created_at, after.floating_ip_address) == ("mark", ip.created_at,
+                                                                               ip.floating_ip_address)
+    assert [i.id for i in conn.network.ips(description="mark")] == [ip.id]
+
+
 def test_two_clouds_with_different_caps_are_independent(make_lab, sdk):
     """Two clouds on one port: each its own cap, servers and flavors."""
     lab = make_lab({"clouds": {"east": {**FAST, "max_microversion": "2.12"},

@@ -9,6 +9,7 @@ import pytest
 
 from elastic import cli, wiring
 from elastic.admin import cli as admin_cli
+from elastic.cloud import floating_ip_mark
 from elastic.errors import CloudErrorKind, SlurmError
 from elastic.locks import exclusive_lock
 from elastic.testing import MemoryCloud
@@ -296,3 +297,35 @@ def test_reconcile_deletes_empty_groups_only_when_slurm_names_the_running_jobs(s
     assert run(site, "reconcile", "--apply") == 0
     assert "server group test-cpu-job5 on alpha: deleted" in capsys.readouterr().out
     assert [g.name for g in site.clouds["alpha"].server_groups.values()] == ["test-cpu-job6"]
+
+
+def test_reconcile_lists_and_deletes_leaked_floating_ips_of_ours_only(site, capsys):
+    """With a pool taking floating IPs: our detached IP past the grace period is shown by the dry
+    run (exit 1, nothing changed) and deleted by --apply, logged; our IP on a live server, a young
+    one, and IPs without our cluster's mark stay. --pool scopes the pass to nodes: no IP is touched."""
+    import time
+
+    site.path.write_text(site.path.read_text().replace("      - {cloud: alpha, network: private}",
+                                                       "      - {cloud: alpha, network: private, floating_ip: public}"))
+    alpha = site.clouds["alpha"]
+    old = time.time() - 3600
+    server = alpha.add("cpu-001", metadata=ours("cpu-001"), created=old)
+    site.slurm.node_states = slurm_nodes(cpu_001=IDLE)
+    alpha.attach_floating_ip(server, "public")
+    leaked = alpha.add_floating_ip(description=floating_ip_mark("test", "cpu-002"), created=old)
+    young = alpha.add_floating_ip(description=floating_ip_mark("test", "cpu-003"))
+    foreign = [alpha.add_floating_ip(description=d, created=old).id
+               for d in ("", "bastion", floating_ip_mark("other", "cpu-002"))]
+    assert run(site, "reconcile", "--pool", "cpu") == 0
+    assert "nothing to repair" in capsys.readouterr().out
+    assert run(site, "reconcile") == 1
+    out = capsys.readouterr().out
+    assert leaked.address in out and "detached: its server is gone" in out and "nothing changed" in out
+    assert "1 repairs due, 1 waiting" in out and len(alpha.floating_ips) == 6
+    assert run(site, "reconcile", "--apply") == 0
+    out = capsys.readouterr().out
+    assert leaked.id not in alpha.floating_ips and "done" in out
+    assert set(alpha.floating_ips) == {*foreign, young.id} | {f.id for f in alpha.floating_ips.values()
+                                                              if f.server_id == server.id}
+    log = [json.loads(line) for line in (site.tmp / "elastic.log").read_text().splitlines()]
+    assert any(e["event"] == "cloud.delete_floating_ip" and e["ok"] and e["ip"] == leaked.address for e in log)

@@ -8,7 +8,7 @@ import dataclasses
 import structlog
 
 from elastic.admin import reconcile, status
-from elastic.cloud import ACTIVE, BUILDING, ERROR
+from elastic.cloud import ACTIVE, BUILDING, ERROR, FloatingIp, Server, floating_ip_mark
 from elastic.errors import CloudErrorKind
 from elastic.fleet import Fleet, NoMemory
 from elastic.slurm import NodeState
@@ -286,3 +286,89 @@ def test_a_stranded_node_whose_resume_fail_finished_meanwhile_is_not_resumed_aga
     result = reconcile.apply(config, fleet_of(config, {"alpha": MemoryCloud("alpha")}, clock), slurm, repairs,
                              locks=no_locks, log=null_log(), clock=clock)
     assert result.done == [] and [r.action for r, _ in result.skipped] == ["resume"] and slurm.changes == []
+
+
+# ---- floating IPs ----------------------------------------------------------------------------------
+
+FLOATING = CONFIG.replace("      - {cloud: alpha, network: private}",
+                          "      - {cloud: alpha, network: private, floating_ip: public}")
+
+
+def ip(cloud="alpha", node="cpu-001", *, port=None, server=None, created=NOW - GRACE - 1, ident="ip-1"):
+    return FloatingIp(id=ident, address="127.20.0.9", cloud=cloud, node=node, port_id=port, server_id=server,
+                      created=created)
+
+
+def test_plan_floating_ips_deletes_ours_that_no_live_server_of_ours_holds():
+    """Detached, or on a port of a server that is not a live one of ours (gone, deleting, someone
+    else's), past the grace period: due. On a live server of ours: nothing. Younger than the grace
+    period, or of unknown age: waits."""
+    live = Server(id="s1", name="cpu-001", status=ACTIVE, cloud="alpha")
+    deleting = Server(id="s2", name="cpu-002", status=ACTIVE, cloud="alpha", task_state="deleting")
+    twin = Server(id="s1", name="cpu-001", status=ACTIVE, cloud="beta")  # the same id on another cloud
+    ips = [ip(port="p1", server="s1", ident="held"), ip(ident="detached"),
+           ip(port="p2", server="s2", ident="on-deleting"), ip(port="p3", server="x", ident="on-foreign"),
+           ip(port="p4", server=None, ident="port-gone"), ip(created=NOW - 60, ident="young"),
+           ip(created=None, ident="unknown"), ip(cloud="beta", port="p5", server="s9", ident="beta-stray")]
+    repairs = reconcile.plan_floating_ips(ips, [live, deleting, twin], NOW, GRACE)
+    got = {r.ip.id: (r.problem, r.ready) for r in repairs}
+    assert got == {"detached": (reconcile.DETACHED, True), "on-deleting": (reconcile.STRAY, True),
+                   "on-foreign": (reconcile.STRAY, True), "port-gone": (reconcile.STRAY, True),
+                   "young": (reconcile.DETACHED, False), "unknown": (reconcile.DETACHED, False),
+                   "beta-stray": (reconcile.STRAY, True)}
+    waits = {r.ip.id: r.wait for r in repairs}
+    assert waits["young"].startswith("younger than the grace period") and waits["unknown"] == "age unknown"
+
+
+def test_leaked_floating_ips_asks_only_floating_clouds_ips_before_servers_and_never_lists_foreign_ips(tmp_path):
+    """Only clouds a pool takes floating IPs from are asked; each lists its IPs first and then our
+    servers (so a server that got its IP in between is seen); IPs without our cluster's mark are
+    not ours and never planned."""
+    config = make_config(tmp_path, FLOATING)
+    clouds = {"alpha": MemoryCloud("alpha"), "beta": MemoryCloud("beta")}
+    alpha = clouds["alpha"]
+    server = alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 5000)
+    alpha.attach_floating_ip(server, "public")
+    leaked = alpha.add_floating_ip(description=floating_ip_mark("test", "cpu-002"), created=NOW - GRACE - 1)
+    for description in ("", "a human's", floating_ip_mark("other", "cpu-003")):
+        alpha.add_floating_ip(description=description, created=0.0)
+    alpha.calls.clear()
+    repairs, unseen = reconcile.leaked_floating_ips(config, fleet_of(config, clouds, FakeClock(NOW)), NOW)
+    assert [(r.ip.id, r.ip.node, r.problem, r.ready) for r in repairs] == [(leaked.id, "cpu-002", "detached", True)]
+    assert unseen == {} and clouds["beta"].calls == []
+    assert [op for op, _ in alpha.calls] == ["list_floating_ips", "list"]
+
+
+def test_leaked_floating_ips_reports_a_cloud_that_does_not_answer(tmp_path):
+    """A cloud whose floating IPs cannot be listed gets no repair and is named."""
+    config = make_config(tmp_path, FLOATING)
+    clouds = {"alpha": MemoryCloud("alpha"), "beta": MemoryCloud("beta")}
+    clouds["alpha"].add_floating_ip(description=floating_ip_mark("test", "cpu-002"), created=0.0)
+    clouds["alpha"].fail_next("list_floating_ips", CloudErrorKind.UNREACHABLE, times=5)
+    repairs, unseen = reconcile.leaked_floating_ips(config, fleet_of(config, clouds, FakeClock(NOW)), NOW)
+    assert repairs == [] and set(unseen) == {"alpha"}
+
+
+def test_delete_floating_ips_rechecks_and_deletes_only_what_is_still_leaked(tmp_path):
+    """Applying re-lists: an IP deleted meanwhile (a suspend released it) is skipped, a still-leaked
+    one is deleted, a failing delete is reported FAILED; waiting ones are not touched."""
+    config = make_config(tmp_path, FLOATING)
+    clouds = {"alpha": MemoryCloud("alpha"), "beta": MemoryCloud("beta")}
+    alpha = clouds["alpha"]
+    mark = floating_ip_mark("test", "cpu-002")
+    first, second, third = (alpha.add_floating_ip(description=mark, created=NOW - GRACE - 1) for _ in range(3))
+    young = alpha.add_floating_ip(description=mark, created=NOW - 1)
+    clock = FakeClock(NOW)
+    fleet = fleet_of(config, clouds, clock)
+    repairs, _ = reconcile.leaked_floating_ips(config, fleet, NOW)
+    assert len(repairs) == 4
+    del alpha.floating_ips[first.id]
+    alpha.fail_next("delete_floating_ip", CloudErrorKind.CONFLICT, message="in use")
+    outcome = reconcile.delete_floating_ips(config, fleet, repairs, log=null_log(), clock=clock)
+    results = {r.ip.id: (result, detail) for r, result, detail in outcome}
+    assert results[first.id][0] == "skipped" and "no longer needed" in results[first.id][1]
+    assert {results[second.id][0], results[third.id][0]} == {"FAILED", "done"}
+    assert young.id not in results and young.id in alpha.floating_ips
+    assert len(alpha.floating_ips) == 2
+    table = reconcile.render_ip_plan(repairs, NOW)
+    assert "detached: its server is gone" in table and "not yet: younger than the grace period" in table

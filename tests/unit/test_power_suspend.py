@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from elastic.cloud import ACTIVE, BUILDING
+from elastic.cloud import ACTIVE, BUILDING, floating_ip_mark
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudErrorKind
 from elastic.power import resume_fail, suspend
 
-from tests.support.power import make_services
+from tests.support.power import CONFIG, make_services
 
 
 def _meta(node: str, pool: str = "cpu") -> dict[str, str]:
@@ -202,3 +202,39 @@ def test_suspend_leaves_a_node_locked_past_timeouts_lock_powered_down_with_its_d
     assert set(svc.history.pending_deletes()["cpu-002"]) == {"alpha", "beta"}
     assert svc.history.releases()["cpu-002"] == started
     assert clock() - started >= svc.config.timeouts.lock
+
+
+_FLOATING = CONFIG.replace("      - {cloud: alpha, network: private}\n",
+                           "      - {cloud: alpha, network: private, floating_ip: public}\n")
+
+
+def test_suspend_releases_the_ip_first_and_sweeps_the_nodes_detached_ips_once_the_server_is_gone(tmp_path):
+    """On a pool taking floating IPs, suspend releases the server's IP before deleting it; once the
+    server is gone, one list of the cloud's IPs finds the node's detached IP (a resume attached it
+    after the release) and deletes it. Another node's detached IP, an unmarked one and another
+    cluster's stay; a pool without floating IPs costs no list."""
+    svc, clouds, _, _ = make_services(tmp_path, config_text=_FLOATING)
+    alpha = clouds["alpha"]
+    server = alpha.add("cpu-001", metadata=_meta("cpu-001"))
+    alpha.attach_floating_ip(server, "public")
+    raced = alpha.add_floating_ip(description=floating_ip_mark("test", "cpu-001"))
+    kept = [alpha.add_floating_ip(description=d).id for d in (floating_ip_mark("test", "cpu-002"), "",
+                                                             floating_ip_mark("other", "cpu-001"))]
+    alpha.calls.clear()
+    assert suspend(["cpu-001"], svc).exit_code == 0
+    ops = [op for op, _ in alpha.calls]
+    assert ops.index("release_floating_ips") < ops.index("delete") < ops.index("list_floating_ips")
+    assert ("delete_floating_ip", raced.id) in alpha.calls and sorted(alpha.floating_ips) == sorted(kept)
+    beta = clouds["beta"]
+    beta.add("gpu-1", metadata=_meta("gpu-1", pool="gpu"))
+    assert suspend(["gpu-1"], svc).exit_code == 0
+    assert not any(op in ("list_floating_ips", "release_floating_ips") for op, _ in beta.calls)
+
+
+def test_a_failed_sweep_is_logged_and_the_suspend_still_succeeds(tmp_path):
+    """The sweep is a courtesy (reconcile is the net): a cloud refusing the IP list fails nothing."""
+    svc, clouds, _, _ = make_services(tmp_path, config_text=_FLOATING)
+    clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
+    clouds["alpha"].fail_next("list_floating_ips", CloudErrorKind.CONFLICT)
+    outcome = suspend(["cpu-001"], svc)
+    assert outcome.exit_code == 0 and not outcome.deferred and clouds["alpha"].live() == []

@@ -3,7 +3,8 @@ Slurm model: what the clouds really hold, not what the product believes.
 
 - servers per node: 0 or 1, and 1 only for a node Slurm counts as powered up;
 - nothing leaked: no server for a name that is no node of ours (or without our metadata), no
-  floating IP without a live server's port, no server group left;
+  floating IP of ours (its description carries our mark) off the port of its node's live server, no
+  floating IP without our mark, no server group left;
 - no node in a power transition, no node DOWN without an `elastic:` reason, and none put there
   by an `elastic: internal` or `elastic: local` failure (a crash) at any time during the run (the
   model's states as the soak saw them, and every run's log);
@@ -18,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from elastic.cloud import floating_ip_owner
 from elastic.config import META_CLUSTER, META_NODE
 from elastic.lab.chaos.model import DOWN, SlurmModel
 from elastic.lab.cloud import LabCloud
@@ -53,15 +55,30 @@ def servers_by_node(lab: LabCloud, cluster: str) -> tuple[dict[str, list[dict[st
     return by_node, foreign
 
 
-def leaked_floating_ips(lab: LabCloud) -> list[str]:
-    leaked = []
+def leaked_floating_ips(lab: LabCloud, cluster: str) -> tuple[list[str], list[str]]:
+    """(leaked, unmarked): floating IPs carrying our cluster's mark that are not on a port of a live
+    server of their node (what `elastic reconcile` removes), and floating IPs without our mark (in
+    the soak only elastic makes them, so the mark was lost and no reconcile could ever find them)."""
+    leaked, unmarked = [], []
     for name, state in lab.clouds.items():
         with state.lock:
             for fip in state.floating_ips.values():
+                owner = floating_ip_owner(fip.description)
+                if owner is None or owner[0] != cluster:
+                    unmarked.append(f"{name}: {fip.address} (description {fip.description!r})")
+                    continue
                 port = state.ports.get(fip.port_id) if fip.port_id else None
-                if port is None or port.device_id not in state.servers:
-                    leaked.append(f"{name}: {fip.address} ({'no port' if port is None else 'port of no server'})")
-    return leaked
+                server = state.servers.get(port.device_id) if port is not None else None
+                if port is None:
+                    why = "no port"
+                elif server is None or server.task_state == "deleting":
+                    why = "port of no live server"
+                elif server.metadata.get(META_NODE) != owner[1]:
+                    why = f"on {server.name}'s server"
+                else:
+                    continue
+                leaked.append(f"{name}: {fip.address} of {owner[1]} ({why})")
+    return leaked, unmarked
 
 
 def leaked_server_groups(lab: LabCloud) -> list[str]:
@@ -104,8 +121,9 @@ def check(lab: LabCloud, model: SlurmModel, cluster: str, history_path: Path, *,
                                         f"{node.reason or '(none)'!r}", node_name))
     for server in foreign:
         violations.append(Violation("leaked-server", f"{server['cloud']}: unnamed server {server['id']}"))
-    for text in leaked_floating_ips(lab):
-        violations.append(Violation("leaked-floating-ip", text))
+    leaked_ips, unmarked_ips = leaked_floating_ips(lab, cluster)
+    violations.extend(Violation("leaked-floating-ip", text) for text in leaked_ips)
+    violations.extend(Violation("unmarked-floating-ip", text) for text in unmarked_ips)
     for text in leaked_server_groups(lab):
         violations.append(Violation("leaked-server-group", text))
     for node_name, reasons in sorted((reasons_seen or {}).items()):

@@ -340,7 +340,8 @@ class Soak:
         by_rule = Counter(v.rule for v in violations)
         lines.append("checks: " + ", ".join(f"{rule} {by_rule[rule]}" for rule in (
             "duplicate", "orphan", "missing", "leaked-server", "unmarked-server", "leaked-floating-ip",
-            "leaked-server-group", "transition", "down-without-reason", "silent-powering-up", "crash", "history")))
+            "unmarked-floating-ip", "leaked-server-group", "transition", "down-without-reason", "silent-powering-up",
+            "crash", "history")))
         if not violations:
             lines.append(f"verdict: OK: 0 violations (seed {self.options.seed})")
             return lines

@@ -137,6 +137,30 @@ class LabCloud:
         return self._cloud(cloud).seed_server(name, metadata=metadata, status=status, flavor=flavor, image=image,
                                               age_seconds=age_seconds)
 
+    def floating_ips(self, cloud: str) -> list[dict[str, Any]]:
+        """The cloud's floating IPs, oldest first: id, address, description, port_id, server (its port's device)."""
+        state = self._cloud(cloud)
+        with state.lock:
+            found = []
+            for fip in sorted(state.floating_ips.values(), key=lambda f: (f.created, f.id)):
+                port = state.ports.get(fip.port_id) if fip.port_id else None
+                found.append({"id": fip.id, "address": fip.address, "description": fip.description,
+                              "port_id": fip.port_id, "server": port.device_id if port else None,
+                              "created": fip.created})
+            return found
+
+    def seed_floating_ip(self, cloud: str, network: str, *, description: str = "", server: str | None = None,
+                         age_seconds: float = 0) -> str:
+        """A floating IP made behind the product's back (a human's, another cluster's, an old run's) on the
+        external network named `network`, on the first port of server id `server` or unattached; its id."""
+        state = self._cloud(cloud)
+        with state.lock:
+            net_id = next((n.id for n in state.networks.values() if n.name == network), network)
+            port_id = state.server_ports(server)[0].id if server else None
+            fip = state.create_floating_ip(net_id, port_id, description)
+            fip.created -= age_seconds
+            return fip.id
+
     def set_faults(self, cloud: str, **faults: Any) -> dict[str, Any]:
         state = self._cloud(cloud)
         with state.lock:

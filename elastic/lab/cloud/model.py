@@ -91,6 +91,7 @@ class FloatingIp:
     port_id: str | None = None
     fixed_ip: str | None = None
     associated_at: float | None = None  # monotonic
+    description: str = ""  # standard-attr-description: Neutron stores it as given, at most 255 characters
 
 
 @dataclass

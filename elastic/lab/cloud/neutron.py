@@ -14,7 +14,8 @@ from elastic.lab.cloud.state import CloudState, Conflict, Invalid, NotFound, Quo
 _PREFIX = "/network/v2.0"
 _NOT_FILTERS = {"fields", "limit", "marker", "sort_key", "sort_dir", "page_reverse"}
 _EXTENSIONS = ("external-net", "router", "floatingip-pools", "security-group", "quotas", "standard-attr-description",
-               "port-security", "binding", "subnet_allocation", "network-ip-availability")
+               "standard-attr-timestamp", "fip-port-details", "port-security", "binding", "subnet_allocation",
+               "network-ip-availability")
 _KINDS = {"network": "NetworkNotFound", "subnet": "SubnetNotFound", "port": "PortNotFound",
           "floatingip": "FloatingIPNotFound", "security_group": "SecurityGroupNotFound"}
 _NAMES = {"network": "Network", "subnet": "Subnet", "port": "Port", "floatingip": "Floating IP",
@@ -69,10 +70,17 @@ def _port_view(cloud: CloudState, port: Port) -> dict[str, Any]:
 
 
 def _fip_view(cloud: CloudState, fip: FloatingIp) -> dict[str, Any]:
+    # A floating IP whose port went away (its server deleted) is disassociated, not deleted:
+    # port_id and fixed_ip_address null, status DOWN, still allocated to the project.
+    port = cloud.ports.get(fip.port_id) if fip.port_id else None
+    details = None
+    if port is not None:  # fip-port-details (Rocky): the port's device without a second request
+        details = {"name": "", "network_id": port.network_id, "mac_address": port.mac, "admin_state_up": True,
+                   "status": "ACTIVE", "device_id": port.device_id, "device_owner": "compute:nova"}
     return {"id": fip.id, "floating_ip_address": fip.address, "floating_network_id": fip.network_id,
             "port_id": fip.port_id, "fixed_ip_address": fip.fixed_ip, "router_id": None,
-            "status": "ACTIVE" if fip.port_id else "DOWN", "port_details": None, "dns_name": "", "dns_domain": "",
-            **_common(cloud, fip.created)}
+            "status": "ACTIVE" if fip.port_id else "DOWN", "port_details": details, "dns_name": "", "dns_domain": "",
+            **_common(cloud, fip.created), "description": fip.description}
 
 
 def _group_view(cloud: CloudState, name: str, group_id: str) -> dict[str, Any]:
@@ -190,15 +198,30 @@ def _fip_body(req: Request) -> dict[str, Any]:
     return body["floatingip"]
 
 
+def _description(fip: dict[str, Any]) -> str:
+    value = fip.get("description", "")
+    if value is None:
+        value = ""
+    if not isinstance(value, str) or len(value) > 255:
+        raise neutron_error(400, "BadRequest", f"Invalid input for description. Reason: '{value}' is not a valid "
+                                               "string or exceeds the maximum length of 255.")
+    return value
+
+
 def floating_ip_create(cloud: CloudState, req: Request) -> Response:
     fip = _fip_body(req)
     if not fip.get("floating_network_id"):
         raise neutron_error(400, "BadRequest", "Invalid input for operation: floating_network_id is required.")
-    return _translated(lambda: cloud.create_floating_ip(fip["floating_network_id"], fip.get("port_id")), cloud, 201)
+    description = _description(fip)
+    return _translated(lambda: cloud.create_floating_ip(fip["floating_network_id"], fip.get("port_id"), description),
+                       cloud, 201)
 
 
 def floating_ip_update(cloud: CloudState, req: Request, id: str) -> Response:
     fip = _fip_body(req)
+    if "description" in fip:
+        description = _description(fip)
+        _translated(lambda: cloud.describe_floating_ip(id, description), cloud, 200)
     if "port_id" not in fip:
         return floating_ip_show(cloud, req, id)
     return _translated(lambda: cloud.associate(id, fip["port_id"]), cloud, 200)

@@ -472,7 +472,7 @@ class CloudState:
 
     # ---- floating IPs ----------------------------------------------------------------------
 
-    def create_floating_ip(self, network_id: str, port_id: str | None) -> FloatingIp:
+    def create_floating_ip(self, network_id: str, port_id: str | None, description: str = "") -> FloatingIp:
         with self.lock:
             network = self.networks.get(network_id)
             if network is None:
@@ -485,7 +485,7 @@ class CloudState:
             address = network.subnet.allocate()
             if address is None:
                 raise Conflict(f"No more IP addresses available on network {network_id}.")
-            fip = FloatingIp(new_id(), address, network_id, self.now())
+            fip = FloatingIp(new_id(), address, network_id, self.now(), description=description)
             self.floating_ips[fip.id] = fip
             if port_id:
                 try:
@@ -514,6 +514,14 @@ class CloudState:
             if fip.port_id != port.id:
                 fip.associated_at = self._monotonic()
             fip.port_id, fip.fixed_ip = port.id, port.ip
+            return fip
+
+    def describe_floating_ip(self, fip_id: str, description: str) -> FloatingIp:
+        with self.lock:
+            fip = self.floating_ips.get(fip_id)
+            if fip is None:
+                raise NotFound("floatingip", fip_id)
+            fip.description = description
             return fip
 
     def delete_floating_ip(self, fip_id: str) -> None:
