@@ -147,13 +147,16 @@ def _addresses(server: Server) -> set[str]:
 
 
 def _delete(node: str, problem: str, server: Server, now: float, grace: float) -> Repair:
-    if server.created is None:
-        wait = "age unknown"
-    elif now - server.created < grace:
-        wait = f"younger than the grace period ({duration(now - server.created)} < {duration(grace)})"
-    else:
-        wait = ""
-    return Repair(DELETE, node, problem, server, wait)
+    return Repair(DELETE, node, problem, server, _wait_for_grace(server.created, now, grace))
+
+
+def _wait_for_grace(created: float | None, now: float, grace: float) -> str:
+    """Why a leftover made at `created` is not deleted yet ("" when it is due)."""
+    if created is None:
+        return "age unknown"
+    if now - created < grace:
+        return f"younger than the grace period ({duration(now - created)} < {duration(grace)})"
+    return ""
 
 
 def apply(config: Config, fleet: Fleet, slurm: SlurmRepairs, repairs: Sequence[Repair], *,
@@ -336,13 +339,7 @@ def plan_floating_ips(ips: Iterable[FloatingIp], servers: Iterable[Server], now:
     for ip in ips:
         if ip.port_id is not None and ip.server_id is not None and (ip.cloud, ip.server_id) in live:
             continue
-        if ip.created is None:
-            wait = "age unknown"
-        elif now - ip.created < grace:
-            wait = f"younger than the grace period ({duration(now - ip.created)} < {duration(grace)})"
-        else:
-            wait = ""
-        repairs.append(IpRepair(ip, DETACHED if ip.port_id is None else STRAY, wait))
+        repairs.append(IpRepair(ip, DETACHED if ip.port_id is None else STRAY, _wait_for_grace(ip.created, now, grace)))
     return repairs
 
 

@@ -47,3 +47,19 @@ def make_services(tmp_path: Path, extra: str = "",
                         log=structlog.wrap_logger(structlog.testing.CapturingLogger()), clock=clock, monotonic=clock,
                         sleep=clock.sleep)
     return services, clouds, slurm, clock
+
+
+def held_by_another_run(busy: set[str], *, for_takes: int):
+    """Services.locks under which `busy` are held by another run for the first `for_takes` takes;
+    returns it and the list its takes are counted in."""
+    from contextlib import contextmanager
+
+    takes: list[int] = []
+
+    @contextmanager
+    def locks(names):
+        takes.append(1)
+        names = set(names)
+        yield frozenset(names - busy if len(takes) <= for_takes else names)
+
+    return locks, takes

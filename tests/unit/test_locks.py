@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import errno
 import multiprocessing
 import os
@@ -55,12 +56,14 @@ def test_takes_locks_in_sorted_order(tmp_path, mocker):
     assert [Path(call.args[0]).name for call in opened.call_args_list] == ["a.lock", "b.lock", "c.lock"]
 
 
-def test_other_thread_waits_then_times_out_naming_node(tmp_path):
-    """While one thread holds a node, another thread's attempt times out with LockTimeout naming the node."""
+@contextlib.contextmanager
+def held_in_a_thread(lock_dir, name):
+    """`name`'s lock held by another thread for the `with` body (flock is per open file, so a
+    thread stands in for another process)."""
     held, done = threading.Event(), threading.Event()
 
     def holder():
-        with node_locks(tmp_path, ["cpu-007"], timeout=1):
+        with node_locks(lock_dir, [name], timeout=1):
             held.set()
             done.wait(10)
 
@@ -68,12 +71,18 @@ def test_other_thread_waits_then_times_out_naming_node(tmp_path):
     thread.start()
     try:
         assert held.wait(10)
-        with pytest.raises(LockTimeout, match="node cpu-007: lock .*cpu-007.lock still held .* after 0.2s"):
-            with node_locks(tmp_path, ["cpu-007"], timeout=0.2):
-                pass
+        yield
     finally:
         done.set()
         thread.join(10)
+
+
+def test_other_thread_waits_then_times_out_naming_node(tmp_path):
+    """While one thread holds a node, another thread's attempt times out with LockTimeout naming the node."""
+    with held_in_a_thread(tmp_path, "cpu-007"):
+        with pytest.raises(LockTimeout, match="node cpu-007: lock .*cpu-007.lock still held .* after 0.2s"):
+            with node_locks(tmp_path, ["cpu-007"], timeout=0.2):
+                pass
     assert _free(tmp_path, "cpu-007")
 
 
@@ -302,33 +311,19 @@ def test_exclusive_lock_single_instance(tmp_path):
 
 
 def test_free_node_locks_takes_what_is_free_without_waiting_and_lets_it_all_go(tmp_path):
-    """Another holder has cpu-002 (flock is per open file, so a thread stands in for a process):
-    free_node_locks yields the other two at once, holds them for its body (another taker gets
-    none of them), and frees them after."""
+    """Another holder has cpu-002: free_node_locks yields the other two at once, holds them for its
+    body (another taker gets none of them), and frees them after."""
     import time
 
     from elastic.locks import free_node_locks
 
-    held_event, done = threading.Event(), threading.Event()
-
-    def holder():
-        with node_locks(tmp_path, ["cpu-002"], timeout=1):
-            held_event.set()
-            done.wait(10)
-
-    thread = threading.Thread(target=holder)
-    thread.start()
-    try:
-        assert held_event.wait(10)
+    with held_in_a_thread(tmp_path, "cpu-002"):
         started = time.monotonic()
         with free_node_locks(tmp_path, ["cpu-003", "cpu-001", "cpu-002"]) as held:
             assert held == {"cpu-001", "cpu-003"} and time.monotonic() - started < 1.0
             with free_node_locks(tmp_path, ["cpu-001", "cpu-003"]) as again:
                 assert again == set()
         assert _free(tmp_path, "cpu-001") and _free(tmp_path, "cpu-003")
-    finally:
-        done.set()
-        thread.join(10)
     with free_node_locks(tmp_path, ["cpu-002"]) as held:
         assert held == {"cpu-002"}
 

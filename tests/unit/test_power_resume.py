@@ -11,7 +11,7 @@ from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.power import resume
 
-from tests.support.power import make_services
+from tests.support.power import held_by_another_run, make_services
 
 CONFIG_ONE_CLOUD = """\
 cluster: test
@@ -539,26 +539,11 @@ def test_a_suspend_that_started_before_the_resume_does_not_stop_it(tmp_path):
 # ---- nodes whose locks another run holds ---------------------------------------------------------
 
 
-def _held_by_another_run(busy: set[str], *, for_takes: int):
-    """svc.locks under which `busy` are held by another run for the first `for_takes` takes."""
-    from contextlib import contextmanager
-
-    takes: list[int] = []
-
-    @contextmanager
-    def locks(names):
-        takes.append(1)
-        names = set(names)
-        yield frozenset(names - busy if len(takes) <= for_takes else names)
-
-    return locks, takes
-
-
 def test_a_node_another_run_holds_does_not_hold_up_the_others(tmp_path):
     """cpu-002's lock is held by another run for two takes: cpu-001 boots and is served at once;
     cpu-002 is placed once the lock is free, in the same run, and served too."""
     svc, clouds, slurm, clock = make_services(tmp_path)
-    svc.locks, takes = _held_by_another_run({"cpu-002"}, for_takes=2)
+    svc.locks, takes = held_by_another_run({"cpu-002"}, for_takes=2)
     outcome = resume(["cpu-001", "cpu-002"], svc)
     assert set(outcome.served) == {"cpu-001", "cpu-002"} and not outcome.failed
     assert list(slurm.addresses[0]) == ["cpu-001"] and list(slurm.addresses[-1]) == ["cpu-002"]
@@ -569,7 +554,7 @@ def test_a_node_whose_lock_stays_held_fails_at_the_boot_deadline_as_a_timeout(tm
     """A lock held past timeouts.boot: the node is not served, with a timeout reason naming the
     lock (not a local fault), and nothing is created for it; the others are served."""
     svc, clouds, slurm, clock = make_services(tmp_path)
-    svc.locks, _ = _held_by_another_run({"cpu-002"}, for_takes=10**6)
+    svc.locks, _ = held_by_another_run({"cpu-002"}, for_takes=10**6)
     outcome = resume(["cpu-001", "cpu-002"], svc)
     assert set(outcome.served) == {"cpu-001"}
     failure = outcome.failed["cpu-002"]

@@ -7,7 +7,7 @@ from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudErrorKind
 from elastic.power import resume_fail, suspend
 
-from tests.support.power import CONFIG, make_services
+from tests.support.power import CONFIG, held_by_another_run, make_services
 
 
 def _meta(node: str, pool: str = "cpu") -> dict[str, str]:
@@ -160,27 +160,13 @@ def test_a_suspend_that_finishes_leaves_nothing_pending(tmp_path):
     assert svc.history.pending_deletes() == {}
 
 
-def _held_by_another_run(busy: set[str], *, for_takes: int):
-    from contextlib import contextmanager
-
-    takes: list[int] = []
-
-    @contextmanager
-    def locks(names):
-        takes.append(1)
-        names = set(names)
-        yield frozenset(names - busy if len(takes) <= for_takes else names)
-
-    return locks, takes
-
-
 def test_suspend_deletes_the_free_nodes_first_and_comes_back_for_a_busy_one(tmp_path):
     """cpu-002's lock is held by another run for a while: cpu-001's server goes at once, cpu-002's
     once its lock is free, in the same run; nothing is left pending."""
     svc, clouds, slurm, clock = make_services(tmp_path)
     a = clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
     b = clouds["alpha"].add("cpu-002", metadata=_meta("cpu-002"))
-    svc.locks, takes = _held_by_another_run({"cpu-002"}, for_takes=3)
+    svc.locks, takes = held_by_another_run({"cpu-002"}, for_takes=3)
     outcome = suspend(["cpu-001", "cpu-002"], svc)
     deletes = [server_id for op, server_id in clouds["alpha"].calls if op == "delete"]
     assert deletes == [a.id, b.id] and clouds["alpha"].live() == []
@@ -195,7 +181,7 @@ def test_suspend_leaves_a_node_locked_past_timeouts_lock_powered_down_with_its_d
     svc, clouds, slurm, clock = make_services(tmp_path)
     started = clock()
     b = clouds["alpha"].add("cpu-002", metadata=_meta("cpu-002"))
-    svc.locks, _ = _held_by_another_run({"cpu-002"}, for_takes=10**6)
+    svc.locks, _ = held_by_another_run({"cpu-002"}, for_takes=10**6)
     outcome = suspend(["cpu-002"], svc)
     assert outcome.exit_code == 0 and outcome.deferred == {"cpu-002": ["alpha", "beta"]}
     assert clouds["alpha"].live() == [b] and slurm.states == []
