@@ -111,6 +111,16 @@ class Emulator:
         return (len(records), sum(1 for r in records if r["status"] == 429),
                 sum(1 for r in records if r["service"] == "identity"))
 
+    def breakdown(self) -> str:
+        """Requests since the last reset by endpoint, creates and deletes of servers left out."""
+        counts: dict[str, int] = {}
+        for record in self.records():
+            endpoint = record["endpoint"]
+            counts[endpoint] = counts.get(endpoint, 0) + 1
+        skip = ("POST /servers", "DELETE /servers/{id}")
+        return ", ".join(f"{endpoint} x{count}" for endpoint, count in sorted(counts.items(), key=lambda i: -i[1])
+                         if not any(endpoint.endswith(s) for s in skip))
+
     def servers(self) -> list[dict]:
         return self._call("GET", "/_lab/servers?cloud=lab")["servers"]["lab"]
 
@@ -197,19 +207,25 @@ def run_elastic(root: Path, emulator: Emulator, nodes: int, boot: float, args: a
     site = elastic_site(root, emulator, nodes, args.cloud_options, args.timeouts)
     env = {"SLURM_CONF": str(site / "slurm.conf")}
     rows = []
-    for phase, program in (("resume", "resume.py"), ("suspend", "suspend.py")):
-        emulator.reset()
-        code, wall, rss, cpu = run_process([PYTHON, str(REPO / program), hostlist(nodes)], env=env,
-                                           close_stdio=True)
-        total, refused, _ = emulator.requests()
-        ok = code == 0
-        if phase == "resume":
-            active = sum(1 for s in emulator.servers() if s["status"] == "ACTIVE")
-            ok = ok and active == nodes
-        else:
-            ok = ok and not emulator.servers()
-        rows.append(Row(nodes, "elastic", phase, wall, boot if phase == "resume" else 0.0, total, refused, rss, ok,
-                        note=f"exit {code}", cpu=cpu))
+    # cold: a fresh state dir (no token, no learned boot time, no cached look-ups); warm: the same
+    # nodes again on the state dir the cold runs left, as a controller that has run before.
+    for controller in ("cold", "warm")[:2 if args.warm else 1]:
+        for phase, program in (("resume", "resume.py"), ("suspend", "suspend.py")):
+            emulator.reset()
+            code, wall, rss, cpu = run_process([PYTHON, str(REPO / program), hostlist(nodes)], env=env,
+                                               close_stdio=True)
+            total, refused, _ = emulator.requests()
+            ok = code == 0
+            if phase == "resume":
+                active = sum(1 for s in emulator.servers() if s["status"] == "ACTIVE")
+                ok = ok and active == nodes
+            else:
+                ok = ok and not emulator.servers()
+            label = f"{phase} ({controller})" if args.warm else phase
+            rows.append(Row(nodes, "elastic", label, wall, boot if phase == "resume" else 0.0, total, refused, rss,
+                            ok, note=f"exit {code}", cpu=cpu))
+            if args.show_requests:
+                print(f"  {nodes} {label}: {emulator.breakdown()}", flush=True)
     if args.keep_logs:
         Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
         shutil.copy(site / "elastic.log", Path(args.keep_logs) / f"elastic-{nodes}-{time.time():.0f}.log")
@@ -236,6 +252,9 @@ def run_startup(root: Path, emulator: Emulator, nodes: int, boot: float, args: a
         records = emulator.records()
         first = min((r["time"] for r in records), default=started) - started
         keystone = sum(1 for r in records if r["service"] == "identity")
+        if args.show_requests:
+            print(f"  {label}: " + ", ".join(f"{r['time'] - started:.2f} s {r['endpoint']} {r['status']}"
+                                             for r in sorted(records, key=lambda r: r["time"])), flush=True)
         rows.append(Row(1, "elastic", label, wall, 0.0, len(records), 0, rss, code == 0 and not emulator.servers(),
                         note=f"first request at {first:.2f} s, {keystone} Keystone requests", cpu=cpu))
     return rows
@@ -343,7 +362,7 @@ def print_header() -> None:
 
 def print_row(row: Row) -> None:
     per_node = row.requests / row.nodes if row.nodes else 0.0
-    overhead = f"{row.wall - row.floor:.1f}" if row.phase == "resume" else "-"
+    overhead = f"{row.wall - row.floor:.1f}" if row.phase.startswith("resume") else "-"
     ok = ("yes" + (f" ({row.note})" if row.note and not row.note.startswith("exit") else "")) if row.ok \
         else f"NO ({row.note})"
     print(f"| {row.nodes} | {row.strategy} | {row.phase} | {row.wall:.1f} | {overhead} | {per_node:.2f} | "
@@ -367,6 +386,10 @@ def main() -> None:
     parser.add_argument("--timeouts", default="", help='timeouts keys, e.g. "poll: 1"')
     parser.add_argument("--keep-logs", metavar="DIR", help="copy each elastic run's log into DIR")
     parser.add_argument("--repeat", type=int, default=1, help="run each point this many times")
+    parser.add_argument("--no-warm", dest="warm", action="store_false",
+                        help="elastic: only the cold runs (a fresh state dir), not the warm ones after them")
+    parser.add_argument("--show-requests", action="store_true",
+                        help="print each elastic run's requests by endpoint (creates and deletes left out)")
     args = parser.parse_args()
     print(f"latency {args.latency * 1000:.0f} ms, boot {args.boot:g} s, delete {args.delete:g} s"
           + (f", 429 above {args.rate_limit}/s" if args.rate_limit else "")
