@@ -114,12 +114,14 @@ class Emulator:
     def breakdown(self) -> str:
         """Requests since the last reset by endpoint, creates and deletes of servers left out."""
         counts: dict[str, int] = {}
-        for record in self.records():
+        for record in (records := self.records()):
             endpoint = record["endpoint"]
             counts[endpoint] = counts.get(endpoint, 0) + 1
         skip = ("POST /servers", "DELETE /servers/{id}")
+        start = min((r["time"] for r in records), default=0.0)
+        lists = " ".join(f"{r['time'] - start:.1f}" for r in records if r["endpoint"].endswith("/servers/detail"))
         return ", ".join(f"{endpoint} x{count}" for endpoint, count in sorted(counts.items(), key=lambda i: -i[1])
-                         if not any(endpoint.endswith(s) for s in skip))
+                         if not any(endpoint.endswith(s) for s in skip)) + f"; server lists at {lists} s"
 
     def servers(self) -> list[dict]:
         return self._call("GET", "/_lab/servers?cloud=lab")["servers"]["lab"]
