@@ -231,8 +231,11 @@ class OpenStackCloud:
                 conn = self._half_connected
                 # keystoneauth reads Session.timeout on every request.
                 conn.session.timeout = float(timeout if timeout is not None else self._config.api_timeout)
-                # A token an earlier run got (and its catalog) spares Keystone's discovery and login.
+                # A token an earlier run got (and its catalog) spares Keystone's discovery and login,
+                # and the discovery documents kept with it the services' version discovery.
                 cached = self._tokens is not None and self._tokens.load(conn.session.auth)
+                if cached:
+                    self._recall_discovery(conn)
                 # Authenticate and build the compute proxy once, before any worker thread uses it;
                 # network and image only when a call needs them (_proxy), under the same lock.
                 conn.authorize()
@@ -245,6 +248,7 @@ class OpenStackCloud:
                 # same compute endpoint.
                 self._scope = "|".join((self.name, str(getattr(self._saved_auth, "project_id", None) or ""),
                                         str(endpoint or "")))
+                self._keep_discovery(conn)
                 self._conn, self._half_connected = conn, None
 
     def probe(self, timeout: float) -> None:
@@ -273,6 +277,42 @@ class OpenStackCloud:
         region = config.get_one(cloud=self._config.cloud or self.name, **kwargs)
         return openstack.connection.Connection(config=region)
 
+    def _recall_discovery(self, conn: Any) -> None:
+        """Put the discovery documents kept with the cached token into the session's discovery
+        cache (keystoneauth's Session(discovery_cache=...), URL -> Discover), as if this run had
+        fetched them: keystoneauth and the SDK then read endpoints and microversions from them."""
+        if self._tokens is None:
+            return
+        from keystoneauth1 import discover
+
+        cache = getattr(conn.session, "_discovery_cache", None)
+        if not isinstance(cache, dict):
+            return
+        for url, versions in self._tokens.discovery(conn.session.auth).items():
+            if url not in cache and isinstance(versions, list):
+                # A Discover is its URL and the versions its GET answered (keystoneauth's
+                # Discover.__init__ sets exactly these two and fetches the second).
+                remembered = discover.Discover.__new__(discover.Discover)
+                remembered._url = url
+                remembered._data = versions
+                cache[url] = remembered
+
+    def _keep_discovery(self, conn: Any) -> None:
+        """Keep this session's discovery documents with the token, for the next runs."""
+        if self._tokens is None:
+            return
+        cache = getattr(conn.session, "_discovery_cache", None)
+        if not isinstance(cache, dict):
+            return
+        documents = {}
+        for url, found in list(cache.items()):
+            try:
+                documents[url] = found.raw_version_data(allow_experimental=True, allow_deprecated=True,
+                                                        allow_unknown=True)
+            except (AttributeError, TypeError):
+                continue
+        self._tokens.save_discovery(conn.session.auth, documents)
+
     @property
     def _sdk(self) -> Any:
         if self._conn is None:
@@ -289,6 +329,7 @@ class OpenStackCloud:
                     proxy = getattr(conn, service)
                     proxy.get_endpoint()
                     self._proxies[service] = proxy
+                    self._keep_discovery(conn)
         return self._proxies[service]
 
     # ---- servers -----------------------------------------------------------------------------
