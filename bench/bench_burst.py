@@ -9,6 +9,9 @@ The emulator runs as `python -m elastic.lab.cloud` with a per-request latency an
   SLURM_CONF, stdio closed, cwd /, a recording stand-in for scontrol, and elastic.yaml holding only
   what a site must say (its clouds.yaml, the pool): the defaults of the code, unless --cloud-options
   or --timeouts add keys. Resume ends when every node's server is ACTIVE and its address was sent.
+  Each N runs twice: "cold", on a fresh state dir (no cached token, no learned boot time, no
+  remembered look-ups), then "warm", the same nodes again on the state dir the cold runs left, as
+  on a controller that has run before (--no-warm: only cold).
 - serial-sdk: one process, one openstacksdk Connection; per node a flavor, image and network
   look-up and a create, one after the other; then wait_for_server per server.
 - cli: one `openstack server create` process per node, one after the other, then
@@ -25,6 +28,7 @@ shared and noisy; run a point twice when it is near a target.
     python bench/bench_burst.py --nodes 1000 --rate-limit 20        # a cloud that answers 429 above 20/s
     python bench/bench_burst.py --nodes 1000 --cloud-options "max_parallel: 64" --timeouts "poll: 1"
     python bench/bench_burst.py --nodes 1 --strategies startup --repeat 3   # one-node suspend start-up
+    python bench/bench_burst.py --nodes 100 --show-requests   # each run's requests by endpoint
 """
 
 from __future__ import annotations
@@ -254,12 +258,28 @@ def run_startup(root: Path, emulator: Emulator, nodes: int, boot: float, args: a
         records = emulator.records()
         first = min((r["time"] for r in records), default=started) - started
         keystone = sum(1 for r in records if r["service"] == "identity")
+        logged = _logged_at(site / "elastic.log", "suspend", started)
         if args.show_requests:
             print(f"  {label}: " + ", ".join(f"{r['time'] - started:.2f} s {r['endpoint']} {r['status']}"
-                                             for r in sorted(records, key=lambda r: r["time"])), flush=True)
+                                             for r in sorted(records, key=lambda r: r["time"]))
+                  + "; " + ", ".join(f"{event} at {at:.2f} s" for event, at in logged.items()), flush=True)
         rows.append(Row(1, "elastic", label, wall, 0.0, len(records), 0, rss, code == 0 and not emulator.servers(),
                         note=f"first request at {first:.2f} s, {keystone} Keystone requests", cpu=cpu))
     return rows
+
+
+def _logged_at(log: Path, command: str, started: float) -> dict[str, float]:
+    """When the last run of `command` logged its start and its end, in seconds after `started`."""
+    import datetime as dt
+
+    found: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") in (f"{command}.start", f"{command}.done"):
+            at = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp() - started
+            if at >= 0:
+                found[event["event"]] = at
+    return found
 
 
 # ---- baseline: serial openstacksdk ------------------------------------------------------------
