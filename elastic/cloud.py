@@ -295,6 +295,10 @@ class OpenStackCloud:
                 remembered = discover.Discover.__new__(discover.Discover)
                 remembered._url = url
                 remembered._data = versions
+                try:  # a keystoneauth whose Discover holds more than that: discover as before
+                    remembered.version_data(reverse=True)
+                except Exception:  # noqa: BLE001 - anything here only means "fetch it"
+                    continue
                 cache[url] = remembered
 
     def _keep_discovery(self, conn: Any) -> None:
