@@ -5,13 +5,11 @@ slurm.conf names this file (absolute path, not group- or world-writable) or the 
 console script of the same entry point. Usage: resume_fail.py HOSTLIST [--config PATH]
 """
 
-import sys
-
 from elastic.process import repair_process
 
 # Before anything opens a file: slurmctld 22.05 starts us with fds 0, 1 and 2 closed.
 repair_process()
 
-from elastic.cli import resume_fail_main  # noqa: E402
+from elastic.cli import resume_fail_program  # noqa: E402
 
-sys.exit(resume_fail_main())
+resume_fail_program()

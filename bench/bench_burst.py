@@ -9,6 +9,9 @@ The emulator runs as `python -m elastic.lab.cloud` with a per-request latency an
   SLURM_CONF, stdio closed, cwd /, a recording stand-in for scontrol, and elastic.yaml holding only
   what a site must say (its clouds.yaml, the pool): the defaults of the code, unless --cloud-options
   or --timeouts add keys. Resume ends when every node's server is ACTIVE and its address was sent.
+  Each N runs twice: "cold", on a fresh state dir (no cached token, no learned boot time, no
+  remembered look-ups), then "warm", the same nodes again on the state dir the cold runs left, as
+  on a controller that has run before (--no-warm: only cold).
 - serial-sdk: one process, one openstacksdk Connection; per node a flavor, image and network
   look-up and a create, one after the other; then wait_for_server per server.
 - cli: one `openstack server create` process per node, one after the other, then
@@ -25,6 +28,7 @@ shared and noisy; run a point twice when it is near a target.
     python bench/bench_burst.py --nodes 1000 --rate-limit 20        # a cloud that answers 429 above 20/s
     python bench/bench_burst.py --nodes 1000 --cloud-options "max_parallel: 64" --timeouts "poll: 1"
     python bench/bench_burst.py --nodes 1 --strategies startup --repeat 3   # one-node suspend start-up
+    python bench/bench_burst.py --nodes 100 --show-requests   # each run's requests by endpoint
 """
 
 from __future__ import annotations
@@ -110,6 +114,18 @@ class Emulator:
         records = self.records()
         return (len(records), sum(1 for r in records if r["status"] == 429),
                 sum(1 for r in records if r["service"] == "identity"))
+
+    def breakdown(self) -> str:
+        """Requests since the last reset by endpoint, creates and deletes of servers left out."""
+        counts: dict[str, int] = {}
+        for record in (records := self.records()):
+            endpoint = record["endpoint"]
+            counts[endpoint] = counts.get(endpoint, 0) + 1
+        skip = ("POST /servers", "DELETE /servers/{id}")
+        start = min((r["time"] for r in records), default=0.0)
+        lists = " ".join(f"{r['time'] - start:.1f}" for r in records if r["endpoint"].endswith("/servers/detail"))
+        return ", ".join(f"{endpoint} x{count}" for endpoint, count in sorted(counts.items(), key=lambda i: -i[1])
+                         if not any(endpoint.endswith(s) for s in skip)) + f"; server lists at {lists} s"
 
     def servers(self) -> list[dict]:
         return self._call("GET", "/_lab/servers?cloud=lab")["servers"]["lab"]
@@ -197,19 +213,25 @@ def run_elastic(root: Path, emulator: Emulator, nodes: int, boot: float, args: a
     site = elastic_site(root, emulator, nodes, args.cloud_options, args.timeouts)
     env = {"SLURM_CONF": str(site / "slurm.conf")}
     rows = []
-    for phase, program in (("resume", "resume.py"), ("suspend", "suspend.py")):
-        emulator.reset()
-        code, wall, rss, cpu = run_process([PYTHON, str(REPO / program), hostlist(nodes)], env=env,
-                                           close_stdio=True)
-        total, refused, _ = emulator.requests()
-        ok = code == 0
-        if phase == "resume":
-            active = sum(1 for s in emulator.servers() if s["status"] == "ACTIVE")
-            ok = ok and active == nodes
-        else:
-            ok = ok and not emulator.servers()
-        rows.append(Row(nodes, "elastic", phase, wall, boot if phase == "resume" else 0.0, total, refused, rss, ok,
-                        note=f"exit {code}", cpu=cpu))
+    # cold: a fresh state dir (no token, no learned boot time, no cached look-ups); warm: the same
+    # nodes again on the state dir the cold runs left, as a controller that has run before.
+    for controller in ("cold", "warm")[:2 if args.warm else 1]:
+        for phase, program in (("resume", "resume.py"), ("suspend", "suspend.py")):
+            emulator.reset()
+            code, wall, rss, cpu = run_process([PYTHON, str(REPO / program), hostlist(nodes)], env=env,
+                                               close_stdio=True)
+            total, refused, _ = emulator.requests()
+            ok = code == 0
+            if phase == "resume":
+                active = sum(1 for s in emulator.servers() if s["status"] == "ACTIVE")
+                ok = ok and active == nodes
+            else:
+                ok = ok and not emulator.servers()
+            label = f"{phase} ({controller})" if args.warm else phase
+            rows.append(Row(nodes, "elastic", label, wall, boot if phase == "resume" else 0.0, total, refused, rss,
+                            ok, note=f"exit {code}", cpu=cpu))
+            if args.show_requests:
+                print(f"  {nodes} {label}: {emulator.breakdown()}", flush=True)
     if args.keep_logs:
         Path(args.keep_logs).mkdir(parents=True, exist_ok=True)
         shutil.copy(site / "elastic.log", Path(args.keep_logs) / f"elastic-{nodes}-{time.time():.0f}.log")
@@ -236,9 +258,28 @@ def run_startup(root: Path, emulator: Emulator, nodes: int, boot: float, args: a
         records = emulator.records()
         first = min((r["time"] for r in records), default=started) - started
         keystone = sum(1 for r in records if r["service"] == "identity")
+        logged = _logged_at(site / "elastic.log", "suspend", started)
+        if args.show_requests:
+            print(f"  {label}: " + ", ".join(f"{r['time'] - started:.2f} s {r['endpoint']} {r['status']}"
+                                             for r in sorted(records, key=lambda r: r["time"]))
+                  + "; " + ", ".join(f"{event} at {at:.2f} s" for event, at in logged.items()), flush=True)
         rows.append(Row(1, "elastic", label, wall, 0.0, len(records), 0, rss, code == 0 and not emulator.servers(),
                         note=f"first request at {first:.2f} s, {keystone} Keystone requests", cpu=cpu))
     return rows
+
+
+def _logged_at(log: Path, command: str, started: float) -> dict[str, float]:
+    """When the last run of `command` logged its start and its end, in seconds after `started`."""
+    import datetime as dt
+
+    found: dict[str, float] = {}
+    for line in log.read_text().splitlines():
+        event = json.loads(line)
+        if event.get("event") in (f"{command}.start", f"{command}.done"):
+            at = dt.datetime.fromisoformat(event["timestamp"].replace("Z", "+00:00")).timestamp() - started
+            if at >= 0:
+                found[event["event"]] = at
+    return found
 
 
 # ---- baseline: serial openstacksdk ------------------------------------------------------------
@@ -343,7 +384,7 @@ def print_header() -> None:
 
 def print_row(row: Row) -> None:
     per_node = row.requests / row.nodes if row.nodes else 0.0
-    overhead = f"{row.wall - row.floor:.1f}" if row.phase == "resume" else "-"
+    overhead = f"{row.wall - row.floor:.1f}" if row.phase.startswith("resume") else "-"
     ok = ("yes" + (f" ({row.note})" if row.note and not row.note.startswith("exit") else "")) if row.ok \
         else f"NO ({row.note})"
     print(f"| {row.nodes} | {row.strategy} | {row.phase} | {row.wall:.1f} | {overhead} | {per_node:.2f} | "
@@ -367,6 +408,10 @@ def main() -> None:
     parser.add_argument("--timeouts", default="", help='timeouts keys, e.g. "poll: 1"')
     parser.add_argument("--keep-logs", metavar="DIR", help="copy each elastic run's log into DIR")
     parser.add_argument("--repeat", type=int, default=1, help="run each point this many times")
+    parser.add_argument("--no-warm", dest="warm", action="store_false",
+                        help="elastic: only the cold runs (a fresh state dir), not the warm ones after them")
+    parser.add_argument("--show-requests", action="store_true",
+                        help="print each elastic run's requests by endpoint (creates and deletes left out)")
     args = parser.parse_args()
     print(f"latency {args.latency * 1000:.0f} ms, boot {args.boot:g} s, delete {args.delete:g} s"
           + (f", 429 above {args.rate_limit}/s" if args.rate_limit else "")

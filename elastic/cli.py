@@ -13,7 +13,7 @@ import os
 import sys
 from collections.abc import Callable, Mapping, Sequence
 from types import FrameType
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, NoReturn
 
 from elastic import process
 from elastic.errors import ConfigError, ElasticError, SlurmError, UsageError
@@ -43,6 +43,22 @@ def suspend_main(argv: Sequence[str] | None = None) -> int:
 
 def resume_fail_main(argv: Sequence[str] | None = None) -> int:
     return _power_main("resume-fail", argv)
+
+
+# What the programs run (resume.py, suspend.py, resume_fail.py and the console scripts): the run,
+# then an exit without the interpreter's teardown (process.exit_now).
+
+
+def resume_program() -> NoReturn:
+    process.exit_now(resume_main())
+
+
+def suspend_program() -> NoReturn:
+    process.exit_now(suspend_main())
+
+
+def resume_fail_program() -> NoReturn:
+    process.exit_now(resume_fail_main())
 
 
 def _power_main(command: str, argv: Sequence[str] | None) -> int:

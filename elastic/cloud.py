@@ -20,6 +20,7 @@ from typing import Any, Protocol, TypedDict
 
 from elastic.config import META_CLUSTER, META_NODE, META_POOL, CloudConfig
 from elastic.errors import CloudError, CloudErrorKind
+from elastic.lookups import KINDS as STORED_KINDS, LookupCache
 from elastic.pacing import Pacer
 from elastic.tokens import TokenCache
 
@@ -38,6 +39,8 @@ _CREATE_BODY = {
 }
 # Above this many names, listing all servers and filtering here is cheaper than a huge regex.
 _NAME_FILTER_MAX = 40
+# A name that may be an id (a UUID, with or without dashes): looked up as an id first.
+_ID_LIKE = re.compile(r"^[0-9a-f]{8}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{4}-?[0-9a-f]{12}$", re.IGNORECASE)
 # How messages name a resource kind where it is not the word itself.
 _WORDS = {"keypair": "key pair"}
 # Nova's server-group policies; the soft ones exist from compute API 2.15 (Mitaka) only.
@@ -165,6 +168,9 @@ class BootTarget:
     flavor_id: str
     image_id: str
     network_id: str
+    # Some id came from an earlier run's look-up (state_dir/lookups.json), not confirmed in this
+    # run: a create that the cloud refuses because that id is gone calls for resolve_boot(fresh=True).
+    cached: bool = False
 
 
 class Cloud(Protocol):
@@ -175,7 +181,7 @@ class Cloud(Protocol):
     def list_servers(self, cluster: str, names: Collection[str] | None = None) -> list[Server]: ...
     def create_server(self, request: BootRequest) -> Server: ...
     def delete_server(self, server_id: str) -> None: ...
-    def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget: ...
+    def resolve_boot(self, flavor: str, image: str, network: str, fresh: bool = False) -> BootTarget: ...
     def attach_floating_ip(self, server: Server, external_network: str) -> str: ...
     def release_floating_ips(self, server_id: str) -> None: ...
     def list_floating_ips(self, cluster: str) -> list[FloatingIp]: ...
@@ -187,6 +193,17 @@ class Cloud(Protocol):
     def list_server_groups(self) -> list[ServerGroup]: ...
     def delete_server_group(self, group_id: str) -> None: ...
     def probe(self, timeout: float) -> None: ...
+
+
+_SDK_IMPORT = threading.Lock()
+
+
+def _import_sdk() -> None:
+    """Import openstacksdk (and keystoneauth, requests), one thread at a time. Its packages import
+    each other in cycles: two clouds connecting at once in their own threads, each importing it
+    first, can meet Python's import deadlock detection (_DeadlockError on openstack.compute.v2)."""
+    with _SDK_IMPORT:
+        import openstack  # noqa: F401
 
 
 def is_ours(server_metadata: Mapping[str, str], cluster: str) -> bool:
@@ -217,9 +234,12 @@ class OpenStackCloud:
 
     def __init__(self, name: str, config: CloudConfig, *, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic, sleep: Callable[[float], None] = time.sleep,
-                 pacer: Pacer | None = None, tokens: TokenCache | None = None):
+                 pacer: Pacer | None = None, tokens: TokenCache | None = None, lookups: LookupCache | None = None):
         self.name = name
         self._tokens = tokens  # Keystone tokens shared by the runs on this controller (state_dir)
+        self._lookups = lookups  # flavor, image and network ids that earlier runs looked up (state_dir)
+        self._scope: str | None = None  # this cloud and project, as the look-up cache knows them
+        self._from_store: set[tuple[str, str]] = set()  # look-ups answered by the cache, not the cloud
         self._proxies: dict[str, Any] = {}
         self._saved_auth: Any = None  # the keystoneauth AccessInfo last kept in the token cache
         self._config = config
@@ -250,16 +270,24 @@ class OpenStackCloud:
                 conn = self._half_connected
                 # keystoneauth reads Session.timeout on every request.
                 conn.session.timeout = float(timeout if timeout is not None else self._config.api_timeout)
-                # A token an earlier run got (and its catalog) spares Keystone's discovery and login.
+                # A token an earlier run got (and its catalog) spares Keystone's discovery and login,
+                # and the discovery documents kept with it the services' version discovery.
                 cached = self._tokens is not None and self._tokens.load(conn.session.auth)
+                if cached:
+                    self._recall_discovery(conn)
                 # Authenticate and build the compute proxy once, before any worker thread uses it;
                 # network and image only when a call needs them (_proxy), under the same lock.
                 conn.authorize()
                 if self._tokens is not None and not cached:
                     self._tokens.save(conn.session.auth)
                 self._saved_auth = conn.session.auth.auth_ref
-                conn.compute.get_endpoint()
+                endpoint = conn.compute.get_endpoint()
                 conn.session.timeout = float(self._config.api_timeout)
+                # Names resolve per project: a cached id is only used for the same project on the
+                # same compute endpoint.
+                self._scope = "|".join((self.name, str(getattr(self._saved_auth, "project_id", None) or ""),
+                                        str(endpoint or "")))
+                self._keep_discovery(conn)
                 self._conn, self._half_connected = conn, None
 
     def probe(self, timeout: float) -> None:
@@ -268,6 +296,7 @@ class OpenStackCloud:
         self.connect(timeout)
 
     def _build_connection(self) -> Any:
+        _import_sdk()
         import openstack
         from openstack.config import loader
 
@@ -287,6 +316,46 @@ class OpenStackCloud:
         region = config.get_one(cloud=self._config.cloud or self.name, **kwargs)
         return openstack.connection.Connection(config=region)
 
+    def _recall_discovery(self, conn: Any) -> None:
+        """Put the discovery documents kept with the cached token into the session's discovery
+        cache (keystoneauth's Session(discovery_cache=...), URL -> Discover), as if this run had
+        fetched them: keystoneauth and the SDK then read endpoints and microversions from them."""
+        if self._tokens is None:
+            return
+        from keystoneauth1 import discover
+
+        cache = getattr(conn.session, "_discovery_cache", None)
+        if not isinstance(cache, dict):
+            return
+        for url, versions in self._tokens.discovery(conn.session.auth).items():
+            if url not in cache and isinstance(versions, list):
+                # A Discover is its URL and the versions its GET answered (keystoneauth's
+                # Discover.__init__ sets exactly these two and fetches the second).
+                remembered = discover.Discover.__new__(discover.Discover)
+                remembered._url = url
+                remembered._data = versions
+                try:  # a keystoneauth whose Discover holds more than that: discover as before
+                    remembered.version_data(reverse=True)
+                except Exception:  # noqa: BLE001 - anything here only means "fetch it"
+                    continue
+                cache[url] = remembered
+
+    def _keep_discovery(self, conn: Any) -> None:
+        """Keep this session's discovery documents with the token, for the next runs."""
+        if self._tokens is None:
+            return
+        cache = getattr(conn.session, "_discovery_cache", None)
+        if not isinstance(cache, dict):
+            return
+        documents = {}
+        for url, found in list(cache.items()):
+            try:
+                documents[url] = found.raw_version_data(allow_experimental=True, allow_deprecated=True,
+                                                        allow_unknown=True)
+            except (AttributeError, TypeError):
+                continue
+        self._tokens.save_discovery(conn.session.auth, documents)
+
     @property
     def _sdk(self) -> Any:
         if self._conn is None:
@@ -303,6 +372,7 @@ class OpenStackCloud:
                     proxy = getattr(conn, service)
                     proxy.get_endpoint()
                     self._proxies[service] = proxy
+                    self._keep_discovery(conn)
         return self._proxies[service]
 
     # ---- servers -----------------------------------------------------------------------------
@@ -335,14 +405,19 @@ class OpenStackCloud:
         every page, as JSON: building an SDK Resource per server costs ~2 ms each, which at 1,000
         servers made every poll of a resume two seconds late. Errors are the SDK's own
         (raise_from_response), so classification is unchanged."""
+        proxy = self._sdk.compute  # connected first: openstacksdk is imported under _import_sdk's lock
+        from openstack.compute.v2.server import Server as SdkServer
+
+        return self._nova_pages(proxy, "/servers/detail", "servers", query, SdkServer._get_microversion(proxy))
+
+    def _nova_pages(self, proxy: Any, uri: str | None, key: str, query: dict[str, Any],
+                    microversion: Any = None) -> list[dict[str, Any]]:
+        """Every page of a Nova list (`key`: "servers", "flavors") as JSON dicts, through the proxy's session."""
         from urllib.parse import parse_qs, urljoin, urlsplit
 
         from openstack import exceptions as sdk
-        from openstack.compute.v2.server import Server as SdkServer
 
-        proxy = self._sdk.compute
-        microversion = SdkServer._get_microversion(proxy)
-        uri: str | None = "/servers/detail"
+        what = key[:-1]
         params: dict[str, Any] = dict(query)
         items: list[dict[str, Any]] = []
         markers: set[str] = set()
@@ -352,20 +427,20 @@ class OpenStackCloud:
                                  microversion=microversion)
             sdk.raise_from_response(response)
             data = response.json()
-            page = data.get("servers") if isinstance(data, dict) else None
+            page = data.get(key) if isinstance(data, dict) else None
             if not isinstance(page, list):
-                raise sdk.SDKException("the server list has no 'servers' list")
+                raise sdk.SDKException(f"the {what} list has no '{key}' list")
             items += [item for item in page if isinstance(item, dict)]
-            # Nova pages with servers_links rel=next (its max_limit, 1,000 by default).
-            href = next((link.get("href") for link in data.get("servers_links") or []
+            # Nova pages with <key>_links rel=next (its max_limit, 1,000 by default).
+            href = next((link.get("href") for link in data.get(f"{key}_links") or []
                          if isinstance(link, dict) and link.get("rel") == "next" and link.get("href")), None)
             if not href or not page:
                 break
             parts = urlsplit(href)
-            params = {key: values[-1] for key, values in parse_qs(parts.query).items()}
+            params = {name: values[-1] for name, values in parse_qs(parts.query).items()}
             marker = str(params.get("marker"))
             if marker in markers:
-                raise sdk.SDKException("endless pagination of the server list: the cloud repeats a marker")
+                raise sdk.SDKException(f"endless pagination of the {what} list: the cloud repeats a marker")
             markers.add(marker)
             uri = urljoin(href, parts.path)
         return items
@@ -400,7 +475,13 @@ class OpenStackCloud:
                 self._limiter.wait()
                 created_id = self._post_server(attrs)
         except CloudError as error:
-            if request.server_group and error.kind is CloudErrorKind.NOT_FOUND:
+            # Nova's 400 for a flavor, image or network it does not know (a config error as ever):
+            # named here, so that a flow holding ids an earlier run looked up can look them up again.
+            gone = gone_reference(error.message) if error.status == 400 else None
+            if gone is not None:
+                error.resource = (gone, {"flavor": request.flavor_id, "image": request.image_id,
+                                         "network": request.network_id}[gone])
+            elif request.server_group and error.kind is CloudErrorKind.NOT_FOUND:
                 error.resource = ("server group", request.server_group)
             raise
         # The create reply holds only id, links and adminPass: describe it from what we sent.
@@ -412,12 +493,12 @@ class OpenStackCloud:
         through its session), without building a Resource: 0.8 ms of CPU a create instead of 2.4,
         which a 5,000-node burst on a busy controller feels. Attributes we have no wording for go
         through the SDK as before."""
+        proxy = self._sdk.compute
         if set(attrs) - _CREATE_BODY.keys():
-            return str(self._sdk.compute.create_server(**attrs).id)
+            return str(proxy.create_server(**attrs).id)
         from openstack import exceptions as sdk
         from openstack.compute.v2.server import Server as SdkServer
 
-        proxy = self._sdk.compute
         body: dict[str, Any] = {"server": {}}
         for key, value in attrs.items():
             wire, top_level = _CREATE_BODY[key]
@@ -441,10 +522,10 @@ class OpenStackCloud:
         its ignore_missing=True."""
         from urllib.parse import quote
 
+        proxy = self._sdk.compute
         from openstack import exceptions as sdk
         from openstack.compute.v2.server import Server as SdkServer
 
-        proxy = self._sdk.compute
         response = proxy.delete(f"/servers/{quote(server_id, safe='')}", headers={"Accept": "application/json"},
                                 microversion=SdkServer._get_microversion(proxy))
         if response.status_code == 404:
@@ -487,54 +568,129 @@ class OpenStackCloud:
 
     # ---- names to ids ------------------------------------------------------------------------
 
-    def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget:
-        """The three look-ups run at once (each is a round trip or two, image and network each
-        behind its service's discovery: sequential, they held the first create ~0.4 s); an error
-        is the first in the order flavor, image, network, as before."""
+    def resolve_boot(self, flavor: str, image: str, network: str, fresh: bool = False) -> BootTarget:
+        """The pool's names as ids. Each look-up is one request through the SDK's session (its
+        find_* sends two: a GET by id, then a list) and is kept for the next runs
+        (state_dir/lookups.json, elastic.lookups): a run within MAX_AGE sends none. `fresh`: the
+        cloud refused a cached id; forget the three answers and ask again. The look-ups left run
+        at once (image and network each behind its service's discovery: sequential, they held
+        the first create ~0.4 s); an error is the first in the order flavor, image, network."""
         from concurrent.futures import ThreadPoolExecutor
 
-        lookups = (
-            ("flavor", flavor, lambda: self._sdk.compute.find_flavor(flavor, ignore_missing=True)),
-            ("image", image, lambda: self._proxy("image").find_image(image, ignore_missing=True)),
-            ("network", network, lambda: self._proxy("network").find_network(network, ignore_missing=True)),
-        )
+        lookups = (("flavor", flavor, lambda: self._lookup_flavor(flavor)),
+                   ("image", image, lambda: self._lookup_image(image)),
+                   ("network", network, lambda: self._lookup_network(network)))
         self.connect()  # in this thread first: the workers share the connection
-        with ThreadPoolExecutor(max_workers=3, thread_name_prefix=f"resolve-{self.name}") as pool:
-            futures = [pool.submit(self._find, kind, name, lookup) for kind, name, lookup in lookups]
-        flavor_item, image_item, network_item = (future.result() for future in futures)
-        return BootTarget(flavor_id=flavor_item.id, image_id=image_item.id, network_id=network_item.id)
+        if fresh:
+            for kind, name, _ in lookups:
+                self._forget(kind, name)
+        missing = [lookup for lookup in lookups if not self._known(lookup[0], lookup[1])]
+        if len(missing) > 1:
+            with ThreadPoolExecutor(max_workers=len(missing), thread_name_prefix=f"resolve-{self.name}") as pool:
+                futures = [pool.submit(self._find, kind, name, lookup) for kind, name, lookup in missing]
+            for future in futures:
+                future.result()
+        flavor_item, image_item, network_item = (self._find(kind, name, lookup) for kind, name, lookup in lookups)
+        return BootTarget(flavor_id=flavor_item["id"], image_id=image_item["id"], network_id=network_item["id"],
+                          cached=any((kind, name) in self._from_store for kind, name, _ in lookups))
 
     def flavor(self, name: str) -> Flavor:
-        item = self._find("flavor", name,
-                          lambda: self._sdk.compute.find_flavor(name, ignore_missing=True, get_extra_specs=False))
-        return Flavor(id=item.id, name=item.name, vcpus=int(item.vcpus or 0), ram=int(item.ram or 0),
-                      disk=int(item.disk or 0))
+        item = self._find("flavor", name, lambda: self._lookup_flavor(name))
+        return Flavor(id=item["id"], name=str(item.get("name") or name), vcpus=_count(item.get("vcpus")),
+                      ram=_count(item.get("ram")), disk=_count(item.get("disk")))
 
     def find_keypair(self, name: str) -> None:
         """Raises NOT_FOUND when the project has no key pair of that name."""
         self._find("keypair", name, lambda: self._sdk.compute.find_keypair(name, ignore_missing=True))
 
     def _find(self, kind: str, name: str, lookup: Callable[[], Any]) -> Any:
-        """`kind` as in `openstack <kind> list`; every error raised here carries (kind, name)."""
+        """`kind` as in `openstack <kind> list`; every error raised here carries (kind, name).
+        Answers are kept for this run, and flavors, images and networks for the next runs too."""
         key = (kind, name)
-        if key not in self._cache:
-            what = _WORDS.get(kind, kind)
-            with self._translated(f"find {what} {name}", resource=key):
-                self._limiter.wait()
-                found = lookup()
-            if found is None:
-                raise CloudError(CloudErrorKind.NOT_FOUND, f"{what} {name!r} not found", cloud=self.name,
-                                 resource=key)
-            self._cache[key] = found
-        return self._cache[key]
+        if key in self._cache:
+            return self._cache[key]
+        stored = self._stored(kind, name)
+        if stored is not None:
+            self._from_store.add(key)
+            self._cache[key] = stored
+            return stored
+        what = _WORDS.get(kind, kind)
+        with self._translated(f"find {what} {name}", resource=key):
+            self._limiter.wait()
+            found = lookup()
+        if found is None:
+            raise CloudError(CloudErrorKind.NOT_FOUND, f"{what} {name!r} not found", cloud=self.name,
+                             resource=key)
+        self._cache[key] = found
+        if self._lookups is not None and self._scope is not None and kind in STORED_KINDS:
+            self._lookups.put(self._scope, kind, name, found)
+        return found
+
+    def _known(self, kind: str, name: str) -> bool:
+        return (kind, name) in self._cache or self._stored(kind, name) is not None
+
+    def _stored(self, kind: str, name: str) -> dict[str, Any] | None:
+        if self._lookups is None or self._scope is None or kind not in STORED_KINDS:
+            return None
+        return self._lookups.get(self._scope, kind, name)
+
+    def _forget(self, kind: str, name: str) -> None:
+        self._cache.pop((kind, name), None)
+        if (kind, name) in self._from_store:
+            self._from_store.discard((kind, name))
+            if self._lookups is not None and self._scope is not None:
+                self._lookups.forget(self._scope, kind, name)
+
+    def _lookup_flavor(self, name: str) -> dict[str, Any] | None:
+        """One GET /flavors/detail (every page): the flavor whose id is `name`, else the one so
+        named. Nova has no name filter; the detail list carries the vCPUs and RAM quota needs."""
+        items = self._nova_pages(self._sdk.compute, "/flavors/detail", "flavors", {})
+        item = next((i for i in items if i.get("id") == name), None) or _only_named(items, name, "flavor", self.name)
+        if item is None:
+            return None
+        return {"id": str(item["id"]), "name": str(item.get("name") or name), "vcpus": _count(item.get("vcpus")),
+                "ram": _count(item.get("ram")), "disk": _count(item.get("disk"))}
+
+    def _lookup_image(self, name: str) -> dict[str, Any] | None:
+        """GET /v2/images?name= (Glance matches exactly); a name that looks like an id is first
+        tried as one, as openstacksdk's find_image does."""
+        return self._lookup_by_name(self._proxy("image"), "/images", "image", name)
+
+    def _lookup_network(self, name: str) -> dict[str, Any] | None:
+        """GET /v2.0/networks?name= (Neutron matches exactly); an id-like name is first tried as an id."""
+        return self._lookup_by_name(self._proxy("network"), "/networks", "network", name)
+
+    def _lookup_by_name(self, proxy: Any, uri: str, kind: str, name: str) -> dict[str, Any] | None:
+        from urllib.parse import quote
+
+        from openstack import exceptions as sdk
+
+        headers = {"Accept": "application/json"}
+        if _ID_LIKE.match(name):
+            response = proxy.get(f"{uri}/{quote(name, safe='')}", headers=headers)
+            if response.status_code != 404:
+                sdk.raise_from_response(response)
+                data = response.json()
+                # Glance answers the image itself; Neutron wraps it in {"network": ...}.
+                item = data.get(kind, data) if isinstance(data, dict) else None
+                if isinstance(item, dict) and item.get("id"):
+                    return {"id": str(item["id"])}
+            self._limiter.wait()
+        response = proxy.get(uri, headers=headers, params={"name": name})
+        sdk.raise_from_response(response)
+        data = response.json()
+        items = data.get(f"{kind}s") if isinstance(data, dict) else None
+        if not isinstance(items, list):
+            raise sdk.SDKException(f"the {kind} list has no '{kind}s' list")
+        item = _only_named([i for i in items if isinstance(i, dict)], name, kind, self.name)
+        return {"id": str(item["id"])} if item is not None else None
 
     # ---- floating IPs ------------------------------------------------------------------------
 
     def attach_floating_ip(self, server: Server, external_network: str) -> str:
         """A floating IP on the server's first port, created associated (one call: Neutron never
         shows it unattached) and marked with our cluster and the node; one already on the port is kept."""
-        network = self._find("network", external_network,
-                             lambda: self._proxy("network").find_network(external_network, ignore_missing=True))
+        network = self._find("network", external_network, lambda: self._lookup_network(external_network))
         cluster = server.metadata.get(META_CLUSTER)
         with self._translated(f"floating IP for {server.name}"):
             neutron = self._proxy("network")
@@ -545,7 +701,7 @@ class OpenStackCloud:
             for existing in neutron.ips(port_id=ports[0].id):
                 address: str = existing.floating_ip_address
                 return address
-            attrs: dict[str, Any] = {"floating_network_id": network.id, "port_id": ports[0].id}
+            attrs: dict[str, Any] = {"floating_network_id": network["id"], "port_id": ports[0].id}
             if cluster and self._marks_floating_ips:
                 attrs["description"] = floating_ip_mark(cluster, server.name)
             self._limiter.wait()
@@ -666,6 +822,23 @@ class OpenStackCloud:
             self._tokens.save(auth)
 
 
+def _count(value: Any) -> int:
+    try:
+        return int(value or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _only_named(items: list[dict[str, Any]], name: str, kind: str, cloud: str) -> dict[str, Any] | None:
+    """The one item named `name` (None if none); two of that name is the admin's to settle (as
+    openstacksdk's find_* refuses with DuplicateResource)."""
+    named = [item for item in items if item.get("name") == name and item.get("id")]
+    if len(named) > 1:
+        raise CloudError(CloudErrorKind.CONFIG, f"more than one {_WORDS.get(kind, kind)} named {name!r}: use its id",
+                         cloud=cloud, resource=(kind, name))
+    return named[0] if named else None
+
+
 def _limit(value: Any) -> int:
     """A maximum from /limits; a cloud that does not report it limits nothing we can see."""
     return -1 if value is None else int(value)
@@ -687,6 +860,7 @@ def classify_fault(message: str | None) -> CloudErrorKind:
 
 def classify_exception(exc: BaseException, *, cloud: str = "", action: str = "") -> CloudError:
     """Map an openstacksdk/keystoneauth/requests exception to a CloudError kind, once."""
+    _import_sdk()
     import requests
     from keystoneauth1 import exceptions as ksa
     from openstack import exceptions as sdk
@@ -740,6 +914,16 @@ def _chain(exc: BaseException) -> Iterator[BaseException]:
 # Neutron's 409 "OverQuota".
 _QUOTA_WORDS = re.compile(r"quota|maximum number of \w+ exceeded|over (a )?limit for", re.IGNORECASE)
 _GROUP_NOT_FOUND = re.compile(r"instance group \S+ could not be found", re.IGNORECASE)
+# Nova's 400s for a create naming a flavor, image or network it does not know (servers.py: FlavorNotFound,
+# ImageNotFound, NetworkNotFound; InvalidBDMImage when booting from a volume).
+_REFERENCE_GONE = (("flavor", re.compile(r"invalid flavorref provided", re.IGNORECASE)),
+                   ("image", re.compile(r"can not find requested image|failed to get image", re.IGNORECASE)),
+                   ("network", re.compile(r"network \S+ could not be found", re.IGNORECASE)))
+
+
+def gone_reference(message: str) -> str | None:
+    """Which of a create's references ("flavor", "image", "network") a refusal says is unknown."""
+    return next((kind for kind, pattern in _REFERENCE_GONE if pattern.search(message)), None)
 
 
 def _classify_status(status: int | None, detail: str, prefix: str, cloud: str, response: Any) -> CloudError:

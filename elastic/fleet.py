@@ -77,8 +77,8 @@ class CloudGuard:
     def delete_server(self, server_id: str) -> None:
         return self._call(lambda: self._cloud.delete_server(server_id))
 
-    def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget:
-        return self._call(lambda: self._cloud.resolve_boot(flavor, image, network))
+    def resolve_boot(self, flavor: str, image: str, network: str, fresh: bool = False) -> BootTarget:
+        return self._call(lambda: self._cloud.resolve_boot(flavor, image, network, fresh))
 
     def attach_floating_ip(self, server: Server, external_network: str) -> str:
         return self._call(lambda: self._cloud.attach_floating_ip(server, external_network))

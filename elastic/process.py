@@ -28,6 +28,7 @@ import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import FrameType
+from typing import NoReturn
 
 # slurmctld starts our programs with no PATH at all; this is where scontrol usually lives.
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -127,6 +128,23 @@ def send_output_to(log_file: Path | None) -> None:
     for target in targets:
         os.dup2(fd, target)
     os.close(fd)
+
+
+def exit_now(code: int) -> NoReturn:
+    """End a finished program run at once with `code`: flush what Python buffers (stdout, stderr,
+    the standard logging handlers the SDK's libraries use), then os._exit, skipping the
+    interpreter's finalization. With openstacksdk loaded that tears down ~1,200 modules: 0.3-0.5 s
+    of a one-node suspend's 1.5 s, doing nothing a finished run needs (our log file is unbuffered,
+    every state file is written and closed, every lock released and every worker thread joined
+    before the flow returns)."""
+    import logging
+
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            stream.flush()
+    with contextlib.suppress(Exception):
+        logging.shutdown()
+    os._exit(code)
 
 
 def started_detached() -> bool:

@@ -59,12 +59,16 @@ class MemoryCloud:
     # Floating IPs as Neutron holds them, by id; one whose server is gone stays, disassociated.
     floating_ips: dict[str, MemoryFloatingIp] = field(default_factory=dict)
     clock: Callable[[], float] = time.time  # floating IPs' created_at
+    # kind ("flavor", "image", "network") -> an id that resolve_boot hands out as cached until a
+    # fresh look-up; a create naming it is refused as Nova refuses a gone image (400).
+    stale_ids: dict[str, str] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._ids = itertools.count(1)
         self._polls: dict[str, int] = {}
         self._failures: dict[str, list[CloudError]] = {}
         self._lock = threading.Lock()
+        self._refreshed = False  # a fresh resolve_boot replaced the stale ids
 
     # ---- test controls -----------------------------------------------------------------------
 
@@ -121,6 +125,12 @@ class MemoryCloud:
                                  f"create server {request.name}: Instance group {request.server_group} "
                                  "could not be found.", cloud=self.name, status=400,
                                  resource=("server group", request.server_group))
+            for kind, stale in self.stale_ids.items():
+                if stale in (request.flavor_id, request.image_id, request.network_id):
+                    message = {"flavor": "Invalid flavorRef provided.", "image": "Can not find requested image",
+                               "network": f"Network {stale} could not be found."}[kind]
+                    raise CloudError(CloudErrorKind.CONFIG, f"create server {request.name}: {message}",
+                                     cloud=self.name, status=400, resource=(kind, stale))
             if len([s for s in self.servers.values() if not s.deleting]) >= self.instance_quota:
                 raise CloudError(CloudErrorKind.QUOTA, "Quota exceeded for instances", cloud=self.name, status=403)
             if group is not None and 0 <= self.server_group_member_quota <= len(group.members):
@@ -139,8 +149,14 @@ class MemoryCloud:
             if server_id in self.servers:
                 self.servers[server_id] = replace(self.servers[server_id], task_state="deleting")
 
-    def resolve_boot(self, flavor: str, image: str, network: str) -> BootTarget:
-        self._record("resolve", f"{flavor}/{image}/{network}")
+    def resolve_boot(self, flavor: str, image: str, network: str, fresh: bool = False) -> BootTarget:
+        self._record("resolve", f"{flavor}/{image}/{network}" + (" fresh" if fresh else ""))
+        self._refreshed = self._refreshed or fresh
+        if self.stale_ids and not self._refreshed:
+            # What an earlier run looked up (the cross-run cache), since replaced on the cloud.
+            ids = {"flavor": self.flavors[flavor].id if flavor in self.flavors else flavor, "image": image,
+                   "network": network, **self.stale_ids}
+            return BootTarget(flavor_id=ids["flavor"], image_id=ids["image"], network_id=ids["network"], cached=True)
         for what, name, known in (("flavor", flavor, self.flavors), ("image", image, self.images),
                                   ("network", network, self.networks)):
             if name not in known:

@@ -14,6 +14,12 @@ keeps those states in `state_dir/tokens.json`:
 - advice only: a missing, unreadable, broken or wrongly-owned file is ignored with a warning that
   names the file, and the run logs in as before.
 
+Beside each token the services' version discovery documents are kept (`discovery`: URL -> the
+versions a GET of that endpoint answered, what keystoneauth caches per session): a run that uses
+a cached token then sends no discovery request either, and learns the compute API's microversion
+range from the document, as the run that fetched it did. They go with the token: a new token (a
+new entry) starts without them and the run that got it fetches and keeps them again.
+
 The plugin is duck-typed (any keystoneauth identity plugin), so this module imports neither
 keystoneauth nor openstacksdk.
 """
@@ -111,6 +117,37 @@ class TokenCache:
         except (OSError, ElasticError) as error:
             self._warn(f"token cache {self.path} not saved: {_reason(error)}")
 
+    def discovery(self, plugin: Any) -> dict[str, Any]:
+        """The discovery documents kept with the plugin's cached token (URL -> versions): only for
+        the state `load` installed, never for another token."""
+        key = _cache_id(plugin)
+        entry = self._read().get(key) if key is not None else None
+        if not isinstance(entry, dict) or not _same_state(plugin, entry):
+            return {}
+        found = entry.get("discovery")
+        return {url: data for url, data in found.items() if isinstance(url, str)} if isinstance(found, dict) else {}
+
+    def save_discovery(self, plugin: Any, documents: dict[str, Any]) -> None:
+        """Keep discovery documents with the plugin's token entry (which `save` wrote)."""
+        key = _cache_id(plugin)
+        if key is None or not documents:
+            return
+        try:
+            with exclusive_lock(self.path.with_name(self.path.name + ".lock"), LOCK_TIMEOUT):
+                data = self._read()
+                entry = data.get(key)
+                if not isinstance(entry, dict) or not _same_state(plugin, entry):
+                    return
+                stored = entry.get("discovery")
+                known: dict[str, Any] = stored if isinstance(stored, dict) else {}
+                merged = {**known, **documents}
+                if merged == known:
+                    return
+                entry["discovery"] = merged
+                self._write(data)
+        except (OSError, ElasticError, TypeError, ValueError) as error:
+            self._warn(f"token cache {self.path} not saved: {_reason(error)}")
+
     def _read(self) -> dict[str, Any]:
         try:
             fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -148,6 +185,25 @@ class TokenCache:
             with contextlib.suppress(OSError):
                 os.unlink(temporary)
             raise
+
+
+def _same_state(plugin: Any, entry: dict[str, Any]) -> bool:
+    """Does the cached entry hold the token the plugin uses now?"""
+    try:
+        state = plugin.get_auth_state()
+    except (ValueError, TypeError, AttributeError):
+        return False
+    theirs = entry.get("state")
+    return isinstance(state, str) and isinstance(theirs, str) and _token_of(state) == _token_of(theirs) is not None
+
+
+def _token_of(state: str) -> str | None:
+    """The token of a keystoneauth auth state (a JSON string), never logged."""
+    try:
+        token = json.loads(state).get("auth_token")
+    except (ValueError, AttributeError):
+        return None
+    return token if isinstance(token, str) and token else None
 
 
 def _cache_id(plugin: Any) -> str | None:

@@ -16,6 +16,7 @@ from elastic.config import Config
 from elastic.errors import LocalError
 from elastic.history import History
 from elastic.locks import free_node_locks
+from elastic.lookups import LookupCache
 from elastic.pacing import BootMemory, Pacer
 from elastic.power.services import Services
 from elastic.slurm import Slurm, find_command, subprocess_runner
@@ -29,13 +30,15 @@ def make_slurm(config: Config) -> Slurm:
 
 PACING_FILE = "pacing.json"
 TOKEN_FILE = "tokens.json"  # Keystone tokens and catalogs, 0600 (elastic.tokens)
+LOOKUP_FILE = "lookups.json"  # flavor, image and network ids by name, 0600 (elastic.lookups)
 
 
 def make_clouds(config: Config, clock: Callable[[], float] = time.time,
                 log: FilteringBoundLogger | None = None) -> dict[str, OpenStackCloud]:
     """One OpenStackCloud per configured cloud, each paced by what every run on this controller
     learned of it (state_dir/pacing.json; see elastic.pacing), sharing their Keystone tokens
-    (state_dir/tokens.json; see elastic.tokens). Without `log`, warnings about those files go
+    (state_dir/tokens.json; see elastic.tokens) and the ids their names resolved to
+    (state_dir/lookups.json; see elastic.lookups). Without `log`, warnings about those files go
     to stderr."""
     shared = config.state_dir / PACING_FILE if config.state_dir.is_dir() else None
     logger = log if log is not None else structlog.wrap_logger(structlog.PrintLogger(sys.stderr))
@@ -46,11 +49,15 @@ def make_clouds(config: Config, clock: Callable[[], float] = time.time,
     def warn_tokens(message: str) -> None:
         logger.warning("tokens.uncached", error=message)
 
+    def warn_lookups(message: str) -> None:
+        logger.warning("lookups.uncached", error=message)
+
     tokens = TokenCache(config.state_dir / TOKEN_FILE, clock=clock, warn=warn_tokens) if shared else None
+    lookups = LookupCache(config.state_dir / LOOKUP_FILE, clock=clock, warn=warn_lookups) if shared else None
     return {name: OpenStackCloud(name, cloud, clock=clock,
                                  pacer=Pacer(name, ceiling=cloud.rate_ceiling, clock=clock, sleep=time.sleep,
                                              shared=shared, warn=warn),
-                                 tokens=tokens)
+                                 tokens=tokens, lookups=lookups)
             for name, cloud in config.clouds.items()}
 
 

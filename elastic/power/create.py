@@ -8,10 +8,11 @@ creates whose answer was lost), the pool's cloud order with cool-downs, the `max
 from __future__ import annotations
 
 import math
+import threading
 from collections import defaultdict
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from elastic import userdata
 from elastic.cloud import ERROR, BootRequest, BootTarget, Cloud, Flavor, Limits, Server, ServerGroup
@@ -128,19 +129,36 @@ def create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[st
         # The template's file:line only: a message could quote a user_data_vars value (a secret).
         return {}, {node: Failure("config", f"user-data template {error.where}", permanent=True) for node in nodes}
 
+    refresh = _Refresh(target, lambda: cloud.resolve_boot(pool.flavor_on(entry), pool.image_on(entry), entry.network,
+                                                          fresh=True))
+
+    def send(node: str, used: BootTarget) -> Server:
+        request = replace(requests[node], flavor_id=used.flavor_id, image_id=used.image_id,
+                          network_id=used.network_id)
+        return with_retries(
+            lambda: cloud.create_server(request), sleep=svc.sleep,
+            # A lost reply may hide a create that worked: look before sending it again.
+            before_retry=lambda: _find_live(cloud, node, svc),
+            on_retry=lambda err, delay: svc.log.warning("cloud.retry", cloud=entry.cloud, node=node,
+                                                        kind=err.kind.value, delay=delay),
+            give_up_at=deadline, clock=svc.clock,
+        )
+
     def create(node: str) -> tuple[str, Server | CloudError | None]:
         if svc.clock() >= deadline:
             return node, None  # no create starts after the boot deadline
         started = svc.monotonic()
+        used = refresh.current
         try:
-            server = with_retries(
-                lambda: cloud.create_server(requests[node]), sleep=svc.sleep,
-                # A lost reply may hide a create that worked: look before sending it again.
-                before_retry=lambda: _find_live(cloud, node, svc),
-                on_retry=lambda err, delay: svc.log.warning("cloud.retry", cloud=entry.cloud, node=node,
-                                                            kind=err.kind.value, delay=delay),
-                give_up_at=deadline, clock=svc.clock,
-            )
+            try:
+                server = send(node, used)
+            except CloudError as error:
+                # An id an earlier run looked up is gone (an image replaced under its name):
+                # look the names up again, once for all the creates, and send this one again.
+                renewed = refresh.after(error, used, svc, entry.cloud)
+                if renewed is None:
+                    raise
+                server = send(node, renewed)
         except CloudError as error:
             svc.log.warning("cloud.create", cloud=entry.cloud, node=node, ok=False, kind=error.kind.value,
                             error=str(error), seconds=round(svc.monotonic() - started, 3))
@@ -169,6 +187,38 @@ def create_on_cloud(pool_name: str, pool: Pool, entry: PoolCloud, nodes: list[st
                 unanswered[node] = {entry.cloud: f"create unconfirmed: {result.message}"}
     svc.history.add_pending_deletes(unanswered, svc.clock())
     return started, failed
+
+
+class _Refresh:
+    """The ids one cloud's creates use, looked up again (once, whichever create thread meets it
+    first) when the cloud refuses a cached one as not found."""
+
+    def __init__(self, target: BootTarget, lookup: Callable[[], BootTarget]):
+        self.current = target
+        self._lookup = lookup
+        self._lock = threading.Lock()
+        self._done = False
+
+    def after(self, error: CloudError, used: BootTarget, svc: Services, cloud: str) -> BootTarget | None:
+        """The ids to send again with after `error`, or None (the error stands)."""
+        if error.resource is None or error.resource[0] not in ("flavor", "image", "network"):
+            return None
+        with self._lock:
+            if self.current is not used:
+                return self.current  # another create's refusal renewed them already
+            if self._done or not used.cached:
+                return None  # ids this run looked up itself: the cloud's answer stands
+            self._done = True
+            try:
+                renewed = with_retries(self._lookup, sleep=svc.sleep)
+            except CloudError as failed:
+                svc.log.warning("resume.lookup_renewal_failed", cloud=cloud, kind=failed.kind.value, error=str(failed))
+                return None
+            svc.log.info("resume.lookup_renewed", cloud=cloud, stale=error.resource[0], old=error.resource[1])
+            self.current = renewed
+            same = (renewed.flavor_id, renewed.image_id, renewed.network_id) == (
+                used.flavor_id, used.image_id, used.network_id)
+            return None if same else renewed
 
 
 # A create that ended in these may have made a server; a 429 or a 4xx was refused before that.

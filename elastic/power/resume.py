@@ -232,6 +232,9 @@ def _wait(booting: dict[str, Booting], state: RunState, outcome: Outcome, fleet:
     waiting = dict(booting)
     boots = svc.boots
     expected = {cloud: boots.expected(cloud) for cloud in {b.server.cloud for b in booting.values()}} if boots else {}
+    first = _first_pause(waiting, svc, expected, deadline)
+    if first > 0:
+        svc.sleep(first)
     while waiting:
         _cancel_released(waiting, state, outcome, fleet, svc)
         if not waiting:
@@ -251,6 +254,25 @@ def _wait(booting: dict[str, Booting], state: RunState, outcome: Outcome, fleet:
         if waiting:
             svc.sleep(pause)
     return again
+
+
+def _first_pause(waiting: Mapping[str, Booting], svc: Services, expected: Mapping[str, float | None],
+                 deadline: float) -> float:
+    """How long to wait before the first poll. On a cloud whose boot time earlier runs learned,
+    servers this run created a moment ago are not ACTIVE yet: the first look waits as a later one
+    would (at most EARLY_POLL_MAX, so an early ERROR is still seen soon). An adopted server may be
+    ACTIVE already, and without a learned boot time nothing is known: then look at once."""
+    if not waiting or not all(item.created_here and item.server.status != ACTIVE
+                              and expected.get(item.server.cloud) is not None for item in waiting.values()):
+        return 0.0
+    now = svc.clock()
+    by_cloud: dict[str, list[float]] = defaultdict(list)
+    for item in waiting.values():
+        by_cloud[item.server.cloud].append(item.server.created if item.server.created is not None else now)
+    pause = min(poll_pause(now, first_created=min(created), expected_boot=expected.get(cloud), list_seconds=0.0,
+                           fixed=svc.config.timeouts.poll)
+                for cloud, created in by_cloud.items())
+    return max(0.0, min(pause, deadline - now))
 
 
 def _poll_once(waiting: dict[str, Booting], served_now: dict[str, str], again: dict[str, str], state: RunState,

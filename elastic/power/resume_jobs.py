@@ -70,7 +70,13 @@ def create_jobs(pool_name: str, nodes: list[str], anchors: Mapping[str, str], st
             break
         excluded = {job.key: set().union(*(state.tried[n] for n in job.nodes)) for job in jobs}
         wanted = {c for job in jobs for c in entries if c not in excluded[job.key]}
-        room = {c: _headroom(entries[c], pool_name, pool, fleet, svc, state) for c in entries if c in wanted}
+        # Quota matters where a job could be split by it. Jobs of one node (a manual power_up, nodes
+        # of no job, one-node jobs) go where the pool's order says, as with `spread`: one that does
+        # not fit is refused by Nova (403) and tries the next cloud, so the two requests of a quota
+        # read (limits, flavor) are not worth it.
+        read_quota = any(len(job.nodes) > 1 for job in jobs)
+        room = {c: _headroom(entries[c], pool_name, pool, fleet, svc, state, read_quota=read_quota)
+                for c in entries if c in wanted}
         decision = place_jobs(jobs, list(entries), room, anchors=anchors, excluded=excluded)
         by_key = {job.key: job for job in jobs}
         for key, clouds in decision.unplaceable.items():
@@ -195,16 +201,19 @@ def _create_jobs_on(jobs: list[JobNodes], pool_name: str, entry: PoolCloud, stat
 
 
 def _headroom(entry: PoolCloud, pool_name: str, pool: Pool, fleet: Fleet, svc: Services,
-              state: RunState) -> Headroom:
-    """The cloud's room for this pool now: its quota (read once per run), the pool's max_nodes."""
+              state: RunState, *, read_quota: bool = True) -> Headroom:
+    """The cloud's room for this pool now: its quota (read once per run, and only when
+    `read_quota`: unknown otherwise unless read earlier in the run), the pool's max_nodes."""
     cloud = fleet.clouds[entry.cloud]
+    key = (entry.cloud, pool.flavor_on(entry))
+    if not read_quota:
+        return headroom(state.limits.get(entry.cloud), state.flavors.get(key), room_on(entry, pool_name, fleet, svc))
     if entry.cloud not in state.limits:
         try:
             state.limits[entry.cloud] = with_retries(cloud.limits, sleep=svc.sleep)
         except CloudError as error:
             svc.log.warning("resume.limits_failed", cloud=entry.cloud, kind=error.kind.value, error=str(error))
             state.limits[entry.cloud] = None
-    key = (entry.cloud, pool.flavor_on(entry))
     if key not in state.flavors:
         try:
             state.flavors[key] = with_retries(lambda: cloud.flavor(key[1]), sleep=svc.sleep)

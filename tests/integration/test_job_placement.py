@@ -149,12 +149,17 @@ def test_a_3_node_job_with_room_for_2_on_A_lands_whole_on_B(world, schema):
 
 
 def test_without_a_resume_file_the_nodes_are_placed_one_by_one(world):
-    """No job known (a manual power_up): nodes fill A's 2 free instances and the third goes to B."""
+    """No job known (a manual power_up): nodes fill A's 2 free instances and the third goes to B.
+    Jobs of one node have nothing to keep together: no quota is read, and the third create is
+    refused by A (403 quota) before it goes to B."""
     lab, site = world
     lab.set_quota(A, instances=2)
     assert site.run("resume", "cpu-[1-3]").returncode == 0
     assert len(live(lab, A)) == 2 and len(live(lab, B)) == 1
-    assert creates(lab, A) == 2  # the quota read kept the third create from A
+    assert limit_reads(lab, A) == 0 and limit_reads(lab, B) == 0
+    refused = [r["status"] for r in lab.requests(A) if r["endpoint"] == "POST /servers" and r["status"] != 202]
+    assert creates(lab, A) == 3 and refused == [403]
+    assert state_updates(site.calls()) == {}  # no node failed
 
 
 def test_an_invalid_resume_file_never_stops_resume(world):

@@ -112,7 +112,7 @@ def _cloud_with(tmp_path, neutron: _Neutron) -> OpenStackCloud:
     cloud = OpenStackCloud("lab", CloudConfig(clouds_yaml=tmp_path / "clouds.yaml", rate=0))
     cloud._conn = SimpleNamespace(current_project_id="proj-1")
     cloud._proxies["network"] = neutron
-    cloud._cache[("network", "public")] = SimpleNamespace(id="net-public")
+    cloud._cache[("network", "public")] = {"id": "net-public"}
     return cloud
 
 

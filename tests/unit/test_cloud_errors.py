@@ -343,15 +343,17 @@ def test_message_without_cloud_or_action():
 def test_a_failed_look_up_names_the_resource(tmp_path):
     """A look-up by name that fails on the way (here Glance's 503) is about the resource it looked for,
     as a name that is not found is; other calls name none."""
-    def find_image(name: str, ignore_missing: bool) -> None:
-        raise _sdk_error(_response(503, "busy", url=f"https://glance.lab.example:9292/v2/images?name={name}",
-                                   method="GET"))
+    def images(uri: str, **kwargs: object) -> requests.Response:
+        name = kwargs["params"]["name"]  # type: ignore[index]
+        return _response(503, "busy", url=f"https://glance.lab.example:9292/v2/images?name={name}", method="GET")
 
+    flavors = _response(200, {"flavors": [{"id": "f1", "name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20}]},
+                        url=f"{NOVA}/flavors/detail", method="GET")
     cloud = OpenStackCloud(CLOUD, CloudConfig(clouds_yaml=tmp_path / "clouds.yaml", rate=0))
     cloud._conn = SimpleNamespace(
-        compute=SimpleNamespace(find_flavor=lambda name, ignore_missing: SimpleNamespace(id="f1"),
+        compute=SimpleNamespace(get=lambda uri, **kwargs: flavors,
                                 find_keypair=lambda name, ignore_missing: None),
-        image=SimpleNamespace(find_image=find_image))
+        image=SimpleNamespace(get_endpoint=lambda: "https://glance.lab.example:9292/v2", get=images))
     with pytest.raises(CloudError) as caught:
         cloud.resolve_boot("m1.small", "debian-12", "private")
     assert (caught.value.kind, caught.value.resource) == (K.TRANSIENT, ("image", "debian-12"))

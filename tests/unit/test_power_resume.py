@@ -581,3 +581,71 @@ def test_a_suspend_that_could_not_lock_a_booting_node_still_cancels_it(tmp_path)
     assert outcome.cancelled == {"cpu-001"} and set(outcome.served) == {"cpu-002"} and not outcome.failed
     assert [s.name for s in clouds["alpha"].live()] == ["cpu-002"]
     assert all("cpu-001" not in sent for sent in slurm.addresses) and slurm.states == []
+
+
+# ---- ids an earlier run looked up (state_dir/lookups.json) -----------------------------------
+
+
+def test_a_cached_id_the_cloud_refuses_is_looked_up_again_once(tmp_path):
+    """The image id an earlier run looked up is gone (replaced under its name): the creates it
+    fails are sent again with a fresh look-up, made once for all of them; every node boots there."""
+    svc, clouds, slurm, _ = make_services(tmp_path, config_text=CONFIG_ONE_CLOUD)
+    clouds["alpha"].stale_ids = {"image": "old-image-id"}
+    outcome = resume(["cpu-001", "cpu-002", "cpu-003"], svc)
+    assert outcome.exit_code == 0 and sorted(outcome.served) == ["cpu-001", "cpu-002", "cpu-003"]
+    resolves = [arg for op, arg in clouds["alpha"].calls if op == "resolve"]
+    assert resolves == ["m1.small/debian-12/private", "m1.small/debian-12/private fresh"]
+    assert sorted(s.name for s in clouds["alpha"].live()) == ["cpu-001", "cpu-002", "cpu-003"]
+
+
+def test_an_id_this_run_looked_up_itself_is_not_looked_up_again(tmp_path):
+    """Refused though the run just looked it up: the cloud's answer stands (a config error on that
+    cloud), with no second look-up and no second create."""
+    svc, clouds, slurm, _ = make_services(tmp_path, config_text=CONFIG_ONE_CLOUD)
+    clouds["alpha"].fail_next("create", CloudErrorKind.CONFIG, message="Can not find requested image")
+    original = clouds["alpha"].create_server
+
+    def refused_with_resource(request):
+        try:
+            return original(request)
+        except CloudError as error:
+            error.resource = ("image", request.image_id)
+            raise
+
+    clouds["alpha"].create_server = refused_with_resource
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.failed["cpu-001"].kind == "config"
+    assert [arg for op, arg in clouds["alpha"].calls if op == "resolve"] == ["m1.small/debian-12/private"]
+    assert [op for op, _ in clouds["alpha"].calls].count("create") == 1
+
+
+# ---- the first poll ---------------------------------------------------------------------------
+
+
+def test_with_a_learned_boot_time_the_first_poll_waits(tmp_path):
+    """Boot time 60 s learned: fresh creates are first listed after an early-poll pause, not at once."""
+    from elastic.pacing import EARLY_POLL_MAX
+
+    svc, clock = _adaptive(tmp_path, 60.0, boot_polls=1)
+    cloud = svc.clouds["alpha"]
+    listed_at: list[float] = []
+    original = cloud.list_servers
+
+    def list_servers(cluster, names=None):
+        listed_at.append(clock.now)
+        return original(cluster, names)
+
+    cloud.list_servers = list_servers
+    started = clock.now
+    assert resume(["cpu-001"], svc).exit_code == 0
+    assert listed_at == [started, started + EARLY_POLL_MAX]  # the look before creating, then one poll
+
+
+def test_without_a_learned_boot_time_or_with_an_adopted_server_the_first_poll_is_at_once(tmp_path):
+    """Nothing learned: list right after the creates. An adopted server may be ACTIVE: no pause either."""
+    for expected, adopt in ((None, False), (60.0, True)):
+        svc, clock = _adaptive(tmp_path, expected, boot_polls=1)
+        if adopt:
+            svc.clouds["alpha"].add("cpu-001", status=BUILDING, metadata=_meta("cpu-001"))
+        assert resume(["cpu-001"], svc).exit_code == 0
+        assert clock.slept == []

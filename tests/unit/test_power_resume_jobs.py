@@ -195,3 +195,23 @@ def test_a_job_that_moves_off_a_cloud_takes_its_group_there_along(tmp_path):
     assert clouds["alpha"].server_groups == {} and ("create_server_group", "test-cpu-job7") in clouds["alpha"].calls
     (group,) = clouds["beta"].server_groups.values()
     assert len(group.members) == 2
+
+
+def test_jobs_of_one_node_read_no_quota_and_a_refused_one_falls_back(tmp_path):
+    """Every job at hand has one node: no limits or flavor read (two requests a run); the node that
+    does not fit alpha's quota is refused there (Nova's 403) and boots on beta, as before."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    clouds["alpha"].instance_quota = 2
+    one_node_jobs = [ResumeJob(1, ("cpu-001",)), ResumeJob(2, ("cpu-002",)), ResumeJob(3, ("cpu-003",))]
+    assert resume(["cpu-001", "cpu-002", "cpu-003"], svc, jobs=one_node_jobs).exit_code == 0
+    assert not any(op in ("limits", "flavor") for cloud in clouds.values() for op, _ in cloud.calls)
+    assert len(_creates(clouds["alpha"])) == 3 and len(clouds["alpha"].live()) == 2
+    assert len(clouds["beta"].live()) == 1
+
+
+def test_a_run_with_a_job_of_two_nodes_reads_quota(tmp_path):
+    """One job of two nodes among singletons: the quota is read (once per cloud), as before."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    jobs = [ResumeJob(1, ("cpu-001", "cpu-002")), ResumeJob(2, ("cpu-003",))]
+    assert resume(["cpu-001", "cpu-002", "cpu-003"], svc, jobs=jobs).exit_code == 0
+    assert [op for op, _ in clouds["alpha"].calls].count("limits") == 1

@@ -239,3 +239,28 @@ def test_a_traceback_reaches_the_log_under_slurmscriptd_and_under_22_05(tmp_path
             os.close(write_end)
     text = log_file.read_text()
     assert "a line on stdout" in text and "RuntimeError: a bug of ours" in text and "Traceback" in text
+
+
+def test_exit_now_flushes_then_ends_the_process_with_the_code(monkeypatch, capsys):
+    """What was printed is flushed before os._exit, which gets the run's exit code."""
+    import logging
+    import sys
+
+    ended: list[int] = []
+    shut: list[bool] = []
+
+    class Ended(Exception):
+        pass
+
+    def fake_exit(code: int) -> None:
+        ended.append(code)
+        raise Ended
+
+    monkeypatch.setattr(os, "_exit", fake_exit)
+    monkeypatch.setattr(logging, "shutdown", lambda: shut.append(True))
+    print("last words", end="")
+    sys.stdout.write("")
+    with pytest.raises(Ended):
+        process.exit_now(1)
+    assert ended == [1] and shut == [True]
+    assert capsys.readouterr().out == "last words"

@@ -118,3 +118,20 @@ def test_a_cache_that_cannot_be_written_warns_and_the_run_goes_on(tmp_path):
     cache.save(Plugin(token="tok-A", expires=NOW + 3600))
     assert not cache.load(Plugin())
     assert warnings and all("tok-A" not in w for w in warnings)
+
+
+def test_discovery_documents_go_with_their_token(tmp_path):
+    """save_discovery() keeps them beside the saved token; a run that loads that token gets them;
+    another token never does, and a new token starts without them."""
+    cache = TokenCache(tmp_path / "tokens.json", clock=lambda: NOW)
+    first = Plugin(token="tok-A", expires=NOW + 3600)
+    cache.save(first)
+    documents = {"http://nova.example/v2.1": [{"id": "v2.1", "status": "CURRENT", "version": "2.96"}]}
+    cache.save_discovery(first, documents)
+    fresh = Plugin()
+    assert cache.load(fresh) and cache.discovery(fresh) == documents
+    assert cache.discovery(Plugin(token="tok-B", expires=NOW + 3600)) == {}
+    renewed = Plugin(token="tok-B", expires=NOW + 7200)
+    cache.save(renewed)
+    assert cache.discovery(renewed) == {}
+    assert stat.S_IMODE((tmp_path / "tokens.json").stat().st_mode) == 0o600
