@@ -18,23 +18,19 @@ cloud and project (`scope`), so a run within that time sends none of them:
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
-import stat
-import tempfile
 import threading
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+from elastic import private_files
 from elastic.errors import ElasticError
 from elastic.locks import exclusive_lock
 
 # An answer older than this is looked up again (an image replaced under the same name is used
 # from then on).
 MAX_AGE = 900.0
-MODE = 0o600
+MODE = private_files.MODE
 LOCK_TIMEOUT = 1.0
 KINDS = ("flavor", "image", "network")
 
@@ -99,52 +95,14 @@ class LookupCache:
             with self._lock:
                 self._loaded = data
         except (OSError, ElasticError, TypeError, ValueError) as error:
-            self._warn(f"look-up cache {self.path} not saved: {_reason(error)}")
+            self._warn(f"look-up cache {self.path} not saved: {private_files.reason(error)}")
 
     def _read(self) -> dict[str, Any]:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return {}
-        except OSError as error:
-            self._warn(f"look-up cache {self.path} ignored: {_reason(error)}")
-            return {}
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if stat.S_IMODE(info.st_mode) & 0o077 or info.st_uid != os.geteuid():
-                self._warn(f"look-up cache {self.path} ignored: it must be ours and mode 0600 "
-                           f"(is {stat.S_IMODE(info.st_mode):04o})")
-                return {}
-            raw = handle.read()
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            self._warn(f"look-up cache {self.path} ignored: not JSON")
-            return {}
-        scopes = data.get("scopes") if isinstance(data, dict) else None
-        if not isinstance(scopes, dict):
-            self._warn(f"look-up cache {self.path} ignored: no scopes mapping")
-            return {}
-        return scopes
+        return private_files.read_mapping(self.path, "scopes", "look-up cache", self._warn)
 
     def _write(self, scopes: dict[str, Any]) -> None:
-        fd, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                os.fchmod(handle.fileno(), MODE)
-                json.dump({"version": 1, "scopes": scopes}, handle, sort_keys=True)
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        private_files.write_mapping(self.path, "scopes", scopes)
 
 
 def _key(kind: str, name: str) -> str:
     return f"{kind}:{name}"
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, OSError):
-        return error.strerror or type(error).__name__
-    return str(error)

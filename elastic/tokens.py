@@ -29,13 +29,11 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import json
-import os
-import stat
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from elastic import private_files
 from elastic.errors import ElasticError
 from elastic.locks import exclusive_lock
 
@@ -43,7 +41,7 @@ from elastic.locks import exclusive_lock
 # run lasts (a resume waits up to timeouts.boot) would be better still, but keystoneauth renews
 # a token that is about to expire on its own.
 REFRESH_BEFORE = 300.0
-MODE = 0o600
+MODE = private_files.MODE
 LOCK_TIMEOUT = 1.0
 
 
@@ -115,7 +113,7 @@ class TokenCache:
                 data[key] = {"state": state, "expires": expires}
                 self._write(data)
         except (OSError, ElasticError) as error:
-            self._warn(f"token cache {self.path} not saved: {_reason(error)}")
+            self._warn(f"token cache {self.path} not saved: {private_files.reason(error)}")
 
     def discovery(self, plugin: Any) -> dict[str, Any]:
         """The discovery documents kept with the plugin's cached token (URL -> versions): only for
@@ -146,45 +144,13 @@ class TokenCache:
                 entry["discovery"] = merged
                 self._write(data)
         except (OSError, ElasticError, TypeError, ValueError) as error:
-            self._warn(f"token cache {self.path} not saved: {_reason(error)}")
+            self._warn(f"token cache {self.path} not saved: {private_files.reason(error)}")
 
     def _read(self) -> dict[str, Any]:
-        try:
-            fd = os.open(self.path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
-        except FileNotFoundError:
-            return {}
-        except OSError as error:
-            self._warn(f"token cache {self.path} ignored: {_reason(error)}")
-            return {}
-        with os.fdopen(fd, "rb") as handle:
-            info = os.fstat(handle.fileno())
-            if stat.S_IMODE(info.st_mode) & 0o077 or info.st_uid != os.geteuid():
-                self._warn(f"token cache {self.path} ignored: it must be ours and mode 0600 "
-                           f"(is {stat.S_IMODE(info.st_mode):04o})")
-                return {}
-            raw = handle.read()
-        try:
-            data = json.loads(raw)
-        except ValueError:
-            self._warn(f"token cache {self.path} ignored: not JSON")
-            return {}
-        tokens = data.get("tokens") if isinstance(data, dict) else None
-        if not isinstance(tokens, dict):
-            self._warn(f"token cache {self.path} ignored: no tokens mapping")
-            return {}
-        return tokens
+        return private_files.read_mapping(self.path, "tokens", "token cache", self._warn)
 
     def _write(self, tokens: dict[str, Any]) -> None:
-        fd, temporary = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as handle:
-                os.fchmod(handle.fileno(), MODE)
-                json.dump({"version": 1, "tokens": tokens}, handle)
-            os.replace(temporary, self.path)
-        except BaseException:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-            raise
+        private_files.write_mapping(self.path, "tokens", tokens)
 
 
 def _same_state(plugin: Any, entry: dict[str, Any]) -> bool:
@@ -214,9 +180,3 @@ def _cache_id(plugin: Any) -> str | None:
     except (NotImplementedError, AttributeError, TypeError):
         return None
     return key if isinstance(key, str) and key else None
-
-
-def _reason(error: BaseException) -> str:
-    if isinstance(error, OSError):
-        return error.strerror or type(error).__name__
-    return str(error)

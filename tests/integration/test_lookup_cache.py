@@ -12,31 +12,17 @@ import pytest
 
 from elastic.lab.cloud import LabCloud
 
-from tests.support.programs import config_text, make_site
+from tests.support.programs import one_cloud_site
 
 pytestmark = pytest.mark.integration
 
-POOL = """\
-cpu:
-  nodes: cpu-[001-004]
-  slurm: {cpus: 1, real_memory: 1800}
-  boot: {flavor: m1.small, image: debian-12}
-  clouds:
-    - {cloud: lab, network: private}
-"""
 LOOK_UPS = ("GET /flavors/detail", "GET /image/v2/images", "GET /network/v2.0/networks")
 
 
 @pytest.fixture
 def site_and_lab(tmp_path):
-    cloud = {"boot_seconds": 0.1, "delete_seconds": 0.1,
-             "flavors": [{"name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20}],
-             "images": [{"name": "debian-12"}], "networks": [{"name": "private", "cidr": "127.10.0.0/16"}]}
-    with LabCloud({"clouds": {"lab": cloud}}) as lab:
-        site = make_site(tmp_path / "site")
-        clouds_yaml = lab.write_clouds_yaml(site.root / "clouds.yaml")
-        site.write_config(config_text(site, clouds_yaml, pools=POOL))
-        yield lab, site
+    with one_cloud_site(tmp_path) as lab_and_site:
+        yield lab_and_site
 
 
 def _endpoints(lab: LabCloud) -> list[str]:

@@ -3,13 +3,16 @@ stand-in for scontrol. Shared by the integration tests of the programs."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tests.support.configs import elastic_yaml
 
@@ -114,3 +117,28 @@ def config_text(site: Site, clouds_yaml: Path, *, clouds: dict[str, dict] | None
               for name, options in (clouds or {"lab": {}}).items()}
     return elastic_yaml(root=site.root, pools=pools, clouds=clouds, scontrol=site.root / "scontrol",
                         timeouts={"boot": boot_timeout, "lock": 20}, extra=extra)
+
+
+ONE_POOL = """\
+cpu:
+  nodes: cpu-[001-004]
+  slurm: {cpus: 1, real_memory: 1800}
+  boot: {flavor: m1.small, image: debian-12}
+  clouds:
+    - {cloud: lab, network: private}
+"""
+
+
+@contextlib.contextmanager
+def one_cloud_site(tmp_path: Path) -> Iterator[tuple[Any, Site]]:
+    """The emulator with one quick cloud `lab`, and a site whose one pool `cpu` boots on it."""
+    from elastic.lab.cloud import LabCloud
+
+    cloud = {"boot_seconds": 0.1, "delete_seconds": 0.1,
+             "flavors": [{"name": "m1.small", "vcpus": 1, "ram": 2048, "disk": 20}],
+             "images": [{"name": "debian-12"}], "networks": [{"name": "private", "cidr": "127.10.0.0/16"}]}
+    with LabCloud({"clouds": {"lab": cloud}}) as lab:
+        site = make_site(tmp_path / "site")
+        clouds_yaml = lab.write_clouds_yaml(site.root / "clouds.yaml")
+        site.write_config(config_text(site, clouds_yaml, pools=ONE_POOL))
+        yield lab, site
