@@ -34,6 +34,8 @@ from elastic.locks import exclusive_lock
 
 # A node that keeps failing is cut off long before this; the cap only bounds the file.
 MAX_NODE_FAILURES = 100
+# How a release marks the deletes it is carrying out now (`f"{why}: {UNDER_WAY}"`).
+UNDER_WAY = "under way"
 
 
 class CloudDown(TypedDict):
@@ -136,13 +138,11 @@ class History:
         return pending
 
     def add_pending_deletes(self, entries: dict[str, dict[str, str]], now: float) -> None:
-        """`entries`: {node: {cloud: why}}; an entry already pending keeps its first time and why."""
+        """`entries`: {node: {cloud: why}}, as in `add_pending`."""
         if not any(entries.values()):
             return
         with self._update() as data:
-            for node, clouds in entries.items():
-                for cloud, why in clouds.items():
-                    data["pending"].setdefault(node, {}).setdefault(cloud, {"since": now, "why": why})
+            add_pending(data["pending"], entries, now)
 
     def clear_pending_deletes(self, node_clouds: dict[str, list[str]]) -> None:
         if not any(cloud in self._read()["pending"].get(node, {}) for node, clouds in node_clouds.items()
@@ -192,13 +192,15 @@ class History:
         released: dict[str, float] = self._read()["released"]  # its shape checked by _valid
         return released
 
-    def record_releases(self, nodes: list[str], now: float) -> None:
-        """Note that a release of `nodes` started at `now`, in one locked write."""
+    def record_releases(self, nodes: list[str], now: float, deletes: dict[str, dict[str, str]] | None = None) -> None:
+        """Note that a release of `nodes` started at `now`, and with it the pending `deletes` (as in
+        `add_pending_deletes`), in one locked write: a run killed after it has both or neither."""
         if not nodes:
             return
         with self._update() as data:
             for node in nodes:
                 data["released"][node] = max(now, data["released"].get(node, now))
+            add_pending(data["pending"], deletes or {}, now)
 
     # ---- the file --------------------------------------------------------------------------------
 
@@ -246,6 +248,16 @@ class History:
                 raise
         except OSError as exc:
             self.on_error(f"history change not saved: {self.path}: cannot write history: {exc.strerror or exc}")
+
+
+def add_pending(pending: dict[str, dict[str, Any]], entries: dict[str, dict[str, str]], now: float) -> None:
+    """Add `entries` ({node: {cloud: why}}) to `pending`: an entry already there keeps its first time,
+    and its why unless that only said the delete was under way (the new why says what stopped it)."""
+    for node, clouds in entries.items():
+        for cloud, why in clouds.items():
+            entry = pending.setdefault(node, {}).setdefault(cloud, {"since": now, "why": why})
+            if entry["why"].endswith(UNDER_WAY):
+                entry["why"] = why
 
 
 def _empty() -> dict[str, Any]:

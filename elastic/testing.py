@@ -33,7 +33,7 @@ from elastic.cloud import (
 )
 from elastic.config import META_CLUSTER
 from elastic.errors import CloudError, CloudErrorKind
-from elastic.history import CloudDown, PendingDelete, Problem
+from elastic.history import CloudDown, PendingDelete, Problem, add_pending
 
 
 @dataclass
@@ -344,9 +344,10 @@ class MemoryHistory:
     def releases(self) -> dict[str, float]:
         return self.released
 
-    def record_releases(self, nodes: list[str], now: float) -> None:
+    def record_releases(self, nodes: list[str], now: float, deletes: dict[str, dict[str, str]] | None = None) -> None:
         for node in nodes:
             self.released[node] = max(now, self.released.get(node, now))
+        self.add_pending_deletes(deletes or {}, now)
 
     def clouds_down(self) -> dict[str, CloudDown]:
         return self.down
@@ -373,9 +374,7 @@ class MemoryHistory:
         return self.pending
 
     def add_pending_deletes(self, entries: dict[str, dict[str, str]], now: float) -> None:
-        for node, clouds in entries.items():
-            for cloud, why in clouds.items():
-                self.pending.setdefault(node, {}).setdefault(cloud, {"since": now, "why": why})
+        add_pending(self.pending, entries, now)
 
     def clear_pending_deletes(self, node_clouds: dict[str, list[str]]) -> None:
         for node, clouds in node_clouds.items():

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from elastic.cloud import Server
 from elastic.errors import CloudErrorKind
 from elastic.fleet import Fleet
+from elastic.history import UNDER_WAY
 from elastic.power import server_groups
 from elastic.power.outcome import Failure, Outcome, report_failures
 from elastic.power.services import Services
@@ -37,10 +38,14 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
     """Delete every server of the nodes; what cannot be deleted now is deferred (see module doc)."""
     nodes = list(dict.fromkeys(nodes))
     started = svc.clock()  # before the locks: a resume that Slurm asked for after this is not stopped
-    # The release time first, before any lock: a resume of these nodes that started before this run
-    # cancels them, whether it holds their locks now (it checks as it polls) or waits for them.
-    svc.history.record_releases(nodes, started)
     fleet = svc.fleet()
+    # The release time and the deletes first, in one write, before any lock: a resume of these nodes
+    # that started before this run cancels them, whether it holds their locks now (it checks as it
+    # polls) or waits for them; and a run killed while it waits for a lock leaves the deletes pending,
+    # so no later resume adopts a server whose slurmd predates its power-up (Slurm would wait for it
+    # until ResumeTimeout), and reconcile deletes them without a grace period.
+    svc.history.record_releases(nodes, started, {node: dict.fromkeys(fleet.scope(node), f"{why}: {UNDER_WAY}")
+                                                 for node in nodes})
     outcome = Outcome()
     deferred: dict[str, dict[str, str]] = defaultdict(dict)  # node -> cloud -> why
     left = nodes
@@ -83,7 +88,7 @@ def _release_locked(nodes: list[str], fleet: Fleet, svc: Services, outcome: Outc
     # deletes pending, so the next resume deletes the servers instead of adopting a VM whose
     # slurmd predates its power-up (Slurm would wait for it until ResumeTimeout), and reconcile
     # deletes them without a grace period. `_remember` settles what this run saw done.
-    svc.history.add_pending_deletes({node: dict.fromkeys(fleet.scope(node), f"{why}: under way")
+    svc.history.add_pending_deletes({node: dict.fromkeys(fleet.scope(node), f"{why}: {UNDER_WAY}")
                                      for node in nodes}, svc.clock())
     sighting = fleet.find(nodes)
     for node, clouds in fleet.blind_spots(nodes, sighting).items():

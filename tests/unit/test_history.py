@@ -234,3 +234,19 @@ def test_release_times_persist_in_one_write_and_keep_the_latest(path, mocker):
     data["released"]["cpu-002"] = "soon"
     path.write_text(json.dumps(data))
     assert History(path).releases() == {"cpu-001": NOW + 10, "cpu-003": NOW}
+
+
+def test_a_release_and_its_pending_deletes_are_one_write(path, mocker):
+    """A run killed after the write has both, or neither: never a release whose deletes are unknown.
+    An entry already pending keeps its first time and why."""
+    History(path).add_pending_deletes({"cpu-001": {"alpha": "suspend: cannot list servers"}}, NOW)
+    write = mocker.spy(_History, "_write")
+    History(path).record_releases(["cpu-001", "cpu-002"], NOW + 5,
+                                  {"cpu-001": {"alpha": "suspend: under way", "beta": "suspend: under way"},
+                                   "cpu-002": {"alpha": "suspend: under way"}})
+    assert write.call_count == 1
+    history = History(path)
+    assert history.releases() == {"cpu-001": NOW + 5, "cpu-002": NOW + 5}
+    pending = history.pending_deletes()
+    assert pending["cpu-001"]["alpha"] == {"since": NOW, "why": "suspend: cannot list servers"}
+    assert pending["cpu-001"]["beta"]["since"] == NOW + 5 and set(pending["cpu-002"]) == {"alpha"}

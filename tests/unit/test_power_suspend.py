@@ -153,6 +153,37 @@ def test_a_suspend_killed_before_its_deletes_leaves_them_pending_and_the_next_re
     assert svc.history.pending_deletes() == {}
 
 
+def test_a_suspend_killed_while_another_run_holds_the_lock_leaves_its_deletes_pending(tmp_path):
+    """Found by the chaos soak: a suspend killed while it waited for a node's lock (a reconcile held
+    it) had recorded the release but not the deletes; the node went idle~ at SuspendTimeout, and the
+    next resume adopted its VM, whose slurmd predates the power-up, so Slurm waited for it until
+    ResumeTimeout. The release and the deletes are written together, before any lock."""
+    from elastic.power.resume import resume
+
+    svc, clouds, _, clock = make_services(tmp_path)
+    old = clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"), status=ACTIVE)
+    free_locks = svc.locks
+    svc.locks, _ = held_by_another_run({"cpu-001"}, for_takes=10**6)
+
+    def killed(seconds):
+        raise _Killed()
+
+    svc.sleep = killed  # while it waits for the busy lock
+    try:
+        suspend(["cpu-001"], svc)
+    except _Killed:
+        pass
+    assert ("delete", old.id) not in clouds["alpha"].calls
+    assert set(svc.history.pending_deletes()["cpu-001"]) == {"alpha", "beta"}
+    svc.locks, svc.sleep = free_locks, clock.sleep
+    clock.sleep(60)  # SuspendTimeout; then Slurm powers the node up again
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.exit_code == 0, outcome.failed
+    assert ("delete", old.id) in clouds["alpha"].calls
+    assert old not in clouds["alpha"].live() + clouds["beta"].live()
+    assert svc.history.pending_deletes() == {}
+
+
 def test_a_suspend_that_finishes_leaves_nothing_pending(tmp_path):
     svc, clouds, _, _ = make_services(tmp_path)
     clouds["beta"].add("cpu-002", metadata=_meta("cpu-002"))

@@ -25,7 +25,7 @@ from elastic.lab.chaos.check import Violation, check
 from elastic.lab.chaos.launcher import Launcher, Run
 from elastic.lab.chaos.model import DOWN, IDLE, Node, ScontrolError, SlurmModel
 from elastic.lab.chaos.site import CAMPUS, CLUSTER, SITE, THIRD, Settings, Site, lab_config, make_site
-from elastic.lab.chaos.storms import FAULTS, Storms
+from elastic.lab.chaos.storms import FAULTS, NORMAL_DELETE_SECONDS, Storms
 from elastic.lab.cloud import LabCloud
 
 OPERATIONS = {"resume": 5.0, "suspend": 4.0, "resume-fail": 1.0, "admin-resume": 0.7, "force-down": 0.6,
@@ -82,6 +82,9 @@ class _Cloudview:
 
     def alive(self, node: str) -> bool:
         return any(s["status"] == "ACTIVE" and s["task_state"] != "deleting" for s in self.servers.get(node, []))
+
+    def deleting(self) -> int:
+        return sum(1 for servers in self.servers.values() for s in servers if s["task_state"] == "deleting")
 
 
 class Soak:
@@ -148,11 +151,13 @@ class Soak:
             return
         try:
             run.process.wait(timeout=5)
-            pending = json.loads((self.site.state_dir / "history.json").read_text()).get("pending") or {}
+            released = json.loads((self.site.state_dir / "history.json").read_text()).get("released") or {}
         except (OSError, ValueError, subprocess.TimeoutExpired):
-            pending = {}
+            released = {}
         for node in run.nodes:
-            if node not in pending:
+            # The release time and the pending deletes are written together: a release time from
+            # this run's start on says the intent was written (another run's stale entry would not).
+            if released.get(node, 0.0) < run.started - 0.5:
                 self.unrecorded.add(node)
 
     def _silent_timeouts(self, timed_out: list[str], view: _Cloudview) -> None:
@@ -302,6 +307,14 @@ class Soak:
         self.counts[f"reconcile exit {self.reconcile.returncode}"] += 1
         self.reconcile = None
         self.settle()
+        self.deletes_done()
+
+    def deletes_done(self) -> None:
+        """The deletes the last reconcile sent are accepted, not done: a server being deleted still
+        shows ACTIVE until its cloud removes it. Wait for them, as an admin would look later."""
+        deadline = time.time() + NORMAL_DELETE_SECONDS + 30
+        while _Cloudview.of(self.lab).deleting() and time.time() < deadline:
+            time.sleep(0.1)
 
     def settle(self) -> None:
         timing = self.site.settings.timing
@@ -326,10 +339,12 @@ class Soak:
         states = Counter(n.short for n in model.nodes.values())
         exits = Counter(run.killed or f"exit {run.returncode}" for run in self.launcher.done)
         up = sum(1 for n in model.nodes.values() if n.powered_up)
+        reconciled = ", ".join(f"{count} {key.removeprefix('reconcile ')}" for key, count in sorted(c.items())
+                               if key.startswith("reconcile exit ")) or "none ended"
         lines = [
             f"chaos: seed {self.options.seed}, {len(self.lab.clouds)} clouds, {len(model.nodes)} nodes, "
             f"{c['operations']} operations in {seconds:.0f}s (resume {c['resume']}, suspend {c['suspend']}, "
-            f"resume-fail {c['resume-fail']}), {c['reconciles']} reconciles, {c['kills']} kills "
+            f"resume-fail {c['resume-fail']}), {c['reconciles']} reconciles ({reconciled}), {c['kills']} kills "
             f"+ {c['timeout kills']} timeout kills, {self.storms.switched} faults switched on",
             f"cloud requests: {len(requests)} (creates {creates}, deletes {deletes}), 4xx {statuses[4]}, "
             f"5xx {statuses[5]}, unanswered {statuses[0]}",
