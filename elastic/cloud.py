@@ -601,7 +601,17 @@ class OpenStackCloud:
 
     def find_keypair(self, name: str) -> None:
         """Raises NOT_FOUND when the project has no key pair of that name."""
-        self._find("keypair", name, lambda: self._sdk.compute.find_keypair(name, ignore_missing=True))
+        self._find("keypair", name, lambda: self._get_keypair(name))
+
+    def _get_keypair(self, name: str) -> Any:
+        """GET /os-keypairs/{name}; None when there is none (find_keypair's ignore_missing=True is
+        deprecated in openstacksdk 5 and warns on every call)."""
+        from openstack import exceptions as sdk
+
+        try:
+            return self._sdk.compute.get_keypair(name)
+        except sdk.NotFoundException:
+            return None
 
     def _find(self, kind: str, name: str, lookup: Callable[[], Any]) -> Any:
         """`kind` as in `openstack <kind> list`; every error raised here carries (kind, name).

@@ -76,7 +76,8 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
                 svc.sleep(LOCK_RETRY_SECONDS)  # nothing of ours to poll: let the other run get on
     except Exception as exc:  # fail closed: no node may sit in POWERING_UP until ResumeTimeout
         svc.log.exception("resume.internal_error", error=str(exc))
-        unserved = [n for n in nodes if n not in outcome.served and n not in outcome.failed]
+        unserved = [n for n in nodes if n not in outcome.served and n not in outcome.failed
+                    and n not in outcome.cancelled]  # a cancelled node is the suspend's: powered down
         outcome.fail(unserved, internal_failure(exc))
     _report_to_slurm(outcome, svc)
     if svc.boots is not None:

@@ -340,6 +340,10 @@ def test_message_without_cloud_or_action():
     assert str(error) == "not-found: Image x could not be found."
 
 
+
+def _no_keypair(name: str) -> None:
+    raise sdk.NotFoundException(f"Keypair {name} not found")
+
 def test_a_failed_look_up_names_the_resource(tmp_path):
     """A look-up by name that fails on the way (here Glance's 503) is about the resource it looked for,
     as a name that is not found is; other calls name none."""
@@ -352,7 +356,7 @@ def test_a_failed_look_up_names_the_resource(tmp_path):
     cloud = OpenStackCloud(CLOUD, CloudConfig(clouds_yaml=tmp_path / "clouds.yaml", rate=0))
     cloud._conn = SimpleNamespace(
         compute=SimpleNamespace(get=lambda uri, **kwargs: flavors,
-                                find_keypair=lambda name, ignore_missing: None),
+                                get_keypair=_no_keypair),
         image=SimpleNamespace(get_endpoint=lambda: "https://glance.lab.example:9292/v2", get=images))
     with pytest.raises(CloudError) as caught:
         cloud.resolve_boot("m1.small", "debian-12", "private")

@@ -583,6 +583,27 @@ def test_a_suspend_that_could_not_lock_a_booting_node_still_cancels_it(tmp_path)
     assert all("cpu-001" not in sent for sent in slurm.addresses) and slurm.states == []
 
 
+def test_a_crash_after_a_node_was_cancelled_fails_only_the_nodes_still_booting(tmp_path):
+    """Our own bug strikes after a suspend took cpu-001 back: cpu-002 fails closed as internal,
+    while cpu-001 stays as the suspend left it (powered down), with no Slurm state change."""
+    svc, clouds, slurm, clock = make_services(tmp_path)
+    clouds["alpha"].boot_polls = 5
+    real_sleep = svc.sleep
+
+    def sleep(seconds: float) -> None:
+        real_sleep(seconds)
+        if not svc.history.releases():
+            svc.history.record_releases(["cpu-001"], clock())
+        elif "delete" in {op for op, _ in clouds["alpha"].calls}:
+            raise RuntimeError("a bug of ours")
+
+    svc.sleep = sleep
+    outcome = resume(["cpu-001", "cpu-002"], svc)
+    assert outcome.cancelled == {"cpu-001"} and set(outcome.failed) == {"cpu-002"}
+    assert outcome.failed["cpu-002"].kind == "internal"
+    assert [names for names, _, _ in slurm.states] == [("cpu-002",)]
+
+
 # ---- ids an earlier run looked up (state_dir/lookups.json) -----------------------------------
 
 

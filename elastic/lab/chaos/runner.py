@@ -298,6 +298,7 @@ class Soak:
         self.settle()
         if self.reconcile is not None:
             self.reconcile.wait()
+            self.counts[f"reconcile exit {self.reconcile.returncode}"] += 1
             self.reconcile = None
             self.settle()
         last_end = max((run.ended or 0.0 for run in self.launcher.done), default=0.0)
