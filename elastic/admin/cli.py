@@ -24,7 +24,7 @@ if TYPE_CHECKING:  # imported where used: `elastic --help` and slurm-conf should
     from structlog.typing import FilteringBoundLogger
 
     from elastic.admin.reconcile import Repair, Result
-    from elastic.cloud import OpenStackCloud, ServerGroup
+    from elastic.cloud import FloatingIp, OpenStackCloud, ServerGroup
     from elastic.config import Config
     from elastic.fleet import Fleet
     from elastic.history import History
@@ -224,10 +224,14 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
     unseen = {cloud: _why_unseen(error, config) for cloud, error in snapshot.unseen.items()}
     clouds = status.cloud_lines(config, unseen, history, now)
     extra = status.Extra(jobs=_jobs_by_node(slurm) if known else None, groups=status.group_names(config, fleet))
+    leaked = _leaked_floating_ips(config, fleet, now) if pools is None else []
     if args.json:
         print(json.dumps({"cluster": config.cluster, "time": now, "slurm_error": slurm_error,
                           "clouds_unseen": unseen,
                           "cloud_problems": history.problems(), "pending_deletes": history.pending_deletes(),
+                          "leaked_floating_ips": [{"cloud": ip.cloud, "id": ip.id, "address": ip.address,
+                                                   "node": ip.node, "problem": problem}
+                                                  for ip, problem in leaked],
                           "rows": [row.to_json(now, known, extra) for row in table_rows]}, indent=2))
     else:
         if not known:
@@ -236,9 +240,21 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
         sys.stdout.write(status.render(table_rows, now, slurm_known=known, extra=extra))
         for line in clouds:
             print(line)
+        for ip, problem in leaked:
+            print(f"floating IP {ip.address} ({ip.id}) on {ip.cloud} of {ip.node} leaked ({problem}); "
+                  "`elastic reconcile --apply` deletes it")
         print(status.summary(table_rows))
-    trouble = any(row.problem for row in table_rows) or snapshot.unseen or history.pending_deletes()
+    trouble = any(row.problem for row in table_rows) or snapshot.unseen or history.pending_deletes() or leaked
     return EXIT_FOUND if trouble else EXIT_OK
+
+
+def _leaked_floating_ips(config: Config, fleet: Fleet, now: float) -> list[tuple[FloatingIp, str]]:
+    """Our floating IPs that reconcile would delete now (past the grace period), with the problem;
+    a cloud that cannot be listed shows none (its line above says so)."""
+    from elastic.admin import reconcile
+
+    repairs, _ = reconcile.leaked_floating_ips(config, fleet, now)
+    return [(r.ip, reconcile.ip_problem(r)) for r in repairs if r.ready]
 
 
 def _jobs_by_node(slurm: Slurm | None) -> dict[str, list[int]] | None:

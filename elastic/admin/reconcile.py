@@ -404,11 +404,14 @@ def delete_floating_ips(config: Config, fleet: Fleet, repairs: Sequence[IpRepair
     return outcome
 
 
-def describe_ip(repair: IpRepair) -> str:
+def ip_problem(repair: IpRepair) -> str:
     if repair.problem == DETACHED:
-        return "delete floating IP (detached: its server is gone)"
-    server = repair.ip.server_id or "a port that is gone"
-    return f"delete floating IP (on {server}, no live server of ours)"
+        return "detached: its server is gone"
+    return f"on {repair.ip.server_id or 'a port that is gone'}, no live server of ours"
+
+
+def describe_ip(repair: IpRepair) -> str:
+    return f"delete floating IP ({ip_problem(repair)})"
 
 
 def render_ip_plan(repairs: Sequence[IpRepair], now: float) -> str:

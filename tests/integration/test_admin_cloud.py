@@ -302,6 +302,16 @@ def test_reconcile_deletes_exactly_the_floating_ip_a_server_delete_left_behind(s
     site.slurm.up({"cpu-1": "IDLE+CLOUD+POWERED_DOWN", "cpu-2": "IDLE+CLOUD"})
     time.sleep(max(0.0, resumed + 2.5 - time.monotonic()))  # past the grace period
 
+    assert site.run("status") == 1
+    out = capsys.readouterr().out
+    assert (f"floating IP {leaked['address']} ({leaked['id']}) on lab of cpu-1 leaked (detached: its server is "
+            "gone); `elastic reconcile --apply` deletes it") in out
+    assert out.count("floating IP ") == 1 and not any(ip in out for ip in foreign)
+    assert site.run("status", "--json") == 1
+    assert json.loads(capsys.readouterr().out)["leaked_floating_ips"] == [
+        {"cloud": "lab", "id": leaked["id"], "address": leaked["address"], "node": "cpu-1",
+         "problem": "detached: its server is gone"}]
+
     assert site.run("reconcile") == 1
     out = capsys.readouterr().out
     assert leaked["address"] in out and "detached: its server is gone" in out and "nothing changed" in out
@@ -314,6 +324,7 @@ def test_reconcile_deletes_exactly_the_floating_ip_a_server_delete_left_behind(s
     events = [json.loads(line) for line in (site.root / "elastic.log").read_text().splitlines()]
     assert [e["id"] for e in events if e["event"] == "cloud.delete_floating_ip" and e["ok"]] == [leaked["id"]]
     assert site.run("reconcile") == 0 and "nothing to repair" in capsys.readouterr().out
+    assert site.run("status") == 0 and "floating IP" not in capsys.readouterr().out
 
 
 # ---- bad input: one line, exit 2, nothing changed ------------------------------------------------
