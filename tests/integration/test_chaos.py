@@ -174,16 +174,19 @@ class _BehindTheBack(Soak):
 
 
 def test_the_soak_fails_on_a_violation_and_prints_the_seed_and_the_nodes_history(tmp_path: Path) -> None:
-    soak = _BehindTheBack(Options(seed=7, ops=6, clouds=2, faults=(), kills=False), tmp_path, print)
+    progress: list[str] = []
+    soak = _BehindTheBack(Options(seed=7, ops=6, clouds=2, faults=(), kills=False, progress=0.5), tmp_path,
+                          progress.append)
     report = soak.run()
     text = "\n".join(report.lines)
+    assert progress and all(line.startswith("chaos: ") and "/6 calls in " in line for line in progress), progress
     assert not report.ok, text
     assert [v.rule for v in report.violations] == ["orphan"], text
     assert "verdict: FAIL: 1 violations (seed 7; replay: elastic lab chaos --seed 7 --ops 6 --clouds 2)" in text
     assert f"history of {soak.injected}:" in text
 
 
-# Its own CI lane, reported but not blocking while the soak still finds open violations (issue 10).
+# Its own CI lane (marker soak), blocking like any other.
 @pytest.mark.soak
 def test_a_ci_sized_soak_keeps_every_invariant(tmp_path: Path) -> None:
     """All faults, kills, three clouds, a fixed seed: every invariant holds at quiescence."""

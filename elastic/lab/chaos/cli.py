@@ -31,6 +31,8 @@ def parse(argv: Sequence[str]) -> Options:
     parser.add_argument("--no-kills", action="store_true", help="no random SIGKILLs (timeout kills stay)")
     parser.add_argument("--reconcile-every", type=float, default=10.0, metavar="S")
     parser.add_argument("--workdir", type=Path, help="keep the site (config, logs, model, history) here")
+    parser.add_argument("--progress", type=float, default=60.0, metavar="S",
+                        help="a progress line on stderr every S seconds (default 60; 0: none)")
     args = parser.parse_args(argv)
     faults = () if args.faults in ("", "none") else tuple(f.strip() for f in args.faults.split(","))
     unknown = [f for f in faults if f not in FAULTS]
@@ -41,14 +43,16 @@ def parse(argv: Sequence[str]) -> Options:
         parser.error(f"--operations: a comma list of {', '.join(OPERATIONS)}")
     if (args.ops is not None and args.ops < 1) or (args.seconds is not None and args.seconds <= 0) or args.parallel < 1:
         parser.error("--ops, --seconds and --parallel must be positive")
+    if args.progress < 0:
+        parser.error("--progress must be 0 or positive")
     return Options(seed=args.seed, ops=args.ops, seconds=args.seconds, clouds=args.clouds, parallel=args.parallel,
                    faults=faults, kills=not args.no_kills, reconcile_every=args.reconcile_every,
-                   operations=operations, workdir=args.workdir)
+                   operations=operations, workdir=args.workdir, progress=args.progress)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     options = parse(list(sys.argv[1:] if argv is None else argv))
-    report = run_soak(options)
+    report = run_soak(options, lambda line: print(line, file=sys.stderr, flush=True))
     for line in report.lines:
         print(line, flush=True)
     return 0 if report.ok else 1

@@ -45,6 +45,7 @@ class Options:
     operations: tuple[str, ...] = tuple(OPERATIONS)  # which of OPERATIONS the soak does
     workdir: Path | None = None
     settings: Settings = Settings()
+    progress: float = 0.0  # seconds between progress lines to `out` (0: none)
 
 
 @dataclass
@@ -273,11 +274,15 @@ class Soak:
             self.site = make_site(self.root, list(self.lab.clouds), clouds_yaml, self.options.settings)
             self.launcher = Launcher(self.site.slurm_conf)
             try:
+                next_progress = started + self.options.progress
                 while self.budget_left(started):
                     self.tick()
                     if len(self.launcher.running) < self.options.parallel:
                         self.operate()
                     time.sleep(self.rng.uniform(0.05, 0.3))
+                    if self.options.progress and time.time() >= next_progress:
+                        self.out(self.progress_line(time.time() - started))
+                        next_progress += self.options.progress
                 self.quiesce()
                 model = self.site.store.read()
                 violations = check(self.lab, model, CLUSTER, self.site.state_dir / "history.json",
@@ -329,6 +334,14 @@ class Soak:
         self._global("settle: gave up waiting")
 
     # ---- the report ----------------------------------------------------------------------------
+
+    def progress_line(self, seconds: float) -> str:
+        c = self.counts
+        budget = f"/{self.options.ops}" if self.options.ops is not None else ""
+        rate = c["operations"] / max(seconds, 1.0)
+        return (f"chaos: {c['operations']}{budget} calls in {seconds:.0f}s ({rate:.2f}/s), "
+                f"{len(self.launcher.running)} running, {c['kills']} kills + {c['timeout kills']} timeout kills, "
+                f"{self.storms.switched} faults switched on, {c['reconciles']} reconciles")
 
     def summary(self, model: SlurmModel, violations: list[Violation], seconds: float) -> list[str]:
         c = self.counts
