@@ -224,14 +224,18 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
     unseen = {cloud: _why_unseen(error, config) for cloud, error in snapshot.unseen.items()}
     clouds = status.cloud_lines(config, unseen, history, now)
     extra = status.Extra(jobs=_jobs_by_node(slurm) if known else None, groups=status.group_names(config, fleet))
-    leaked = _leaked_floating_ips(config, fleet, now) if pools is None else []
+    # Floating IPs belong to no pool: looked at on a view of every pool only (None: not looked at).
+    leaked, ips_unseen = _leaked_floating_ips(config, fleet, now) if pools is None else (None, {})
+    ips_unseen = {cloud: error for cloud, error in ips_unseen.items() if cloud not in snapshot.unseen}
     if args.json:
         print(json.dumps({"cluster": config.cluster, "time": now, "slurm_error": slurm_error,
                           "clouds_unseen": unseen,
                           "cloud_problems": history.problems(), "pending_deletes": history.pending_deletes(),
-                          "leaked_floating_ips": [{"cloud": ip.cloud, "id": ip.id, "address": ip.address,
-                                                   "node": ip.node, "problem": problem}
-                                                  for ip, problem in leaked],
+                          "leaked_floating_ips": None if leaked is None else [
+                              {"cloud": ip.cloud, "id": ip.id, "address": ip.address, "node": ip.node,
+                               "problem": problem} for ip, problem in leaked],
+                          "floating_ips_unseen": {cloud: _why_unseen(refusal, config)
+                                                  for cloud, refusal in ips_unseen.items()},
                           "rows": [row.to_json(now, known, extra) for row in table_rows]}, indent=2))
     else:
         if not known:
@@ -240,21 +244,26 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
         sys.stdout.write(status.render(table_rows, now, slurm_known=known, extra=extra))
         for line in clouds:
             print(line)
-        for ip, problem in leaked:
+        for cloud, refusal in ips_unseen.items():
+            print(f"elastic: warning: floating IPs on {cloud} cannot be listed: {_why_unseen(refusal, config)}; "
+                  "leaks there are not shown", file=sys.stderr)
+        for ip, problem in leaked or []:
             print(f"floating IP {ip.address} ({ip.id}) on {ip.cloud} of {ip.node} leaked ({problem}); "
                   "`elastic reconcile --apply` deletes it")
         print(status.summary(table_rows))
-    trouble = any(row.problem for row in table_rows) or snapshot.unseen or history.pending_deletes() or leaked
+    trouble = (any(row.problem for row in table_rows) or snapshot.unseen or history.pending_deletes() or leaked
+               or ips_unseen)
     return EXIT_FOUND if trouble else EXIT_OK
 
 
-def _leaked_floating_ips(config: Config, fleet: Fleet, now: float) -> list[tuple[FloatingIp, str]]:
+def _leaked_floating_ips(config: Config, fleet: Fleet,
+                         now: float) -> tuple[list[tuple[FloatingIp, str]], dict[str, CloudError]]:
     """Our floating IPs that reconcile would delete now (past the grace period), with the problem;
-    a cloud that cannot be listed shows none (its line above says so)."""
+    and the clouds whose floating IPs could not be listed."""
     from elastic.admin import reconcile
 
-    repairs, _ = reconcile.leaked_floating_ips(config, fleet, now)
-    return [(r.ip, reconcile.ip_problem(r)) for r in repairs if r.ready]
+    repairs, unseen = reconcile.leaked_floating_ips(config, fleet, now)
+    return [(r.ip, reconcile.ip_problem(r)) for r in repairs if r.ready], unseen
 
 
 def _jobs_by_node(slurm: Slurm | None) -> dict[str, list[int]] | None:

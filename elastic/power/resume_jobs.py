@@ -283,7 +283,8 @@ def release_broken_jobs(state: RunState, outcome: Outcome, fleet: Fleet, svc: Se
         if not bad or job.key in state.released or pool is None or not svc.config.pools[pool].all_or_nothing:
             continue
         state.released.add(job.key)
-        others = [n for n in job.nodes if n not in outcome.failed]
+        # A node a suspend took back (cancelled) is that suspend's: powered down, its server gone.
+        others = [n for n in job.nodes if n not in outcome.failed and n not in outcome.cancelled]
         gone = {state.where[n].id for n in job.nodes if n in state.where}
         servers = [state.where.pop(n) for n in others if n in state.where]
         if servers:

@@ -63,3 +63,18 @@ def held_by_another_run(busy: set[str], *, for_takes: int):
         yield frozenset(names - busy if len(takes) <= for_takes else names)
 
     return locks, takes
+
+
+def released_at_the_first_pause(svc, clock, node: str = "cpu-001", then=lambda: None) -> None:
+    """A suspend of `node`, which found its lock held, records the release during the resume's first
+    pause; `then` runs at every later pause."""
+    real_sleep = svc.sleep
+
+    def sleep(seconds: float) -> None:
+        real_sleep(seconds)
+        if not svc.history.releases():
+            svc.history.record_releases([node], clock())
+        else:
+            then()
+
+    svc.sleep = sleep

@@ -329,3 +329,31 @@ def test_reconcile_lists_and_deletes_leaked_floating_ips_of_ours_only(site, caps
                                                               if f.server_id == server.id}
     log = [json.loads(line) for line in (site.tmp / "elastic.log").read_text().splitlines()]
     assert any(e["event"] == "cloud.delete_floating_ip" and e["ok"] and e["ip"] == leaked.address for e in log)
+
+
+def test_status_shows_the_leaked_floating_ips_reconcile_would_delete_and_says_when_it_cannot_look(site, capsys):
+    """Our detached IP past the grace period is a line of its own (exit 1); a young one and another
+    cluster's are not shown. --pool does not look at floating IPs (JSON null). A floating-IP list that
+    fails while the cloud's servers were listed is a warning, and trouble (exit 1)."""
+    import time
+
+    site.path.write_text(site.path.read_text().replace("      - {cloud: alpha, network: private}",
+                                                       "      - {cloud: alpha, network: private, floating_ip: public}"))
+    alpha = site.clouds["alpha"]
+    old = time.time() - 3600
+    leaked = alpha.add_floating_ip(description=floating_ip_mark("test", "cpu-002"), created=old)
+    young = alpha.add_floating_ip(description=floating_ip_mark("test", "cpu-003"))
+    alpha.add_floating_ip(description=floating_ip_mark("other", "cpu-002"), created=old)
+    assert run(site, "status") == 1
+    out = capsys.readouterr().out
+    assert (f"floating IP {leaked.address} ({leaked.id}) on alpha of cpu-002 leaked (detached: its server is "
+            "gone); `elastic reconcile --apply` deletes it") in out
+    assert out.count("floating IP ") == 1 and young.address not in out
+    assert run(site, "status", "--pool", "cpu", "--json") == 0
+    assert json.loads(capsys.readouterr().out)["leaked_floating_ips"] is None
+    alpha.fail_next("list_floating_ips", CloudErrorKind.UNREACHABLE, times=10)
+    assert run(site, "status", "--json") == 1
+    shown = json.loads(capsys.readouterr().out)
+    assert shown["leaked_floating_ips"] == [] and list(shown["floating_ips_unseen"]) == ["alpha"]
+    assert run(site, "status") == 1
+    assert "elastic: warning: floating IPs on alpha cannot be listed" in capsys.readouterr().err

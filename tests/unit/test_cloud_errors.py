@@ -340,9 +340,9 @@ def test_message_without_cloud_or_action():
     assert str(error) == "not-found: Image x could not be found."
 
 
-
 def _no_keypair(name: str) -> None:
     raise sdk.NotFoundException(f"Keypair {name} not found")
+
 
 def test_a_failed_look_up_names_the_resource(tmp_path):
     """A look-up by name that fails on the way (here Glance's 503) is about the resource it looked for,

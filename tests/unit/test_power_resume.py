@@ -11,7 +11,7 @@ from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.power import resume
 
-from tests.support.power import held_by_another_run, make_services
+from tests.support.power import held_by_another_run, make_services, released_at_the_first_pause
 
 CONFIG_ONE_CLOUD = """\
 cluster: test
@@ -564,27 +564,12 @@ def test_a_node_whose_lock_stays_held_fails_at_the_boot_deadline_as_a_timeout(tm
     assert clock.now - 1_000_000.0 >= svc.config.timeouts.boot
 
 
-def _release_cpu_001_at_the_first_pause(svc, clock, then=lambda: None) -> None:
-    """A suspend of cpu-001, which found its lock held, records the release during the resume's
-    first pause; `then` runs at every later pause."""
-    real_sleep = svc.sleep
-
-    def sleep(seconds: float) -> None:
-        real_sleep(seconds)
-        if not svc.history.releases():
-            svc.history.record_releases(["cpu-001"], clock())
-        else:
-            then()
-
-    svc.sleep = sleep
-
-
 def test_a_suspend_that_could_not_lock_a_booting_node_still_cancels_it(tmp_path):
     """power_down_force of a node this resume is booting, whose suspend gave up on the lock: the
     resume sees the release as it polls, deletes the server itself, and cancels the node."""
     svc, clouds, slurm, clock = make_services(tmp_path)
     clouds["alpha"].boot_polls = 3
-    _release_cpu_001_at_the_first_pause(svc, clock)
+    released_at_the_first_pause(svc, clock)
     outcome = resume(["cpu-001", "cpu-002"], svc)
     assert outcome.cancelled == {"cpu-001"} and set(outcome.served) == {"cpu-002"} and not outcome.failed
     assert [s.name for s in clouds["alpha"].live()] == ["cpu-002"]
@@ -601,7 +586,7 @@ def test_a_crash_after_a_node_was_cancelled_fails_only_the_nodes_still_booting(t
         if "delete" in {op for op, _ in clouds["alpha"].calls}:
             raise RuntimeError("a bug of ours")
 
-    _release_cpu_001_at_the_first_pause(svc, clock, then=crash_once_deleted)
+    released_at_the_first_pause(svc, clock, then=crash_once_deleted)
     outcome = resume(["cpu-001", "cpu-002"], svc)
     assert outcome.cancelled == {"cpu-001"} and set(outcome.failed) == {"cpu-002"}
     assert outcome.failed["cpu-002"].kind == "internal"

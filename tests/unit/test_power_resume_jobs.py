@@ -9,7 +9,7 @@ from elastic.errors import CloudErrorKind
 from elastic.power import resume, suspend
 from elastic.resume_request import ResumeJob
 
-from tests.support.power import CONFIG, make_services
+from tests.support.power import CONFIG, make_services, released_at_the_first_pause
 
 CPU_POOL = "    nodes: cpu-[001-004]\n"
 
@@ -126,6 +126,22 @@ def test_all_or_nothing_releases_the_rest_of_a_job_that_cannot_be_served(tmp_pat
     assert state == "power_down_force"
     assert reason.startswith("elastic: job: job 7 (all_or_nothing): released: cpu-003 failed: boot:")
     assert slurm.state_of("cpu-003")[1].startswith("elastic: boot: job 7 (all_or_nothing): ")
+
+
+def test_all_or_nothing_leaves_a_node_a_suspend_took_back_to_that_suspend(tmp_path):
+    """A suspend takes cpu-001 back while it boots (cancelled), then cpu-003 cannot boot: the job's
+    other node is released and requeued, and cpu-001 stays as the suspend left it (no state change)."""
+    config_text = _config("placement: spread", "all_or_nothing: true")
+    svc, clouds, slurm, clock = make_services(tmp_path, config_text=config_text)
+    for cloud in clouds.values():
+        cloud.error_on_boot["cpu-003"] = "Build of instance aborted: image is broken"
+        cloud.boot_polls = 3
+    released_at_the_first_pause(svc, clock)
+    outcome = resume(["cpu-001", "cpu-002", "cpu-003"], svc, jobs=JOB)
+    assert outcome.cancelled == {"cpu-001"} and set(outcome.failed) == {"cpu-002", "cpu-003"}
+    assert clouds["alpha"].live() == [] and clouds["beta"].live() == []
+    assert slurm.state_of("cpu-001") is None
+    assert slurm.state_of("cpu-002")[1].startswith("elastic: job: job 7 (all_or_nothing): released: cpu-003")
 
 
 def test_without_all_or_nothing_the_rest_of_the_job_is_served(tmp_path):
