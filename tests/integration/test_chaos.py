@@ -12,7 +12,7 @@ from elastic.cloud import floating_ip_mark
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import SlurmError
 from elastic.lab.chaos.check import check
-from elastic.lab.chaos.model import SlurmModel, Timing
+from elastic.lab.chaos.model import DOWN, SlurmModel, Timing
 from elastic.lab.chaos.runner import OPERATIONS, Options, Soak, run_soak
 from elastic.lab.chaos.scontrol import write_scontrol
 from elastic.lab.chaos.site import CLUSTER, SITE, lab_config
@@ -171,6 +171,32 @@ class _BehindTheBack(Soak):
         node = next(n.name for n in model.nodes.values() if "POWERED_DOWN" in n.flags)
         self.lab.seed_server(SITE, node, metadata=ours(node))
         self.injected = node
+
+
+class _Stranded(Soak):
+    """A soak whose last ResumeFailProgram was killed before it did anything: at quiescence a node is
+    down~ with Slurm's ResumeTimeout reason and still has a server."""
+
+    def quiesce(self) -> None:
+        if self.reconcile is not None:  # the timer's pass ends first: only quiescence's passes see the node
+            self.reconcile.wait()
+            self.reconcile = None
+        with self.site.store.change() as model:
+            node = next(n for n in model.nodes.values() if "POWERED_DOWN" in n.flags and n.base != DOWN)
+            node.base, node.reason, node.reason_set = DOWN, "ResumeTimeout reached", "slurm@2026-12-02T09:00:00"
+        self.lab.seed_server(SITE, node.name, metadata=ours(node.name), age_seconds=3600)
+        self.stranded = node.name
+        super().quiesce()
+
+
+def test_quiescence_gives_reconcile_the_second_pass_a_stranded_node_with_a_server_needs(tmp_path: Path) -> None:
+    """Found by the CI soak: reconcile deletes such a node's server in one pass and resumes the node
+    (idle~) in the next, as the reconcile timer does; the soak's quiescence ran only the first."""
+    soak = _Stranded(Options(seed=7, ops=4, clouds=2, faults=(), kills=False), tmp_path, lambda line: None)
+    report = soak.run()
+    text = "\n".join(report.lines)
+    assert report.ok, text
+    assert soak.site.store.read().nodes[soak.stranded].state == "IDLE+CLOUD+POWERED_DOWN"
 
 
 def test_the_soak_fails_on_a_violation_and_prints_the_seed_and_the_nodes_history(tmp_path: Path) -> None:

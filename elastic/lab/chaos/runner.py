@@ -88,6 +88,10 @@ class _Cloudview:
         return sum(1 for servers in self.servers.values() for s in servers if s["task_state"] == "deleting")
 
 
+# Reconcile passes at quiescence: one repairs, the next finishes what needs two (delete, then resume).
+FINAL_RECONCILES = 2
+
+
 class Soak:
     def __init__(self, options: Options, root: Path, out: Callable[[str], None]):
         self.options = options
@@ -297,7 +301,9 @@ class Soak:
 
     def quiesce(self) -> None:
         """Faults off, every program done, no node in a transition; then one reconcile past the
-        grace period, and the same again for what it started."""
+        grace period, and the same again for what it started: a stranded node (down~ at ResumeTimeout,
+        its ResumeFailProgram killed) that still has a server gets the delete in the first pass and
+        `state=resume` in the next, as the reconcile timer would do it."""
         self.storms.calm()
         self._global("quiescence: faults off, no new operations")
         self.settle()
@@ -308,12 +314,13 @@ class Soak:
             self.settle()
         last_end = max((run.ended or 0.0 for run in self.launcher.done), default=0.0)
         time.sleep(max(0.0, last_end + self.site.settings.grace + 1 - time.time()))
-        self.reconcile = self._start_reconcile()
-        self.reconcile.wait()
-        self.counts[f"reconcile exit {self.reconcile.returncode}"] += 1
-        self.reconcile = None
-        self.settle()
-        self.deletes_done()
+        for _ in range(FINAL_RECONCILES):
+            self.reconcile = self._start_reconcile()
+            self.reconcile.wait()
+            self.counts[f"reconcile exit {self.reconcile.returncode}"] += 1
+            self.reconcile = None
+            self.settle()
+            self.deletes_done()
 
     def deletes_done(self) -> None:
         """The deletes the last reconcile sent are accepted, not done: a server being deleted still
