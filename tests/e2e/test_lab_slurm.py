@@ -72,7 +72,9 @@ def test_stop_slurmd_ends_the_nodes_jobs(local_slurm):
     job = submit(s, "--wrap", f"echo $$ > {pid_file}.tmp && mv {pid_file}.tmp {pid_file} && sleep 300")
     s.wait_job(job, {"RUNNING"}, 20)
     wait_for(pid_file.exists, 10)
-    # slurmstepd, the batch shell and its sleep: one session, not below slurmd (see stop_slurmd).
+    # slurmstepd, the batch shell and its sleep: one session, not below slurmd (see stop_slurmd). The
+    # shell forks the sleep just after it writes the pid file: on a loaded machine, a moment later.
+    wait_for(lambda: len(session_members({int(pid_file.read_text())})) >= 3, 10)
     job_procs = session_members({int(pid_file.read_text())})
     assert len(job_procs) >= 3 and not job_procs & descendants(s.slurmds["n-1"].pid)
 
