@@ -84,10 +84,9 @@ LOCK_RETRY_SECONDS = 0.2
 def _release_locked(nodes: list[str], fleet: Fleet, svc: Services, outcome: Outcome,
                     deferred: dict[str, dict[str, str]], *, why: str) -> None:
     """Delete the servers of nodes whose locks this run holds, and wait for them to go."""
-    # The intent first: a run killed from here on (23.02's timeout kill, a SIGKILL) leaves these
-    # deletes pending, so the next resume deletes the servers instead of adopting a VM whose
-    # slurmd predates its power-up (Slurm would wait for it until ResumeTimeout), and reconcile
-    # deletes them without a grace period. `_remember` settles what this run saw done.
+    # The intent again, now under the locks: `release` wrote it before them, but another run that
+    # held a lock meanwhile (a suspend, reconcile) may have settled it. A run killed from here on
+    # leaves these deletes pending (see `release`); `_remember` settles what this run saw done.
     svc.history.add_pending_deletes({node: dict.fromkeys(fleet.scope(node), f"{why}: {UNDER_WAY}")
                                      for node in nodes}, svc.clock())
     sighting = fleet.find(nodes)
