@@ -107,14 +107,7 @@ def _place_round(pending: dict[str, str], state: RunState, outcome: Outcome, fle
         if busy:
             svc.log.info("resume.lock_busy", nodes=sorted(busy))
         pending = {node: pool for node, pool in pending.items() if node in held}
-        for node in _released_since(pending, state.started, svc):
-            # Slurm sent a suspend (power_down_force) for the node after asking for this resume, and
-            # that suspend took the lock first: Slurm counts the node as powered down, and a server
-            # booted now would start its slurmd before the next power-up, which would then wait for
-            # it until ResumeTimeout. Cancelled, as when a suspend deletes the server while we wait.
-            svc.log.info("resume.cancelled", node=node, why="released after this resume started")
-            pending.pop(node)
-            outcome.cancelled.add(node)
+        _drop_released(pending, state, outcome, svc)
         if not pending:
             return booting, busy
         # The same one list per cloud also finds where the jobs' other allocated nodes run.
@@ -125,7 +118,10 @@ def _place_round(pending: dict[str, str], state: RunState, outcome: Outcome, fle
             # second one, so that cloud is out for this node in this run.
             for cloud in clouds:
                 state.note(node, cloud, failure_from(sighting.unseen[cloud]))
-        doomed, blocked = _condemned(pending, sighting, fleet, svc)
+        doomed, blocked = _condemned(pending, sighting, fleet, svc, state.started)
+        # Again: a suspend writes its release before it takes any lock, so one may have come while
+        # we looked. Its deletes stay pending (`_condemned`), and no server is made for it now.
+        _drop_released(pending, state, outcome, svc)
         for node, unanswered in blocked.items():
             for cloud in unanswered - state.tried[node]:
                 state.note(node, cloud, Failure("unreachable", f"{cloud}: an earlier delete there is still pending"))
@@ -151,6 +147,18 @@ def _place_round(pending: dict[str, str], state: RunState, outcome: Outcome, fle
     return booting, busy
 
 
+def _drop_released(pending: dict[str, str], state: RunState, outcome: Outcome, svc: Services) -> None:
+    """Cancel the nodes of `pending` released after this resume started (and drop them from it)."""
+    for node in _released_since(pending, state.started, svc):
+        # Slurm sent a suspend (power_down_force) for the node after asking for this resume, and
+        # that suspend took the lock first: Slurm counts the node as powered down, and a server
+        # booted now would start its slurmd before the next power-up, which would then wait for
+        # it until ResumeTimeout. Cancelled, as when a suspend deletes the server while we wait.
+        svc.log.info("resume.cancelled", node=node, why="released after this resume started")
+        pending.pop(node)
+        outcome.cancelled.add(node)
+
+
 def _released_since(nodes: Iterable[str], started: float, svc: Services) -> list[str]:
     """The nodes whose release (suspend, resume-fail) started after this resume did."""
     released = svc.history.releases()
@@ -172,11 +180,12 @@ def _cancel_released(waiting: dict[str, Booting], state: RunState, outcome: Outc
     outcome.cancelled.update(released)
 
 
-def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet,
-               svc: Services) -> tuple[set[str], dict[str, set[str]]]:
+def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet, svc: Services,
+               started: float) -> tuple[set[str], dict[str, set[str]]]:
     """Servers that a suspend could not delete (the cloud did not answer) are deleted now, never
     adopted: their slurmd predates this resume. Returns their ids, and per node the clouds where
-    such a delete is still due: the node does not boot there in this run."""
+    such a delete is still due: the node does not boot there in this run. The pending deletes of a
+    node released after `started` (the run's start) are that release's, and stay pending."""
     marked = {node: set(clouds) for node, clouds in svc.history.pending_deletes().items() if node in pending}
     if not marked:
         return set(), {}
@@ -187,7 +196,10 @@ def _condemned(pending: dict[str, str], sighting: Sighting, fleet: Fleet,
         still[server.name].add(server.cloud)
     for node, clouds in marked.items():
         still[node] |= {c for c in clouds if c in sighting.unseen}
-    svc.history.clear_pending_deletes({node: sorted(clouds - still[node]) for node, clouds in marked.items()})
+    # Read after the pending deletes: a suspend writes its release and its deletes in one write.
+    later = set(_released_since(marked, started, svc))
+    svc.history.clear_pending_deletes({node: sorted(clouds - still[node]) for node, clouds in marked.items()
+                                       if node not in later})
     return {s.id for s in doomed}, {node: clouds for node, clouds in still.items() if clouds}
 
 

@@ -576,6 +576,27 @@ def test_a_suspend_that_could_not_lock_a_booting_node_still_cancels_it(tmp_path)
     assert all("cpu-001" not in sent for sent in slurm.addresses) and slurm.states == []
 
 
+def test_a_release_recorded_while_a_round_looks_cancels_the_node_and_keeps_its_deletes(tmp_path):
+    """A suspend of cpu-001 writes its release and deletes (before any lock) while this resume lists
+    the clouds, past its release check: nothing is created for cpu-001, which is cancelled, and the
+    suspend's deletes stay pending for it (or for whoever comes next); cpu-002 boots as usual."""
+    svc, clouds, slurm, clock = make_services(tmp_path)
+    original = clouds["alpha"].list_servers
+
+    def released_during_the_first_list(cluster, names=None):
+        if not svc.history.releases():
+            clock.now += 1
+            svc.history.record_releases(["cpu-001"], clock(), {"cpu-001": {"alpha": "suspend: under way",
+                                                                            "beta": "suspend: under way"}})
+        return original(cluster, names)
+
+    clouds["alpha"].list_servers = released_during_the_first_list
+    outcome = resume(["cpu-001", "cpu-002"], svc)
+    assert outcome.cancelled == {"cpu-001"} and set(outcome.served) == {"cpu-002"} and not outcome.failed
+    assert ("create", "cpu-001") not in clouds["alpha"].calls + clouds["beta"].calls
+    assert set(svc.history.pending_deletes()["cpu-001"]) == {"alpha", "beta"} and slurm.states == []
+
+
 def test_a_crash_after_a_node_was_cancelled_fails_only_the_nodes_still_booting(tmp_path):
     """Our own bug strikes after a suspend took cpu-001 back: cpu-002 fails closed as internal,
     while cpu-001 stays as the suspend left it (powered down), with no Slurm state change."""

@@ -184,6 +184,58 @@ def test_a_suspend_killed_while_another_run_holds_the_lock_leaves_its_deletes_pe
     assert svc.history.pending_deletes() == {}
 
 
+def test_a_suspend_that_comes_while_a_resume_looks_keeps_its_deletes_when_both_are_killed(tmp_path):
+    """Found in review: a suspend of cpu-001 recorded its release and deletes (before any lock) while
+    a resume of it, past its release check, listed the clouds; the resume settled those deletes as
+    its own and created a server. Killed before its first poll (and the suspend while it waited for
+    the lock), it left a server with no pending delete, and the next resume adopted it (its slurmd
+    predates that power-up). The resume now leaves a later release's deletes pending, and cancels
+    the node as if it had seen the release first."""
+    from contextlib import contextmanager
+    from dataclasses import replace
+
+    from elastic.power.resume import resume
+
+    svc, clouds, _, clock = make_services(tmp_path)
+    busy_locks, _ = held_by_another_run({"cpu-001"}, for_takes=10**6)
+
+    def killed(seconds):
+        raise _Killed()
+
+    suspending = replace(svc, locks=busy_locks, sleep=killed)  # its lock is the resume's; killed waiting
+    original_list = clouds["alpha"].list_servers
+
+    def suspend_during_the_first_list(cluster, names=None):
+        if not svc.history.releases():
+            clock.now += 1  # Slurm sends the suspend a moment after the resume
+            try:
+                suspend(["cpu-001"], suspending)
+            except _Killed:
+                pass
+        return original_list(cluster, names)
+
+    @contextmanager
+    def killed_after_its_first_round(names):
+        yield frozenset(names)
+        raise _Killed()  # the resume dies before its first poll
+
+    clouds["alpha"].list_servers = suspend_during_the_first_list
+    svc.locks = killed_after_its_first_round
+    try:
+        resume(["cpu-001"], svc)
+    except _Killed:
+        pass
+    assert set(svc.history.pending_deletes()["cpu-001"]) == {"alpha", "beta"}
+    left = {s.id for s in clouds["alpha"].live() + clouds["beta"].live()}
+    clouds["alpha"].list_servers = original_list
+    svc.locks = make_services(tmp_path)[0].locks
+    clock.sleep(60)  # SuspendTimeout; then Slurm powers the node up again
+    outcome = resume(["cpu-001"], svc)
+    assert outcome.served.keys() == {"cpu-001"}, outcome.failed
+    assert not left & {s.id for s in clouds["alpha"].live() + clouds["beta"].live()}
+    assert svc.history.pending_deletes() == {}
+
+
 def test_a_suspend_that_finishes_leaves_nothing_pending(tmp_path):
     svc, clouds, _, _ = make_services(tmp_path)
     clouds["beta"].add("cpu-002", metadata=_meta("cpu-002"))
