@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import os
 import sys
 import time
 from collections.abc import Callable
@@ -31,6 +32,18 @@ def make_slurm(config: Config) -> Slurm:
 PACING_FILE = "pacing.json"
 TOKEN_FILE = "tokens.json"  # Keystone tokens and catalogs, 0600 (elastic.tokens)
 LOOKUP_FILE = "lookups.json"  # flavor, image and network ids by name, 0600 (elastic.lookups)
+CACHE_DIR = "cache"  # XDG_CACHE_HOME of a run without HOME: stevedore's entry-point cache
+
+
+def keep_caches_in(state_dir: Path) -> None:
+    """keystoneauth finds its auth plugin through stevedore, which scans the entry points of every
+    installed package and keeps the result in $XDG_CACHE_HOME or ~/.cache. slurmctld starts us
+    without HOME, and Debian's slurm user has /nonexistent as its home: every run rescanned them
+    (~30 ms of a one-node suspend) and failed to create the directory. Such a run keeps that cache
+    in the state dir instead; a run with HOME or XDG_CACHE_HOME set (an admin's) keeps its own.
+    Before openstacksdk is imported: stevedore reads the variable once, at its import."""
+    if "HOME" not in os.environ and "XDG_CACHE_HOME" not in os.environ:
+        os.environ["XDG_CACHE_HOME"] = str(state_dir / CACHE_DIR)
 
 
 def make_clouds(config: Config, clock: Callable[[], float] = time.time,
@@ -52,6 +65,8 @@ def make_clouds(config: Config, clock: Callable[[], float] = time.time,
     def warn_lookups(message: str) -> None:
         logger.warning("lookups.uncached", error=message)
 
+    if shared:
+        keep_caches_in(config.state_dir)
     tokens = TokenCache(config.state_dir / TOKEN_FILE, clock=clock, warn=warn_tokens) if shared else None
     lookups = LookupCache(config.state_dir / LOOKUP_FILE, clock=clock, warn=warn_lookups) if shared else None
     return {name: OpenStackCloud(name, cloud, clock=clock,

@@ -119,6 +119,19 @@ def test_resume_twice_adopts_instead_of_duplicating(one_cloud):
     assert sorted(s["name"] for s in _live(lab, "lab")) == ["cpu-001", "cpu-002"]
 
 
+def test_a_run_without_home_keeps_the_entry_point_cache_in_the_state_dir(one_cloud):
+    """slurmctld gives no HOME (and Debian's slurm user's home is /nonexistent): stevedore's scan of
+    the installed entry points (keystoneauth's auth plugins) is kept in the state dir, so the next
+    run reads it instead of scanning every package again."""
+    lab, site = one_cloud
+    assert site.run("resume", "cpu-001").returncode == 0
+    kept = list((site.root / "state" / "cache" / "python-entrypoints").iterdir())
+    assert len(kept) == 1 and "keystoneauth1.plugin" in json.loads(kept[0].read_text())["groups"]
+    written = kept[0].stat().st_mtime_ns
+    assert site.run("suspend", "cpu-001").returncode == 0
+    assert kept[0].stat().st_mtime_ns == written  # read, not written again
+
+
 def test_duplicate_servers_with_one_name_are_reduced_to_one(one_cloud):
     """Two servers of ours named for one node: resume keeps one, suspend then deletes every one."""
     lab, site = one_cloud
