@@ -7,10 +7,14 @@
   BUILD, as a resume would adopt.
 - missing: `power_down_force` the node with an `elastic:` reason. Its jobs are requeued now (the
   server is gone, so they are too) and the node returns to idle~.
-- stranded: a node that ResumeTimeout left `down~` with Slurm's own reason and no server, whose
-  ResumeFailProgram never finished (killed, or it crashed before Slurm heard from it): `down~`
-  never recovers by itself, so `scontrol update state=resume` returns it to idle~ as that
-  ResumeFailProgram would have. (A server it left is an orphan: deleted first, resumed next pass.)
+- stranded: a node that ResumeTimeout left `down~` with Slurm's own reason, whose ResumeFailProgram
+  never finished (killed, or it crashed before Slurm heard from it): `down~` never recovers by
+  itself, so `scontrol update state=resume` returns it to idle~ as that ResumeFailProgram would
+  have. A server it left is an orphan (or a pending delete): the node is resumed in the same pass
+  once every such delete was accepted (a resume never adopts a server being deleted). While one
+  of them waits for the grace period, a delete fails, or a cloud of the node's pool does not
+  answer, the node stays `down~` for the next pass. (It counts no failure toward
+  `resume_fail.max_failures`: reconcile cannot tell whether the killed run counted it already.)
 - pending: delete the server at once (no grace period: a suspend or resume-fail already meant to
   delete it when its cloud did not answer), then forget the pending delete; a pending delete on
   a cloud that answers and shows no server for the node is forgotten.
@@ -75,14 +79,15 @@ class Repair:
     server: Server | None = None
     wait: str = ""  # why it is not due yet; empty when it may be applied
     cloud: str | None = None  # FORGET: the cloud whose pending delete is settled
+    after: tuple[str, ...] = ()  # RESUME: the ids of the node's servers whose deletes must be accepted first
 
     @property
     def ready(self) -> bool:
         return not self.wait
 
     @property
-    def key(self) -> tuple[str, str, str | None, str | None]:
-        return self.action, self.node, self.server.id if self.server else None, self.cloud
+    def key(self) -> tuple[str, str, str | None, str | None, tuple[str, ...]]:
+        return self.action, self.node, self.server.id if self.server else None, self.cloud, self.after
 
 
 @dataclass
@@ -96,12 +101,16 @@ def plan(table_rows: Iterable[status.Row], now: float, grace: float, *,
          pending: Mapping[str, Mapping[str, PendingDelete]] | None = None,
          unseen: Collection[str] = ()) -> list[Repair]:
     """The repairs for the flagged rows, in row order; those not due yet carry `wait`.
-    `pending`: History's pending deletes; `unseen`: clouds that did not answer."""
+    `pending`: History's pending deletes; `unseen`: clouds that did not answer.
+
+    A stranded node's RESUME comes after its DELETEs and names their servers in `after`: apply
+    resumes it only when every one of those deletes was accepted."""
     by_node: dict[str, list[status.Row]] = defaultdict(list)
     for row in table_rows:
         by_node[row.node].append(row)
     repairs: list[Repair] = []
     for node, node_rows in by_node.items():
+        first = len(repairs)
         condemned = [row.server for row in node_rows if row.problem == status.PENDING and row.server is not None]
         repairs.extend(Repair(DELETE, node, status.PENDING, server) for server in condemned)
         for cloud in sorted((pending or {}).get(node, {})):
@@ -118,9 +127,30 @@ def plan(table_rows: Iterable[status.Row], now: float, grace: float, *,
             repairs.extend(_delete(node, problem, server, now, grace) for server in live if server is not keep)
         elif problem == status.MISSING:
             repairs.append(Repair(POWER_DOWN, node, problem))
-        if not node_rows[0].server and len(node_rows) == 1 and stranded(node_rows[0].slurm):
-            repairs.append(Repair(RESUME, node, STRANDED))
+        if stranded(node_rows[0].slurm):
+            resume = _stranded_resume(node, node_rows, repairs[first:])
+            if resume is not None:
+                repairs.append(resume)
     return repairs
+
+
+def _stranded_resume(node: str, node_rows: Sequence[status.Row], node_repairs: Sequence[Repair]) -> Repair | None:
+    """The RESUME of a stranded node, or None while it must wait for a later pass. With no server
+    it is due at once, as before any delete was needed. With servers, every cloud of the node's
+    scope must have answered (a server may sit on one that did not) and each server must be being
+    deleted already or deleted by this plan: the RESUME waits with the deletes that wait."""
+    servers = [row.server for row in node_rows if row.server is not None]
+    if not servers:
+        return Repair(RESUME, node, STRANDED)
+    if node_rows[0].blind:
+        return None
+    deletes = [r for r in node_repairs if r.action == DELETE and r.server is not None]
+    doomed = {cast(Server, r.server).id for r in deletes}
+    if not all(server.deleting or server.id in doomed for server in servers):
+        return None
+    waits = [r.wait for r in deletes if r.wait]
+    wait = f"its server's delete waits: {waits[0]}" if waits else ""
+    return Repair(RESUME, node, STRANDED, wait=wait, after=tuple(sorted(doomed)))
 
 
 def stranded(state: NodeState | None) -> bool:
@@ -195,10 +225,16 @@ def apply(config: Config, fleet: Fleet, slurm: SlurmRepairs, repairs: Sequence[R
 
 def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Result, *, log: FilteringBoundLogger,
          history: PendingMemory | None) -> None:
+    """Deletes first (then the pending deletes they settle, and those to forget), then the state
+    changes. A stranded node's RESUME goes with them only if every delete it comes `after` was
+    accepted (204/202, 404, or the server was already being deleted); else it is skipped, and the
+    next pass, which sees the delete retried or the server going, resumes the node."""
     deletes = [r for r in todo if r.action == DELETE]
     settled: dict[str, list[str]] = defaultdict(list)
+    accepted: set[str] = set()
     if deletes:
         deletion = fleet.delete([cast(Server, r.server) for r in deletes], why="reconcile")
+        accepted = {server.id for server in deletion.accepted}
         for repair in deletes:
             failed = deletion.failed.get(cast(Server, repair.server).id)
             if failed is not None:
@@ -213,7 +249,15 @@ def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Resu
             result.done.append(repair)
     if settled and history is not None:
         history.clear_pending_deletes(dict(settled))
-    _set_state(slurm, [r for r in todo if r.action == RESUME], "resume", None, result, log)
+    resumes = []
+    for repair in (r for r in todo if r.action == RESUME):
+        left = [server_id for server_id in repair.after if server_id not in accepted]
+        if left:
+            result.skipped.append((repair, f"the delete of {', '.join(left)} was not accepted: resumed by a later "
+                                           "pass"))
+        else:
+            resumes.append(repair)
+    _set_state(slurm, resumes, "resume", None, result, log)
     downs = [r for r in todo if r.action == POWER_DOWN]
     if downs:
         names = [r.node for r in downs]
@@ -244,7 +288,8 @@ def _set_state(slurm: SlurmRepairs, repairs: list[Repair], state: str, reason: s
 
 def describe(repair: Repair) -> str:
     if repair.action == RESUME:
-        return "resume the node (down~ since ResumeTimeout; its ResumeFailProgram never finished)"
+        then = " once its servers' deletes are accepted" if repair.after else ""
+        return f"resume the node (down~ since ResumeTimeout; its ResumeFailProgram never finished){then}"
     if repair.action == POWER_DOWN:
         return "power_down_force the node (its server is gone)"
     if repair.action == FORGET:

@@ -78,6 +78,7 @@ class Row:
     server: Server | None
     problem: str | None = None
     note: str = ""
+    blind: tuple[str, ...] = ()  # clouds of the node's scope that did not answer: it may have a server there
 
     @property
     def address(self) -> str | None:
@@ -208,11 +209,11 @@ def node_rows(node: str, pool: str | None, servers: Sequence[Server],
         notes.append(f"delete pending on {', '.join(waiting)} (not answering)")
     note = "; ".join(notes)
     if not servers:
-        return [Row(node, pool, state, None, problem, note)]
+        return [Row(node, pool, state, None, problem, note, tuple(blind))]
     ordered = sorted(servers, key=lambda s: (s.deleting, -(s.created or 0.0), s.cloud, s.id))
     return [Row(node, pool, state, server,
                 PENDING if server in condemned else (None if server.deleting and problem != MISSING else problem),
-                "deleting" if server.deleting else note)
+                "deleting" if server.deleting else note, tuple(blind))
             for server in ordered]
 
 

@@ -3,6 +3,7 @@ its checker on worlds with a known violation, and a CI-sized soak with a fixed s
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -190,13 +191,20 @@ class _Stranded(Soak):
 
 
 def test_quiescence_gives_reconcile_the_second_pass_a_stranded_node_with_a_server_needs(tmp_path: Path) -> None:
-    """Found by the CI soak: reconcile deletes such a node's server in one pass and resumes the node
-    (idle~) in the next, as the reconcile timer does; the soak's quiescence ran only the first."""
+    """Found by the CI soak: reconcile deleted such a node's server in one pass and resumed the node
+    (idle~) only in the next, and the soak's quiescence ran only the first. Now the pass that deletes
+    the server resumes the node once the delete is accepted; quiescence keeps its two passes."""
     soak = _Stranded(Options(seed=7, ops=4, clouds=2, faults=(), kills=False), tmp_path, lambda line: None)
     report = soak.run()
     text = "\n".join(report.lines)
     assert report.ok, text
     assert soak.site.store.read().nodes[soak.stranded].state == "IDLE+CLOUD+POWERED_DOWN"
+    events = [json.loads(line) for line in soak.site.log_file.read_text().splitlines()]
+    deleted = {e["run_id"] for e in events if e.get("command") == "reconcile" and e["event"] == "cloud.delete"
+               and e.get("node") == soak.stranded and e.get("ok")}
+    resumed = {e["run_id"] for e in events if e.get("command") == "reconcile" and e["event"] == "slurm.set_state"
+               and e.get("state") == "resume" and soak.stranded in e.get("nodes", [])}
+    assert len(deleted) == 1 and resumed == deleted, (deleted, resumed)
 
 
 def test_the_soak_fails_on_a_violation_and_prints_the_seed_and_the_nodes_history(tmp_path: Path) -> None:

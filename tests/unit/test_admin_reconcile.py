@@ -9,10 +9,10 @@ import structlog
 
 from elastic.admin import reconcile, status
 from elastic.cloud import ACTIVE, BUILDING, ERROR, FloatingIp, Server, floating_ip_mark
-from elastic.errors import CloudErrorKind
+from elastic.errors import CloudError, CloudErrorKind
 from elastic.fleet import Fleet, NoMemory
 from elastic.slurm import NodeState
-from elastic.testing import FakeClock, MemoryCloud
+from elastic.testing import FakeClock, MemoryCloud, MemoryHistory
 
 from tests.support.admin import ALLOCATED, CONFIG, IDLE, NOW, POWERING_UP, FakeSlurm, make_config, ours, slurm_nodes
 
@@ -251,9 +251,9 @@ STRANDED = "DOWN+CLOUD+POWERED_DOWN"
 def test_a_node_left_down_at_resume_timeout_by_a_resume_fail_that_never_finished_is_resumed(tmp_path):
     """Found by the chaos soak: a ResumeFailProgram SIGKILLed before it resumed the node left it down~
     with Slurm's "ResumeTimeout reached" (never an `elastic:` reason) for good. Reconcile resumes such
-    a node once it has no server; with a server left it deletes the orphan first. An `elastic:`
-    reason (resume-fail's own verdict) is left alone; a DOWN node that is not powered down is the
-    missing case (power_down_force), not this one."""
+    a node; with a server left it deletes the orphan first and resumes the node in the same pass once
+    the delete is accepted. An `elastic:` reason (resume-fail's own verdict) is left alone; a DOWN
+    node that is not powered down is the missing case (power_down_force), not this one."""
     config = make_config(tmp_path)
     cloud = MemoryCloud("alpha")
     left = cloud.add("cpu-002", metadata=ours("cpu-002"), created=NOW - GRACE - 1)
@@ -265,13 +265,14 @@ def test_a_node_left_down_at_resume_timeout_by_a_resume_fail_that_never_finished
         nodes[name] = NodeState.from_state(name, state, reason=reason)
     repairs = plan_for(config, {"alpha": cloud}, nodes)
     assert summary(repairs) == [("delete", "cpu-002", left.id), ("power_down", "cpu-004", None),
-                                ("resume", "cpu-001", None)]
+                                ("resume", "cpu-001", None), ("resume", "cpu-002", None)]
     slurm = FakeSlurm(node_states=nodes)
     clock = FakeClock(NOW)
     result = reconcile.apply(config, fleet_of(config, {"alpha": cloud}, clock), slurm, repairs, locks=no_locks,
                              log=null_log(), clock=clock)
     assert summary(result.done) == summary(repairs)
-    assert slurm.changes == [(("cpu-001",), "resume", None), (("cpu-004",), "power_down_force", reconcile.REASON)]
+    assert slurm.changes == [(("cpu-001", "cpu-002"), "resume", None),
+                             (("cpu-004",), "power_down_force", reconcile.REASON)]
     assert "ResumeFailProgram never finished" in reconcile.describe(next(r for r in repairs if r.action == "resume"))
 
 
@@ -286,6 +287,142 @@ def test_a_stranded_node_whose_resume_fail_finished_meanwhile_is_not_resumed_aga
     result = reconcile.apply(config, fleet_of(config, {"alpha": MemoryCloud("alpha")}, clock), slurm, repairs,
                              locks=no_locks, log=null_log(), clock=clock)
     assert result.done == [] and [r.action for r, _ in result.skipped] == ["resume"] and slurm.changes == []
+
+
+def stranded_nodes(*names):
+    nodes = slurm_nodes()
+    for name in names:
+        nodes[name] = NodeState.from_state(name, STRANDED, reason="ResumeTimeout reached")
+    return nodes
+
+
+def test_a_stranded_node_is_resumed_in_the_same_pass_once_every_delete_is_accepted(tmp_path):
+    """cpu-001 (pool on alpha and beta) has an orphan on alpha, a server on beta whose delete the
+    killed ResumeFailProgram left pending, and one already being deleted; cpu-002's orphan is gone
+    (404) by the time reconcile deletes it. Every delete is accepted, both clouds answered: both
+    nodes are resumed in this pass, no second pass needed. The pending delete is forgotten once
+    accepted, as before (the server being deleted is no longer a threat: no resume adopts it)."""
+    config = make_config(tmp_path)
+    alpha, beta = MemoryCloud("alpha"), MemoryCloud("beta")
+    orphan = alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - GRACE - 1)
+    condemned = beta.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 30)  # pending: no grace
+    going = beta.add("cpu-001", metadata=ours("cpu-001"), created=NOW - GRACE - 1, task_state="deleting")
+    vanishing = alpha.add("cpu-002", metadata=ours("cpu-002"), created=NOW - GRACE - 1)
+    clouds = {"alpha": alpha, "beta": beta}
+    history = MemoryHistory()
+    history.add_pending_deletes({"cpu-001": {"beta": "resume-fail: under way"}}, NOW - 100)
+    nodes = stranded_nodes("cpu-001", "cpu-002")
+    servers = [s for cloud in clouds.values() for s in cloud.list_servers(config.cluster)]
+    repairs = reconcile.plan(status.rows(config, servers, nodes, pending=history.pending_deletes()), NOW, GRACE,
+                             pending=history.pending_deletes())
+    assert summary(repairs) == sorted([("delete", "cpu-001", orphan.id), ("delete", "cpu-001", condemned.id),
+                                       ("delete", "cpu-002", vanishing.id), ("resume", "cpu-001", None),
+                                       ("resume", "cpu-002", None)])
+    resume = next(r for r in repairs if r.action == "resume" and r.node == "cpu-001")
+    assert resume.after == tuple(sorted([orphan.id, condemned.id])) and going.id not in resume.after
+    assert "once its servers' deletes are accepted" in reconcile.describe(resume)
+
+    def gone_behind_our_back(fake):  # the fresh look has listed the clouds: the DELETE will get a 404
+        alpha.servers.pop(vanishing.id, None)
+
+    slurm = FakeSlurm(node_states=nodes, on_read=gone_behind_our_back)
+    clock = FakeClock(NOW)
+    result = reconcile.apply(config, fleet_of(config, clouds, clock), slurm, repairs, locks=no_locks,
+                             log=null_log(), clock=clock, history=history)
+    assert summary(result.done) == summary(repairs) and result.failed == result.skipped == []
+    assert slurm.changes == [(("cpu-001", "cpu-002"), "resume", None)]
+    assert ("delete", vanishing.id) in alpha.calls and ("delete", going.id) not in beta.calls
+    assert history.pending_deletes() == {}
+
+
+def test_a_stranded_node_waits_with_its_servers_delete_in_the_grace_period(tmp_path):
+    """The leftover server is younger than the grace period: its delete waits, and the resume with it."""
+    config = make_config(tmp_path)
+    alpha = MemoryCloud("alpha")
+    young = alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 60)
+    repairs = plan_for(config, {"alpha": alpha}, stranded_nodes("cpu-001"))
+    assert [(r.action, r.ready, r.server.id if r.server else None) for r in repairs] == [
+        ("delete", False, young.id), ("resume", False, None)]
+    resume = repairs[1]
+    assert resume.wait.startswith("its server's delete waits: younger than the grace period")
+
+
+def test_a_stranded_node_whose_delete_fails_is_not_resumed_and_keeps_its_pending_delete(tmp_path):
+    """Of two stranded nodes, cpu-002's delete is refused (locked) and cpu-003's pending delete on
+    beta fails too: neither is resumed (the next pass retries), cpu-003 keeps its pending delete;
+    cpu-001, whose delete is accepted, is resumed in this pass."""
+    config = make_config(tmp_path)
+    alpha, beta = MemoryCloud("alpha"), MemoryCloud("beta")
+    alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - GRACE - 1)
+    locked = alpha.add("cpu-002", metadata=ours("cpu-002"), created=NOW - GRACE - 1)
+    stuck = beta.add("cpu-003", metadata=ours("cpu-003"), created=NOW - 30)
+    clouds = {"alpha": alpha, "beta": beta}
+    history = MemoryHistory()
+    history.add_pending_deletes({"cpu-003": {"beta": "resume-fail: under way"}}, NOW - 100)
+    nodes = stranded_nodes("cpu-001", "cpu-002", "cpu-003")
+    servers = [s for cloud in clouds.values() for s in cloud.list_servers(config.cluster)]
+    repairs = reconcile.plan(status.rows(config, servers, nodes, pending=history.pending_deletes()), NOW, GRACE,
+                             pending=history.pending_deletes())
+    original = alpha.delete_server
+
+    def delete(server_id):
+        if server_id == locked.id:
+            raise CloudError(CloudErrorKind.CONFLICT, f"Instance {server_id} is locked", cloud="alpha", status=409)
+        original(server_id)
+
+    alpha.delete_server = delete
+    beta.fail_next("delete", CloudErrorKind.CONFLICT, message="task_state is migrating")
+    slurm = FakeSlurm(node_states=nodes)
+    clock = FakeClock(NOW)
+    result = reconcile.apply(config, fleet_of(config, clouds, clock), slurm, repairs, locks=no_locks,
+                             log=null_log(), clock=clock, history=history)
+    assert slurm.changes == [(("cpu-001",), "resume", None)]
+    assert sorted((r.action, r.node) for r, _ in result.failed) == [("delete", "cpu-002"), ("delete", "cpu-003")]
+    skipped = {r.node: why for r, why in result.skipped}
+    assert sorted(skipped) == ["cpu-002", "cpu-003"] and all(r.action == "resume" for r, _ in result.skipped)
+    assert skipped["cpu-002"] == f"the delete of {locked.id} was not accepted: resumed by a later pass"
+    assert stuck.id in skipped["cpu-003"]
+    assert set(history.pending_deletes()) == {"cpu-003"} and set(history.pending_deletes()["cpu-003"]) == {"beta"}
+
+
+SOLO = CONFIG.replace("reconcile: {grace: 600}\n", """\
+  solo:
+    nodes: solo-[1-2]
+    slurm: {cpus: 1, real_memory: 1800}
+    boot: {flavor: m1.small, image: debian-12}
+    clouds:
+      - {cloud: alpha, network: private}
+reconcile: {grace: 600}
+""")
+
+
+def test_a_stranded_node_with_a_cloud_of_its_pool_not_answering_is_not_resumed(tmp_path):
+    """beta cannot be listed: cpu-001 (pool on alpha and beta) may have a server there, so its orphan
+    on alpha is deleted but the node is not resumed, in the plan or under the lock; solo-1 (pool on
+    alpha only) is not concerned by beta and is resumed in this pass."""
+    config = make_config(tmp_path, SOLO)
+    alpha, beta = MemoryCloud("alpha"), MemoryCloud("beta")
+    orphan = alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - GRACE - 1)
+    solo = alpha.add("solo-1", metadata=ours("solo-1", pool="solo"), created=NOW - GRACE - 1)
+    beta.fail_next("list", CloudErrorKind.UNREACHABLE, times=1000, message="connection refused")
+    clouds = {"alpha": alpha, "beta": beta}
+    nodes = stranded_nodes("cpu-001")
+    nodes["solo-1"] = NodeState.from_state("solo-1", STRANDED, reason="ResumeTimeout reached")
+    clock = FakeClock(NOW)
+    fleet = fleet_of(config, clouds, clock)
+    snapshot = status.collect(config, fleet, FakeSlurm(node_states=nodes), need_slurm=True)
+    assert set(snapshot.unseen) == {"beta"}
+    repairs = reconcile.plan(status.rows(config, snapshot.servers, snapshot.nodes, unseen=snapshot.unseen), NOW,
+                             GRACE, unseen=snapshot.unseen)
+    assert summary(repairs) == sorted([("delete", "cpu-001", orphan.id), ("delete", "solo-1", solo.id),
+                                       ("resume", "solo-1", None)])
+    # Under the lock too: the plan saw beta answer, the fresh look does not.
+    planned = repairs + [reconcile.Repair("resume", "cpu-001", reconcile.STRANDED, after=(orphan.id,))]
+    slurm = FakeSlurm(node_states=nodes)
+    result = reconcile.apply(config, fleet, slurm, planned, locks=no_locks, log=null_log(), clock=clock)
+    assert slurm.changes == [(("solo-1",), "resume", None)]
+    assert ("delete", orphan.id) in alpha.calls
+    assert [(r.action, r.node) for r, _ in result.skipped] == [("resume", "cpu-001")]
 
 
 # ---- floating IPs ----------------------------------------------------------------------------------

@@ -88,7 +88,9 @@ class _Cloudview:
         return sum(1 for servers in self.servers.values() for s in servers if s["task_state"] == "deleting")
 
 
-# Reconcile passes at quiescence: one repairs, the next finishes what needs two (delete, then resume).
+# Reconcile passes at quiescence, as the timer would run them: the second finds what the first left
+# (a stranded node with a server gets the delete and `state=resume` in one pass once the delete is
+# accepted; two passes were needed before, and stay harmless).
 FINAL_RECONCILES = 2
 
 
@@ -301,9 +303,9 @@ class Soak:
 
     def quiesce(self) -> None:
         """Faults off, every program done, no node in a transition; then one reconcile past the
-        grace period, and the same again for what it started: a stranded node (down~ at ResumeTimeout,
-        its ResumeFailProgram killed) that still has a server gets the delete in the first pass and
-        `state=resume` in the next, as the reconcile timer would do it."""
+        grace period, and the same again for what it started, as the reconcile timer would do it (a
+        stranded node, down~ at ResumeTimeout with its ResumeFailProgram killed, that still has a
+        server gets the delete and `state=resume` in one pass once the delete is accepted)."""
         self.storms.calm()
         self._global("quiescence: faults off, no new operations")
         self.settle()
