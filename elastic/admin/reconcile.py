@@ -235,14 +235,20 @@ def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Resu
     if deletes:
         deletion = fleet.delete([cast(Server, r.server) for r in deletes], why="reconcile")
         accepted = {server.id for server in deletion.accepted}
+        unsettled: set[tuple[str, str]] = set()  # a node's pending delete on a cloud stays if one of its deletes failed
         for repair in deletes:
-            failed = deletion.failed.get(cast(Server, repair.server).id)
+            server = cast(Server, repair.server)
+            failed = deletion.failed.get(server.id)
             if failed is not None:
                 result.failed.append((repair, f"delete on {failed[1].cloud} failed: {failed[1].message}"))
+                unsettled.add((repair.node, server.cloud))
             else:
                 result.done.append(repair)
-                if repair.problem == status.PENDING:
-                    settled[repair.node].append(cast(Server, repair.server).cloud)
+        for repair in deletes:
+            server = cast(Server, repair.server)
+            if repair.problem == status.PENDING and (repair.node, server.cloud) not in unsettled \
+                    and server.cloud not in settled.get(repair.node, []):
+                settled[repair.node].append(server.cloud)
     for repair in todo:
         if repair.action == FORGET:
             settled[repair.node].append(cast(str, repair.cloud))

@@ -509,3 +509,33 @@ def test_delete_floating_ips_rechecks_and_deletes_only_what_is_still_leaked(tmp_
     assert len(alpha.floating_ips) == 2
     table = reconcile.render_ip_plan(repairs, NOW)
     assert "detached: its server is gone" in table and "not yet: younger than the grace period" in table
+
+
+def test_a_pending_delete_stays_while_one_of_the_nodes_servers_on_that_cloud_is_not_deleted(tmp_path):
+    """Two servers of powered-down cpu-001 on alpha under a pending delete: one delete is accepted,
+    the other refused (locked). The pending entry on alpha stays, so no resume adopts the server
+    that is left (its slurmd predates the next power-up); the next pass retries it."""
+    config = make_config(tmp_path)
+    alpha = MemoryCloud("alpha")
+    alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 30)
+    locked = alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - 20)
+    history = MemoryHistory()
+    history.add_pending_deletes({"cpu-001": {"alpha": "suspend: delete failed"}}, NOW - 100)
+    nodes = slurm_nodes()
+    servers = alpha.list_servers(config.cluster)
+    repairs = reconcile.plan(status.rows(config, servers, nodes, pending=history.pending_deletes()), NOW, GRACE,
+                             pending=history.pending_deletes())
+    assert sorted(r.server.id for r in repairs if r.action == "delete") == sorted(s.id for s in servers)
+    original = alpha.delete_server
+
+    def delete(server_id):
+        if server_id == locked.id:
+            raise CloudError(CloudErrorKind.CONFLICT, f"Instance {server_id} is locked", cloud="alpha", status=409)
+        original(server_id)
+
+    alpha.delete_server = delete
+    clock = FakeClock(NOW)
+    result = reconcile.apply(config, fleet_of(config, {"alpha": alpha}, clock), FakeSlurm(node_states=nodes), repairs,
+                             locks=no_locks, log=null_log(), clock=clock, history=history)
+    assert [r.server.id for r, _ in result.failed] == [locked.id]
+    assert set(history.pending_deletes()) == {"cpu-001"} and set(history.pending_deletes()["cpu-001"]) == {"alpha"}
