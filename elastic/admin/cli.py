@@ -222,7 +222,9 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
     table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools, unseen=snapshot.unseen,
                              pending=snapshot.pending)
     unseen = {cloud: _why_unseen(error, config) for cloud, error in snapshot.unseen.items()}
-    clouds = status.cloud_lines(config, unseen, history, now)
+    # With --pool, the pending deletes are its nodes' (collect keeps those) and the problems its pools'.
+    pending = snapshot.pending
+    clouds = status.cloud_lines(config, unseen, history, now, pools=pools, pending=pending)
     extra = status.Extra(jobs=_jobs_by_node(slurm) if known else None, groups=status.group_names(config, fleet))
     # Floating IPs belong to no pool: looked at on a view of every pool only (None: not looked at).
     leaked, ips_unseen = _leaked_floating_ips(config, fleet, now) if pools is None else (None, {})
@@ -230,7 +232,8 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
     if args.json:
         print(json.dumps({"cluster": config.cluster, "time": now, "slurm_error": slurm_error,
                           "clouds_unseen": unseen,
-                          "cloud_problems": history.problems(), "pending_deletes": history.pending_deletes(),
+                          "cloud_problems": status.pool_problems(history.problems(), pools),
+                          "pending_deletes": pending,
                           "leaked_floating_ips": None if leaked is None else [
                               {"cloud": ip.cloud, "id": ip.id, "address": ip.address, "node": ip.node,
                                "problem": problem} for ip, problem in leaked],
@@ -251,8 +254,7 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
             print(f"floating IP {ip.address} ({ip.id}) on {ip.cloud} of {ip.node} leaked ({problem}); "
                   "`elastic reconcile --apply` deletes it")
         print(status.summary(table_rows))
-    trouble = (any(row.problem for row in table_rows) or snapshot.unseen or history.pending_deletes() or leaked
-               or ips_unseen)
+    trouble = any(row.problem for row in table_rows) or snapshot.unseen or pending or leaked or ips_unseen
     return EXIT_FOUND if trouble else EXIT_OK
 
 

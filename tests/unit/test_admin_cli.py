@@ -357,3 +357,48 @@ def test_status_shows_the_leaked_floating_ips_reconcile_would_delete_and_says_wh
     assert shown["leaked_floating_ips"] == [] and list(shown["floating_ips_unseen"]) == ["alpha"]
     assert run(site, "status") == 1
     assert "elastic: warning: floating IPs on alpha cannot be listed" in capsys.readouterr().err
+
+
+def _history(site):
+    from elastic.history import History
+
+    def unexpected(message):
+        raise AssertionError(message)
+
+    return History(site.tmp / "state" / "history.json", on_error=unexpected)
+
+
+def test_status_with_pool_judges_and_shows_only_that_pools_pending_deletes_and_problems(site, capsys):
+    """A pending delete and a cloud problem of pool gpu are no trouble of `--pool cpu`: exit 0, no
+    line for them, and the JSON's pending_deletes and cloud_problems hold the cpu pool's only. The
+    gpu pool's view and the view of every pool still show them (exit 1)."""
+    history = _history(site)
+    history.add_pending_deletes({"gpu-1": {"beta": "suspend: delete failed: unreachable: timed out"}}, 100.0)
+    history.record_problem("beta", "gpu", "not-found", "image debian-12 not found", 100.0)
+    assert run(site, "status", "--pool", "cpu") == 0
+    out = capsys.readouterr().out
+    assert "pending" not in out and "gpu" not in out and "cloud beta" not in out
+    assert run(site, "status", "--pool", "cpu", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["pending_deletes"] == {} and data["cloud_problems"] == {}
+    assert run(site, "status", "--pool", "gpu") == 1
+    out = capsys.readouterr().out
+    assert "cloud beta: pool gpu: not-found: image debian-12 not found" in out
+    assert "1 delete(s) pending: gpu-1" in out
+    assert run(site, "status", "--pool", "gpu", "--json") == 1
+    data = json.loads(capsys.readouterr().out)
+    assert list(data["pending_deletes"]) == ["gpu-1"] and list(data["cloud_problems"]["beta"]) == ["gpu"]
+    assert run(site, "status") == 1
+    assert "1 delete(s) pending: gpu-1" in capsys.readouterr().out
+
+
+def test_status_with_pool_keeps_its_own_pending_deletes_apart_from_another_pools(site, capsys):
+    """With pending deletes in two pools, `--pool cpu` names (and is troubled by) cpu's only."""
+    history = _history(site)
+    history.add_pending_deletes({"gpu-2": {"beta": "resume-fail: delete failed: unreachable: timed out"},
+                                 "cpu-003": {"alpha": "suspend: delete failed: unreachable: timed out"}}, 100.0)
+    assert run(site, "status", "--pool", "cpu") == 1
+    out = capsys.readouterr().out
+    assert "cloud alpha: 1 delete(s) pending: cpu-003" in out and "gpu-2" not in out
+    assert run(site, "status", "--pool", "cpu", "--json") == 1
+    assert list(json.loads(capsys.readouterr().out)["pending_deletes"]) == ["cpu-003"]
