@@ -14,7 +14,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # imported where used: `elastic --help` and slurm-conf should
     from elastic.cloud import FloatingIp, OpenStackCloud, ServerGroup
     from elastic.config import Config
     from elastic.fleet import Fleet
-    from elastic.history import History
+    from elastic.history import History, PendingDelete
     from elastic.slurm import Slurm
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -227,7 +227,7 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
     clouds = status.cloud_lines(config, unseen, history, now, pools=pools, pending=pending)
     extra = status.Extra(jobs=_jobs_by_node(slurm) if known else None, groups=status.group_names(config, fleet))
     # Floating IPs belong to no pool: looked at on a view of every pool only (None: not looked at).
-    leaked, ips_unseen = _leaked_floating_ips(config, fleet, now) if pools is None else (None, {})
+    leaked, ips_unseen = _leaked_floating_ips(config, fleet, now, pending) if pools is None else (None, {})
     ips_unseen = {cloud: error for cloud, error in ips_unseen.items() if cloud not in snapshot.unseen}
     if args.json:
         print(json.dumps({"cluster": config.cluster, "time": now, "slurm_error": slurm_error,
@@ -258,13 +258,14 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
     return EXIT_FOUND if trouble else EXIT_OK
 
 
-def _leaked_floating_ips(config: Config, fleet: Fleet,
-                         now: float) -> tuple[list[tuple[FloatingIp, str]], dict[str, CloudError]]:
-    """Our floating IPs that reconcile would delete now (past the grace period), with the problem;
-    and the clouds whose floating IPs could not be listed."""
+def _leaked_floating_ips(config: Config, fleet: Fleet, now: float, pending: Mapping[str, Mapping[str, PendingDelete]],
+                         ) -> tuple[list[tuple[FloatingIp, str]], dict[str, CloudError]]:
+    """Our floating IPs that reconcile would delete now (due: past the grace period, and not on a
+    server a suspend under way is deleting), with the problem; and the clouds whose floating IPs
+    could not be listed. `pending`: History's pending deletes, as reconcile reads them."""
     from elastic.admin import reconcile
 
-    repairs, unseen = reconcile.leaked_floating_ips(config, fleet, now)
+    repairs, unseen = reconcile.leaked_floating_ips(config, fleet, now, pending=pending)
     return [(r.ip, reconcile.ip_problem(r)) for r in repairs if r.ready], unseen
 
 
@@ -324,7 +325,8 @@ def _reconcile(config: Config, slurm: Slurm, pools: list[str] | None, *, apply: 
     # Empty server groups and leaked floating IPs of ours, on a pass over every pool only (--pool
     # scopes the nodes' repairs).
     groups = _empty_groups(config, fleet, slurm) if pools is None else []
-    ips, ips_unseen = reconcile.leaked_floating_ips(config, fleet, now) if pools is None else ([], {})
+    ips, ips_unseen = (reconcile.leaked_floating_ips(config, fleet, now, pending=snapshot.pending)
+                       if pools is None else ([], {}))
     for cloud, error in ips_unseen.items():
         if cloud not in snapshot.unseen:
             print(f"elastic: warning: floating IPs on {cloud} cannot be listed: {_why_unseen(error, config)}; "
@@ -350,7 +352,7 @@ def _reconcile(config: Config, slurm: Slurm, pools: list[str] | None, *, apply: 
         print(f"server group {group.name} on {cloud}: {'FAILED: ' + problem if problem else 'deleted'}")
         failed = failed or problem is not None
     if ips_due:
-        released = reconcile.delete_floating_ips(config, fleet, ips_due, log=log, clock=clock)
+        released = reconcile.delete_floating_ips(config, fleet, ips_due, log=log, clock=clock, history=history)
         sys.stdout.write(reconcile.render_ip_result(released))
         failed = failed or any(result == "FAILED" for _, result, _ in released)
     if not due:
