@@ -14,7 +14,7 @@ import functools
 import json
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -27,7 +27,7 @@ if TYPE_CHECKING:  # imported where used: `elastic --help` and slurm-conf should
     from elastic.cloud import FloatingIp, OpenStackCloud, ServerGroup
     from elastic.config import Config
     from elastic.fleet import Fleet
-    from elastic.history import History
+    from elastic.history import History, PendingDelete
     from elastic.slurm import Slurm
 
 EXIT_OK, EXIT_FOUND, EXIT_ERROR = 0, 1, 2
@@ -222,15 +222,18 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
     table_rows = status.rows(config, snapshot.servers, snapshot.nodes, pools=pools, unseen=snapshot.unseen,
                              pending=snapshot.pending)
     unseen = {cloud: _why_unseen(error, config) for cloud, error in snapshot.unseen.items()}
-    clouds = status.cloud_lines(config, unseen, history, now)
+    # With --pool, the pending deletes are its nodes' (collect keeps those) and the problems its pools'.
+    pending = snapshot.pending
+    clouds = status.cloud_lines(config, unseen, history, now, pools=pools, pending=pending)
     extra = status.Extra(jobs=_jobs_by_node(slurm) if known else None, groups=status.group_names(config, fleet))
     # Floating IPs belong to no pool: looked at on a view of every pool only (None: not looked at).
-    leaked, ips_unseen = _leaked_floating_ips(config, fleet, now) if pools is None else (None, {})
+    leaked, ips_unseen = _leaked_floating_ips(config, fleet, now, pending) if pools is None else (None, {})
     ips_unseen = {cloud: error for cloud, error in ips_unseen.items() if cloud not in snapshot.unseen}
     if args.json:
         print(json.dumps({"cluster": config.cluster, "time": now, "slurm_error": slurm_error,
                           "clouds_unseen": unseen,
-                          "cloud_problems": history.problems(), "pending_deletes": history.pending_deletes(),
+                          "cloud_problems": status.pool_problems(history.problems(), pools),
+                          "pending_deletes": pending,
                           "leaked_floating_ips": None if leaked is None else [
                               {"cloud": ip.cloud, "id": ip.id, "address": ip.address, "node": ip.node,
                                "problem": problem} for ip, problem in leaked],
@@ -251,18 +254,18 @@ def status_command(args: argparse.Namespace, clock: Callable[[], float] = time.t
             print(f"floating IP {ip.address} ({ip.id}) on {ip.cloud} of {ip.node} leaked ({problem}); "
                   "`elastic reconcile --apply` deletes it")
         print(status.summary(table_rows))
-    trouble = (any(row.problem for row in table_rows) or snapshot.unseen or history.pending_deletes() or leaked
-               or ips_unseen)
+    trouble = any(row.problem for row in table_rows) or snapshot.unseen or pending or leaked or ips_unseen
     return EXIT_FOUND if trouble else EXIT_OK
 
 
-def _leaked_floating_ips(config: Config, fleet: Fleet,
-                         now: float) -> tuple[list[tuple[FloatingIp, str]], dict[str, CloudError]]:
-    """Our floating IPs that reconcile would delete now (past the grace period), with the problem;
-    and the clouds whose floating IPs could not be listed."""
+def _leaked_floating_ips(config: Config, fleet: Fleet, now: float, pending: Mapping[str, Mapping[str, PendingDelete]],
+                         ) -> tuple[list[tuple[FloatingIp, str]], dict[str, CloudError]]:
+    """Our floating IPs that reconcile would delete now (due: past the grace period, and not on a
+    server a suspend under way is deleting), with the problem; and the clouds whose floating IPs
+    could not be listed. `pending`: History's pending deletes, as reconcile reads them."""
     from elastic.admin import reconcile
 
-    repairs, unseen = reconcile.leaked_floating_ips(config, fleet, now)
+    repairs, unseen = reconcile.leaked_floating_ips(config, fleet, now, pending=pending)
     return [(r.ip, reconcile.ip_problem(r)) for r in repairs if r.ready], unseen
 
 
@@ -322,7 +325,8 @@ def _reconcile(config: Config, slurm: Slurm, pools: list[str] | None, *, apply: 
     # Empty server groups and leaked floating IPs of ours, on a pass over every pool only (--pool
     # scopes the nodes' repairs).
     groups = _empty_groups(config, fleet, slurm) if pools is None else []
-    ips, ips_unseen = reconcile.leaked_floating_ips(config, fleet, now) if pools is None else ([], {})
+    ips, ips_unseen = (reconcile.leaked_floating_ips(config, fleet, now, pending=snapshot.pending)
+                       if pools is None else ([], {}))
     for cloud, error in ips_unseen.items():
         if cloud not in snapshot.unseen:
             print(f"elastic: warning: floating IPs on {cloud} cannot be listed: {_why_unseen(error, config)}; "
@@ -348,7 +352,7 @@ def _reconcile(config: Config, slurm: Slurm, pools: list[str] | None, *, apply: 
         print(f"server group {group.name} on {cloud}: {'FAILED: ' + problem if problem else 'deleted'}")
         failed = failed or problem is not None
     if ips_due:
-        released = reconcile.delete_floating_ips(config, fleet, ips_due, log=log, clock=clock)
+        released = reconcile.delete_floating_ips(config, fleet, ips_due, log=log, clock=clock, history=history)
         sys.stdout.write(reconcile.render_ip_result(released))
         failed = failed or any(result == "FAILED" for _, result, _ in released)
     if not due:

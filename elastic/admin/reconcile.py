@@ -43,7 +43,7 @@ from elastic.cloud import ACTIVE, FloatingIp, Server, ServerGroup
 from elastic.config import Config
 from elastic.errors import CloudError, SlurmError
 from elastic.fleet import Fleet
-from elastic.history import PendingDelete
+from elastic.history import UNDER_WAY, PendingDelete
 from elastic.power import placement, server_groups
 from elastic.retry import with_retries
 from elastic.slurm import NodeState
@@ -379,18 +379,32 @@ class IpRepair:
         return not self.wait
 
 
-def plan_floating_ips(ips: Iterable[FloatingIp], servers: Iterable[Server], now: float,
-                      grace: float) -> list[IpRepair]:
+def plan_floating_ips(ips: Iterable[FloatingIp], servers: Iterable[Server], now: float, grace: float, *,
+                      pending: Mapping[str, Mapping[str, PendingDelete]] | None = None) -> list[IpRepair]:
     """Which of our floating IPs (`ips`, marked ours by the cloud adapter) leaked: not associated, or
     associated with a port whose server is not a live server of ours (`servers`, listed after the
     IPs, so a server that got its IP between the two lists is in it). One younger than `grace` waits:
-    it may be a resume's, just made, whose server this look did not see yet."""
+    it may be a resume's, just made, whose server this look did not see yet.
+
+    One on a server of its node that is being deleted while a suspend or resume-fail of the node is
+    under way on that cloud (`pending`, History's pending deletes, marked `UNDER_WAY`) waits too: that
+    run sweeps the node's detached IPs once the server is gone. Should it not (killed, the server
+    still there at its timeout, a failed sweep), the mark is settled or replaced (by the run, or by
+    reconcile's `forget` while the server is deleting) and the IP is due on the next look."""
+    servers = list(servers)
     live = {(s.cloud, s.id) for s in servers if not s.deleting}
+    going = {(s.cloud, s.id): s.name for s in servers if s.deleting}
     repairs = []
     for ip in ips:
         if ip.port_id is not None and ip.server_id is not None and (ip.cloud, ip.server_id) in live:
             continue
-        repairs.append(IpRepair(ip, DETACHED if ip.port_id is None else STRAY, _wait_for_grace(ip.created, now, grace)))
+        wait = _wait_for_grace(ip.created, now, grace)
+        if not wait and ip.port_id is not None and going.get((ip.cloud, ip.server_id or "")) == ip.node:
+            entry = (pending or {}).get(ip.node, {}).get(ip.cloud)
+            why = entry["why"] if entry is not None else ""
+            if why.endswith(UNDER_WAY):
+                wait = f"its server is being deleted ({why}); that run deletes the IP once the server is gone"
+        repairs.append(IpRepair(ip, DETACHED if ip.port_id is None else STRAY, wait))
     return repairs
 
 
@@ -400,9 +414,12 @@ def floating_ip_clouds(config: Config, fleet: Fleet) -> list[str]:
                    if e.floating_ip and e.cloud in fleet.clouds})
 
 
-def leaked_floating_ips(config: Config, fleet: Fleet, now: float) -> tuple[list[IpRepair], dict[str, CloudError]]:
+def leaked_floating_ips(config: Config, fleet: Fleet, now: float, *,
+                        pending: Mapping[str, Mapping[str, PendingDelete]] | None = None,
+                        ) -> tuple[list[IpRepair], dict[str, CloudError]]:
     """The floating-IP repairs on every cloud a pool takes floating IPs from, and the clouds that did
-    not answer (they get none). Per cloud the IPs are listed first, then our servers."""
+    not answer (they get none). Per cloud the IPs are listed first, then our servers. `pending`:
+    History's pending deletes (see `plan_floating_ips`)."""
     def look(cloud: str) -> tuple[list[FloatingIp], list[Server]]:
         guard = fleet.clouds[cloud]
         ips = with_retries(lambda: guard.list_floating_ips(config.cluster), sleep=fleet.sleep)
@@ -418,20 +435,22 @@ def leaked_floating_ips(config: Config, fleet: Fleet, now: float) -> tuple[list[
             unseen[cloud] = result
             continue
         ips, servers = result
-        repairs += plan_floating_ips(ips, servers, now, config.reconcile.grace)
+        repairs += plan_floating_ips(ips, servers, now, config.reconcile.grace, pending=pending)
     return repairs, unseen
 
 
 def delete_floating_ips(config: Config, fleet: Fleet, repairs: Sequence[IpRepair], *, log: FilteringBoundLogger,
-                        clock: Callable[[], float] = time.time) -> list[tuple[IpRepair, str, str]]:
-    """Delete the due floating IPs that a fresh look still finds leaked; per repair (repair, RESULT,
-    detail) with RESULT done, FAILED or skipped. No node lock is needed: our flows never take up a
-    detached IP again (a resume makes a new one on the port), and a suspend deleting the same IP
-    first only makes ours a harmless 404."""
+                        clock: Callable[[], float] = time.time,
+                        history: PendingMemory | None = None) -> list[tuple[IpRepair, str, str]]:
+    """Delete the due floating IPs that a fresh look (with `history`'s pending deletes read again)
+    still finds leaked and due; per repair (repair, RESULT, detail) with RESULT done, FAILED or
+    skipped. No node lock is needed: our flows never take up a detached IP again (a resume makes a
+    new one on the port), and a suspend deleting the same IP first only makes ours a harmless 404."""
     due = [r for r in repairs if r.ready]
     if not due:
         return []
-    fresh, unseen = leaked_floating_ips(config, fleet, clock())
+    pending = history.pending_deletes() if history is not None else None
+    fresh, unseen = leaked_floating_ips(config, fleet, clock(), pending=pending)
     still = {(r.ip.cloud, r.ip.id) for r in fresh if r.ready}
     outcome: list[tuple[IpRepair, str, str]] = []
     for repair in due:

@@ -36,7 +36,7 @@ from elastic.cloud import Server
 from elastic.config import Config
 from elastic.errors import CloudError, SlurmError
 from elastic.fleet import Fleet
-from elastic.history import HistoryView, PendingDelete
+from elastic.history import HistoryView, PendingDelete, Problem
 from elastic.hostlists import compress
 from elastic.slurm import NodeState
 
@@ -282,12 +282,26 @@ def summary(table_rows: Sequence[Row]) -> str:
     return f"{nodes} nodes, {servers} live servers; mismatches: {found} (elastic reconcile shows the repairs)"
 
 
-def cloud_lines(config: Config, unseen: Mapping[str, str], history: HistoryView | None, now: float) -> list[str]:
+def pool_problems(problems: Mapping[str, Mapping[str, Problem]],
+                  pools: Collection[str] | None) -> dict[str, dict[str, Problem]]:
+    """History's {cloud: {pool: problem}} for these pools only (every pool's with `pools` None),
+    without the clouds that have none left."""
+    kept = {cloud: {pool: entry for pool, entry in by_pool.items() if pools is None or pool in pools}
+            for cloud, by_pool in problems.items()}
+    return {cloud: by_pool for cloud, by_pool in kept.items() if by_pool}
+
+
+def cloud_lines(config: Config, unseen: Mapping[str, str], history: HistoryView | None, now: float, *,
+                pools: Collection[str] | None = None,
+                pending: Mapping[str, Mapping[str, PendingDelete]] | None = None) -> list[str]:
     """One line per cloud that needs an admin's eye: not listed now (`unseen`: cloud -> why, with
-    the fix), not answering since an earlier run, a pool's permanent error on it, deletes pending."""
+    the fix), not answering since an earlier run, a pool's permanent error on it, deletes pending.
+    With `pools`, only those pools' problems; `pending`: the pending deletes to show (default: all
+    of History's; `--pool` gives those of its nodes, as `collect` keeps them)."""
     down = history.clouds_down() if history is not None else {}
-    problems = history.problems() if history is not None else {}
-    pending = history.pending_deletes() if history is not None else {}
+    problems = pool_problems(history.problems(), pools) if history is not None else {}
+    if pending is None:
+        pending = history.pending_deletes() if history is not None else {}
     lines = []
     for cloud in config.clouds:
         parts = []

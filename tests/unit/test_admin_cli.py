@@ -357,3 +357,98 @@ def test_status_shows_the_leaked_floating_ips_reconcile_would_delete_and_says_wh
     assert shown["leaked_floating_ips"] == [] and list(shown["floating_ips_unseen"]) == ["alpha"]
     assert run(site, "status") == 1
     assert "elastic: warning: floating IPs on alpha cannot be listed" in capsys.readouterr().err
+
+
+def _history(site):
+    from elastic.history import History
+
+    def unexpected(message):
+        raise AssertionError(message)
+
+    return History(site.tmp / "state" / "history.json", on_error=unexpected)
+
+
+def test_status_with_pool_judges_and_shows_only_that_pools_pending_deletes_and_problems(site, capsys):
+    """A pending delete and a cloud problem of pool gpu are no trouble of `--pool cpu`: exit 0, no
+    line for them, and the JSON's pending_deletes and cloud_problems hold the cpu pool's only. The
+    gpu pool's view and the view of every pool still show them (exit 1)."""
+    history = _history(site)
+    history.add_pending_deletes({"gpu-1": {"beta": "suspend: delete failed: unreachable: timed out"}}, 100.0)
+    history.record_problem("beta", "gpu", "not-found", "image debian-12 not found", 100.0)
+    assert run(site, "status", "--pool", "cpu") == 0
+    out = capsys.readouterr().out
+    assert "pending" not in out and "gpu" not in out and "cloud beta" not in out
+    assert run(site, "status", "--pool", "cpu", "--json") == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["pending_deletes"] == {} and data["cloud_problems"] == {}
+    assert run(site, "status", "--pool", "gpu") == 1
+    out = capsys.readouterr().out
+    assert "cloud beta: pool gpu: not-found: image debian-12 not found" in out
+    assert "1 delete(s) pending: gpu-1" in out
+    assert run(site, "status", "--pool", "gpu", "--json") == 1
+    data = json.loads(capsys.readouterr().out)
+    assert list(data["pending_deletes"]) == ["gpu-1"] and list(data["cloud_problems"]["beta"]) == ["gpu"]
+    assert run(site, "status") == 1
+    assert "1 delete(s) pending: gpu-1" in capsys.readouterr().out
+
+
+def test_status_with_pool_keeps_its_own_pending_deletes_apart_from_another_pools(site, capsys):
+    """With pending deletes in two pools, `--pool cpu` names (and is troubled by) cpu's only."""
+    history = _history(site)
+    history.add_pending_deletes({"gpu-2": {"beta": "resume-fail: delete failed: unreachable: timed out"},
+                                 "cpu-003": {"alpha": "suspend: delete failed: unreachable: timed out"}}, 100.0)
+    assert run(site, "status", "--pool", "cpu") == 1
+    out = capsys.readouterr().out
+    assert "cloud alpha: 1 delete(s) pending: cpu-003" in out and "gpu-2" not in out
+    assert run(site, "status", "--pool", "cpu", "--json") == 1
+    assert list(json.loads(capsys.readouterr().out)["pending_deletes"]) == ["cpu-003"]
+
+
+def test_status_and_reconcile_leave_the_ip_of_a_server_a_suspend_under_way_deletes_and_clean_up_after_a_killed_one(
+        site, capsys, monkeypatch):
+    """While a suspend under way deletes an old server (task_state deleting, Nova slow to finish),
+    the server's old floating IP is not called leaked by status, and reconcile shows it waiting and
+    leaves it (the suspend's sweep deletes it once the server is gone). Had the suspend been killed
+    (its node lock free), reconcile --apply forgets its pending deletes, and the next pass deletes
+    the IP, which status now shows as leaked, as reconcile would delete it."""
+    import dataclasses
+    import time
+
+    from elastic.cloud import is_ours
+    from elastic.locks import node_locks
+
+    site.path.write_text(site.path.read_text().replace("      - {cloud: alpha, network: private}",
+                                                       "      - {cloud: alpha, network: private, floating_ip: public}"))
+    alpha = site.clouds["alpha"]
+    old = time.time() - 3600
+    server = alpha.add("cpu-001", metadata=ours("cpu-001"), created=old)
+    fip = alpha.add_floating_ip(description=floating_ip_mark("test", "cpu-001"), server_id=server.id, created=old)
+    alpha.servers[server.id] = dataclasses.replace(server, task_state="deleting")
+    monkeypatch.setattr(alpha, "list_servers", lambda cluster, names=None: [  # Nova still deleting it
+        s for s in alpha.servers.values() if is_ours(s.metadata, cluster) and (names is None or s.name in names)])
+    site.slurm.node_states = slurm_nodes(cpu_001="IDLE+CLOUD+POWERING_DOWN")
+    _history(site).record_releases(["cpu-001"], time.time() - 5, {"cpu-001": {"alpha": "suspend: under way",
+                                                                             "beta": "suspend: under way"}})
+    with node_locks(site.tmp / "state" / "locks", ["cpu-001"], timeout=1):  # the suspend holds it
+        assert run(site, "status") == 1  # its pending deletes are trouble, as before
+        out = capsys.readouterr().out
+        assert "leaked" not in out and "1 delete(s) pending: cpu-001" in out
+        assert run(site, "status", "--json") == 1
+        assert json.loads(capsys.readouterr().out)["leaked_floating_ips"] == []
+        assert run(site, "reconcile") == 1
+        out = capsys.readouterr().out
+        (line,) = [line for line in out.splitlines() if fip.address in line]
+        assert line.startswith("wait") and "its server is being deleted (suspend: under way)" in line
+        assert run(site, "reconcile", "--apply") == 0
+        out = capsys.readouterr().out
+        assert fip.id in alpha.floating_ips and "node busy" in out
+    assert ("delete_floating_ip", fip.id) not in alpha.calls
+    # The suspend was killed: its lock is free, its marks stay.
+    assert run(site, "reconcile", "--apply") == 0
+    out = capsys.readouterr().out
+    assert fip.id in alpha.floating_ips and _history(site).pending_deletes() == {}
+    assert run(site, "status") == 1
+    out = capsys.readouterr().out
+    assert f"floating IP {fip.address} ({fip.id}) on alpha of cpu-001 leaked (on {server.id}, no live server" in out
+    assert run(site, "reconcile", "--apply") == 0
+    assert fip.id not in alpha.floating_ips and "done" in capsys.readouterr().out

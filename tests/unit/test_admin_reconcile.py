@@ -457,6 +457,30 @@ def test_plan_floating_ips_deletes_ours_that_no_live_server_of_ours_holds():
     assert waits["young"].startswith("younger than the grace period") and waits["unknown"] == "age unknown"
 
 
+def test_plan_floating_ips_waits_for_the_ip_of_a_server_a_suspend_under_way_is_deleting():
+    """An IP on its node's server that is being deleted while a suspend (or resume-fail) of the node
+    is under way on that cloud waits: that run sweeps it once the server is gone. Once the run's
+    mark says what stopped it (the server still there at its timeout), or is gone, or is on another
+    cloud, or the IP is another node's or detached, it is due as before."""
+    going = Server(id="s2", name="cpu-002", status=ACTIVE, cloud="alpha", task_state="deleting")
+    ips = [ip(node="cpu-002", port="p2", server="s2", ident="on-going"),
+           ip(node="cpu-003", port="p3", server="s2", ident="other-node"),
+           ip(node="cpu-002", ident="detached")]
+
+    def plan(pending):
+        return {r.ip.id: r.wait for r in reconcile.plan_floating_ips(ips, [going], NOW, GRACE, pending=pending)}
+
+    under_way = {"cpu-002": {"alpha": {"since": NOW - 5, "why": "suspend: under way"}}}
+    waits = plan(under_way)
+    assert waits["on-going"] == ("its server is being deleted (suspend: under way); that run deletes the IP once "
+                                 "the server is gone")
+    assert waits["other-node"] == "" and waits["detached"] == ""
+    assert plan({"cpu-002": {"alpha": {"since": NOW - 5, "why": "resume-fail: under way"}}})["on-going"] != ""
+    for settled in ({}, None, {"cpu-002": {"beta": {"since": NOW - 5, "why": "suspend: under way"}}},
+                    {"cpu-002": {"alpha": {"since": NOW - 5, "why": "suspend: still there after 60s"}}}):
+        assert plan(settled)["on-going"] == "", settled
+
+
 def test_leaked_floating_ips_asks_only_floating_clouds_ips_before_servers_and_never_lists_foreign_ips(tmp_path):
     """Only clouds a pool takes floating IPs from are asked; each lists its IPs first and then our
     servers (so a server that got its IP in between is seen); IPs without our cluster's mark are
