@@ -138,7 +138,7 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
     try:
         with process.sigterm_raises(on_sigterm):
             from elastic import power
-            from elastic.wiring import make_services
+            from elastic.wiring import close_clouds, make_services
 
             services = make_services(config, log)
             services.slurm = _HandedToSlurm(services.slurm, handed)
@@ -147,6 +147,7 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
                 "resume-fail": power.resume_fail}
             flow = flows[command]
             outcome = flow(nodes, services)
+            close_clouds(services.clouds)
     except process.Terminated as stop:
         # Nodes Slurm already got an address or a state for are left as they are; the servers
         # this run created are not deleted here (see _FAIL_CLOSED_STATES).

@@ -290,6 +290,11 @@ class OpenStackCloud:
                 self._keep_discovery(conn)
                 self._conn, self._half_connected = conn, None
 
+    def close(self) -> None:
+        """This run is done with the cloud: its heartbeat leaves the shared pacing file, so a run
+        starting now gets the cloud's whole rate instead of sharing it with a finished one."""
+        self._limiter.close()
+
     def probe(self, timeout: float) -> None:
         """Is the cloud answering? Keystone (unless a cached token is still valid) and compute's
         discovery, `timeout` seconds each. A connected cloud answered already."""

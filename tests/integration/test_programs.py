@@ -132,6 +132,17 @@ def test_a_run_without_home_keeps_the_entry_point_cache_in_the_state_dir(one_clo
     assert kept[0].stat().st_mtime_ns == written  # read, not written again
 
 
+def test_a_finished_run_leaves_the_clouds_shared_pacing(one_cloud):
+    """A run's heartbeat in pacing.json makes the runs starting within HEARTBEAT_SECONDS share each
+    cloud's rate with it: a finished run takes it away, so the next one (Slurm's resume right after
+    a suspend) is not slowed by a run that is over."""
+    lab, site = one_cloud
+    for program in ("resume", "suspend"):
+        assert site.run(program, "cpu-[001-002]").returncode == 0, site.log_file.read_text()
+        pacing = json.loads((site.root / "state" / "pacing.json").read_text())
+        assert pacing["clouds"]["lab"]["runs"] == {}, program
+
+
 def test_duplicate_servers_with_one_name_are_reduced_to_one(one_cloud):
     """Two servers of ours named for one node: resume keeps one, suspend then deletes every one."""
     lab, site = one_cloud
