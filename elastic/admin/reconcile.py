@@ -217,10 +217,26 @@ def apply(config: Config, fleet: Fleet, slurm: SlurmRepairs, repairs: Sequence[R
                 continue
             if repair.key in still:
                 todo.append(repair)
+            elif unseen := _unanswered(repair, fresh.unseen, config):
+                result.skipped.append((repair, f"{', '.join(unseen)} did not answer the look under the node's lock: "
+                                               "left for a later pass"))
             else:
                 result.skipped.append((repair, "no longer needed: the node or its servers changed"))
         _run(todo, fleet, slurm, result, log=log, history=history)
     return result
+
+
+def _unanswered(repair: Repair, unseen: Mapping[str, object], config: Config) -> list[str]:
+    """The clouds this repair depends on (its server's, or every cloud of the node's pool) that did
+    not answer the fresh look."""
+    if repair.server is not None:
+        clouds = {repair.server.cloud}
+    elif repair.cloud is not None:
+        clouds = {repair.cloud}
+    else:
+        pool = config.pools.get(config.pool_of(repair.node) or "")
+        clouds = {entry.cloud for entry in pool.clouds} if pool is not None else set(config.clouds)
+    return sorted(cloud for cloud in clouds if cloud in unseen)
 
 
 def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Result, *, log: FilteringBoundLogger,

@@ -422,7 +422,8 @@ def test_a_stranded_node_with_a_cloud_of_its_pool_not_answering_is_not_resumed(t
     result = reconcile.apply(config, fleet, slurm, planned, locks=no_locks, log=null_log(), clock=clock)
     assert slurm.changes == [(("solo-1",), "resume", None)]
     assert ("delete", orphan.id) in alpha.calls
-    assert [(r.action, r.node) for r, _ in result.skipped] == [("resume", "cpu-001")]
+    assert [(r.action, r.node, why) for r, why in result.skipped] == [
+        ("resume", "cpu-001", "beta did not answer the look under the node's lock: left for a later pass")]
 
 
 # ---- floating IPs ----------------------------------------------------------------------------------
