@@ -12,9 +12,11 @@
   itself, so `scontrol update state=resume` returns it to idle~ as that ResumeFailProgram would
   have. A server it left is an orphan (or a pending delete): the node is resumed in the same pass
   once every such delete was accepted (a resume never adopts a server being deleted). While one
-  of them waits for the grace period, a delete fails, or a cloud of the node's pool does not
-  answer, the node stays `down~` for the next pass. (It counts no failure toward
-  `resume_fail.max_failures`: reconcile cannot tell whether the killed run counted it already.)
+  of them waits for the grace period or a delete fails, the node stays `down~` for the next pass.
+  A cloud of the node's pool that does not answer gets a pending delete for the node first: no
+  resume adopts a server left there, and the node boots on the pool's other clouds meanwhile.
+  (It counts no failure toward `resume_fail.max_failures`: reconcile cannot tell whether the
+  killed run counted it already.)
 - pending: delete the server at once (no grace period: a suspend or resume-fail already meant to
   delete it when its cloud did not answer), then forget the pending delete; a pending delete on
   a cloud that answers and shows no server for the node is forgotten.
@@ -68,6 +70,7 @@ class PendingMemory(Protocol):
     """The pending deletes of the history (elastic.history.History)."""
 
     def pending_deletes(self) -> Mapping[str, Mapping[str, PendingDelete]]: ...
+    def add_pending_deletes(self, entries: dict[str, dict[str, str]], now: float) -> None: ...
     def clear_pending_deletes(self, node_clouds: dict[str, list[str]]) -> None: ...
 
 
@@ -80,14 +83,16 @@ class Repair:
     wait: str = ""  # why it is not due yet; empty when it may be applied
     cloud: str | None = None  # FORGET: the cloud whose pending delete is settled
     after: tuple[str, ...] = ()  # RESUME: the ids of the node's servers whose deletes must be accepted first
+    # RESUME: the clouds of the node's pool that did not answer; a pending delete is recorded on each first
+    pending_on: tuple[str, ...] = ()
 
     @property
     def ready(self) -> bool:
         return not self.wait
 
     @property
-    def key(self) -> tuple[str, str, str | None, str | None, tuple[str, ...]]:
-        return self.action, self.node, self.server.id if self.server else None, self.cloud, self.after
+    def key(self) -> tuple[str, str, str | None, str | None, tuple[str, ...], tuple[str, ...]]:
+        return self.action, self.node, self.server.id if self.server else None, self.cloud, self.after, self.pending_on
 
 
 @dataclass
@@ -135,22 +140,23 @@ def plan(table_rows: Iterable[status.Row], now: float, grace: float, *,
 
 
 def _stranded_resume(node: str, node_rows: Sequence[status.Row], node_repairs: Sequence[Repair]) -> Repair | None:
-    """The RESUME of a stranded node, or None while it must wait for a later pass. With no server
-    it is due at once, as before any delete was needed. With servers, every cloud of the node's
-    scope must have answered (a server may sit on one that did not) and each server must be being
-    deleted already or deleted by this plan: the RESUME waits with the deletes that wait."""
+    """The RESUME of a stranded node, or None while it must wait for a later pass. Each server seen
+    must be being deleted already or deleted by this plan (the RESUME waits with the deletes that
+    wait); with none it is due at once. A cloud of the node's pool that did not answer may hold one
+    of its servers: the RESUME records a pending delete there first (`pending_on`), so no resume
+    adopts that server (its slurmd predates the power-up) and the node can boot on the pool's
+    other clouds meanwhile, instead of staying down~ for the whole outage."""
     servers = [row.server for row in node_rows if row.server is not None]
+    blind = tuple(sorted(node_rows[0].blind))
     if not servers:
-        return Repair(RESUME, node, STRANDED)
-    if node_rows[0].blind:
-        return None
+        return Repair(RESUME, node, STRANDED, pending_on=blind)
     deletes = [r for r in node_repairs if r.action == DELETE and r.server is not None]
     doomed = {cast(Server, r.server).id for r in deletes}
     if not all(server.deleting or server.id in doomed for server in servers):
         return None
     waits = [r.wait for r in deletes if r.wait]
     wait = f"its server's delete waits: {waits[0]}" if waits else ""
-    return Repair(RESUME, node, STRANDED, wait=wait, after=tuple(sorted(doomed)))
+    return Repair(RESUME, node, STRANDED, wait=wait, after=tuple(sorted(doomed)), pending_on=blind)
 
 
 def stranded(state: NodeState | None) -> bool:
@@ -222,8 +228,12 @@ def apply(config: Config, fleet: Fleet, slurm: SlurmRepairs, repairs: Sequence[R
                                                "left for a later pass"))
             else:
                 result.skipped.append((repair, "no longer needed: the node or its servers changed"))
-        _run(todo, fleet, slurm, result, log=log, history=history)
+        _run(todo, fleet, slurm, result, log=log, history=history, now=clock())
     return result
+
+
+# The pending delete a stranded node's RESUME leaves on a cloud that did not answer.
+BLIND_WHY = "reconcile: the cloud did not answer when the stranded node was resumed"
 
 
 def _unanswered(repair: Repair, unseen: Mapping[str, object], config: Config) -> list[str]:
@@ -240,7 +250,7 @@ def _unanswered(repair: Repair, unseen: Mapping[str, object], config: Config) ->
 
 
 def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Result, *, log: FilteringBoundLogger,
-         history: PendingMemory | None) -> None:
+         history: PendingMemory | None, now: float) -> None:
     """Deletes first (then the pending deletes they settle, and those to forget), then the state
     changes. A stranded node's RESUME goes with them only if every delete it comes `after` was
     accepted (204/202, 404, or the server was already being deleted); else it is skipped, and the
@@ -277,8 +287,14 @@ def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Resu
         if left:
             result.skipped.append((repair, f"the delete of {', '.join(left)} was not accepted: resumed by a later "
                                            "pass"))
+        elif repair.pending_on and history is None:
+            result.skipped.append((repair, f"{', '.join(repair.pending_on)} did not answer and no history can hold "
+                                           "a pending delete there: resumed by a later pass"))
         else:
             resumes.append(repair)
+    if history is not None:
+        history.add_pending_deletes({r.node: dict.fromkeys(r.pending_on, BLIND_WHY) for r in resumes if r.pending_on},
+                                    now)
     _set_state(slurm, resumes, "resume", None, result, log)
     downs = [r for r in todo if r.action == POWER_DOWN]
     if downs:
@@ -311,6 +327,8 @@ def _set_state(slurm: SlurmRepairs, repairs: list[Repair], state: str, reason: s
 def describe(repair: Repair) -> str:
     if repair.action == RESUME:
         then = " once its servers' deletes are accepted" if repair.after else ""
+        if repair.pending_on:
+            then += f", with a pending delete on {', '.join(repair.pending_on)} (not answering)"
         return f"resume the node (down~ since ResumeTimeout; its ResumeFailProgram never finished){then}"
     if repair.action == POWER_DOWN:
         return "power_down_force the node (its server is gone)"

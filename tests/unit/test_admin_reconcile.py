@@ -396,17 +396,19 @@ reconcile: {grace: 600}
 """)
 
 
-def test_a_stranded_node_with_a_cloud_of_its_pool_not_answering_is_not_resumed(tmp_path):
-    """beta cannot be listed: cpu-001 (pool on alpha and beta) may have a server there, so its orphan
-    on alpha is deleted but the node is not resumed, in the plan or under the lock; solo-1 (pool on
-    alpha only) is not concerned by beta and is resumed in this pass."""
+def test_a_stranded_node_with_a_cloud_of_its_pool_not_answering_is_resumed_with_a_pending_delete_there(tmp_path):
+    """beta cannot be listed: cpu-001 (pool on alpha and beta) may have a server there. Its orphan on
+    alpha is deleted and the node is resumed in this pass with a pending delete on beta, so no
+    resume adopts a server left there and the node can boot on alpha meanwhile; solo-1 (pool on
+    alpha only) gets none. Under the lock, a cloud that stops answering after the plan saw it
+    answer skips the RESUME, and says so."""
     config = make_config(tmp_path, SOLO)
     alpha, beta = MemoryCloud("alpha"), MemoryCloud("beta")
     orphan = alpha.add("cpu-001", metadata=ours("cpu-001"), created=NOW - GRACE - 1)
     solo = alpha.add("solo-1", metadata=ours("solo-1", pool="solo"), created=NOW - GRACE - 1)
     beta.fail_next("list", CloudErrorKind.UNREACHABLE, times=1000, message="connection refused")
     clouds = {"alpha": alpha, "beta": beta}
-    nodes = stranded_nodes("cpu-001")
+    nodes = stranded_nodes("cpu-001", "cpu-002")
     nodes["solo-1"] = NodeState.from_state("solo-1", STRANDED, reason="ResumeTimeout reached")
     clock = FakeClock(NOW)
     fleet = fleet_of(config, clouds, clock)
@@ -414,14 +416,24 @@ def test_a_stranded_node_with_a_cloud_of_its_pool_not_answering_is_not_resumed(t
     assert set(snapshot.unseen) == {"beta"}
     repairs = reconcile.plan(status.rows(config, snapshot.servers, snapshot.nodes, unseen=snapshot.unseen), NOW,
                              GRACE, unseen=snapshot.unseen)
-    assert summary(repairs) == sorted([("delete", "cpu-001", orphan.id), ("delete", "solo-1", solo.id),
-                                       ("resume", "solo-1", None)])
-    # Under the lock too: the plan saw beta answer, the fresh look does not.
-    planned = repairs + [reconcile.Repair("resume", "cpu-001", reconcile.STRANDED, after=(orphan.id,))]
+    assert sorted((r.action, r.node, r.server.id if r.server else None, r.pending_on) for r in repairs) == sorted([
+        ("delete", "cpu-001", orphan.id, ()), ("delete", "solo-1", solo.id, ()),
+        ("resume", "cpu-001", None, ("beta",)), ("resume", "cpu-002", None, ("beta",)), ("resume", "solo-1", None, ())])
+    history = MemoryHistory()
     slurm = FakeSlurm(node_states=nodes)
-    result = reconcile.apply(config, fleet, slurm, planned, locks=no_locks, log=null_log(), clock=clock)
-    assert slurm.changes == [(("solo-1",), "resume", None)]
-    assert ("delete", orphan.id) in alpha.calls
+    result = reconcile.apply(config, fleet, slurm, repairs, locks=no_locks, log=null_log(), clock=clock,
+                             history=history)
+    assert sorted(n for names, state, _ in slurm.changes if state == "resume" for n in names) == [
+        "cpu-001", "cpu-002", "solo-1"]
+    assert ("delete", orphan.id) in alpha.calls and not result.skipped and not result.failed
+    assert {node: set(clouds) for node, clouds in history.pending_deletes().items()} == {
+        "cpu-001": {"beta"}, "cpu-002": {"beta"}}
+    # Under the lock: the plan saw beta answer, the fresh look does not.
+    planned = [reconcile.Repair("resume", "cpu-001", reconcile.STRANDED)]
+    slurm = FakeSlurm(node_states=nodes)
+    result = reconcile.apply(config, fleet, slurm, planned, locks=no_locks, log=null_log(), clock=clock,
+                             history=MemoryHistory())
+    assert slurm.changes == []
     assert [(r.action, r.node, why) for r, why in result.skipped] == [
         ("resume", "cpu-001", "beta did not answer the look under the node's lock: left for a later pass")]
 
