@@ -3,7 +3,10 @@
 A run starts fast: at START_RATE requests a second, doubling every second (a slow start, as
 TCP's) until it is past UNPACED_ABOVE, where only `max_parallel` bounds how many requests are in
 flight; the slow start costs a large burst about a second and keeps the first refusals of a strict
-cloud to one or two instead of a whole pool's worth. When the cloud
+cloud to one or two instead of a whole pool's worth. A run that reaches the unpaced rate without a
+refusal says so in the shared file (`unpaced_at`), and a run that starts within FORGET_AFTER of it,
+with no refusal since, skips the slow start: the cloud took that pace from this controller a few
+minutes ago. When the cloud
 answers 429 (or 503, or 413 overLimit), its rate is set to half of what we were sending, nothing
 is sent before its Retry-After, and the rate grows again by a fixed step each second without
 another refusal (additive increase; the step is a fifth of the halved rate, so a cloud is back at
@@ -103,6 +106,16 @@ def throttled(state: PaceState, now: float, *, sent_at: float, retry_after: floa
 def fresh(now: float) -> PaceState:
     """A run's state before it knows anything of the cloud: a slow start from `now`."""
     return PaceState(rate=START_RATE, at=now, slow_start=True)
+
+
+def started(state: PaceState, unpaced_at: float | None, now: float) -> PaceState:
+    """A run still in its slow start, told that a run reached the unpaced rate at `unpaced_at`:
+    unpaced at once when that is within FORGET_AFTER and no refusal came after it."""
+    if not state.slow_start or unpaced_at is None or now - unpaced_at > FORGET_AFTER:
+        return state
+    if state.throttled_at is not None and state.throttled_at >= unpaced_at:
+        return state
+    return PaceState(blocked_until=state.blocked_until)
 
 
 def merged(mine: PaceState, theirs: PaceState, now: float) -> PaceState:
@@ -281,9 +294,11 @@ class Pacer:
                 entry = data.setdefault(self.cloud, {})
                 theirs = _state_from(entry.get("state"))
                 with self._lock:
-                    self._state = merged(self._state, theirs, now)
+                    self._state = started(merged(self._state, theirs, now), _number(entry.get("unpaced_at")), now)
                     if self._state.throttled_at is not None:  # a slow start is each run's own
                         entry["state"] = _state_to(self._state)
+                    elif current_rate(self._state, now, None) is None:
+                        entry["unpaced_at"] = now  # this run's pace, reached without a refusal
                     beats = {run: seen for run, seen in _heartbeats(entry.get("runs")).items()
                              if now - seen < HEARTBEAT_SECONDS}
                     beats[self._run] = now

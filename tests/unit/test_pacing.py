@@ -9,6 +9,7 @@ import pytest
 from elastic import pacing
 from elastic.pacing import (
     FLOOR,
+    FORGET_AFTER,
     START_RATE,
     UNPACED_ABOVE,
     BootMemory,
@@ -20,6 +21,7 @@ from elastic.pacing import (
     merged,
     poll_pause,
     share,
+    started,
     throttled,
 )
 
@@ -49,6 +51,20 @@ def test_a_run_starts_at_start_rate_and_doubles_each_second_until_unpaced():
     while START_RATE * 2 ** seconds_to_unpaced < UNPACED_ABOVE:
         seconds_to_unpaced += 1
     assert current_rate(state, 100.0 + seconds_to_unpaced, None) is None
+
+
+def test_a_run_skips_the_slow_start_when_a_run_reached_the_unpaced_rate_lately_without_a_refusal():
+    """Unpaced at once within FORGET_AFTER of another run's unpaced pace; a slow start when that is
+    older, unknown, or a refusal came after it; a run already past its slow start is left alone."""
+    now = 10_000.0
+    assert started(fresh(now), now - 60, now) == PaceState()
+    assert current_rate(started(fresh(now), now - 60, now), now, None) is None
+    assert started(fresh(now), now - FORGET_AFTER - 1, now) == fresh(now)
+    assert started(fresh(now), None, now) == fresh(now)
+    refused_since = throttled(fresh(now - 30), now - 30, sent_at=now - 30, retry_after=1.0, observed=40.0,
+                              ceiling=None)
+    assert started(refused_since, now - 60, now) == refused_since
+    assert started(PaceState(blocked_until=now + 2), now - 60, now) == PaceState(blocked_until=now + 2)
 
 
 def test_the_ceiling_is_never_exceeded():
@@ -222,6 +238,32 @@ def test_a_refusal_on_one_cloud_leaves_the_others_unpaced(tmp_path):
     before = time.now
     other.wait()
     assert time.now == before
+
+
+def test_a_run_after_one_that_reached_the_unpaced_rate_starts_unpaced_until_a_refusal(tmp_path):
+    """The first run slow-starts to the unpaced rate and says so; the next run on the controller
+    sends at that pace from its first request; after a refusal, a new run takes the refused rate."""
+    time = FakeTime()
+    shared = tmp_path / "pacing.json"
+    one = Pacer("lab", ceiling=None, clock=time.clock, sleep=time.sleep, shared=shared, run_id="one")
+    one.wait()
+    assert one.rate() == START_RATE
+    time.now += 10.0  # past the slow start
+    one.sync()
+    assert one.rate() is None
+    assert json.loads(shared.read_text())["clouds"]["lab"]["unpaced_at"] == time.now
+    one.close()
+    time.now += 120.0
+    two = Pacer("lab", ceiling=None, clock=time.clock, sleep=time.sleep, shared=shared, run_id="two")
+    two.wait()
+    assert two.rate() is None
+    for _ in range(39):
+        two.wait()
+    two.refused(retry_after=1.0)
+    two.close()
+    three = Pacer("lab", ceiling=None, clock=time.clock, sleep=time.sleep, shared=shared, run_id="three")
+    three.sync()
+    assert three.state.throttled_at == two.state.throttled_at and three.rate() is not None
 
 
 def test_a_finished_run_no_longer_takes_a_share(tmp_path):
