@@ -289,6 +289,18 @@ def test_a_stranded_node_whose_resume_fail_finished_meanwhile_is_not_resumed_aga
     assert result.done == [] and [r.action for r, _ in result.skipped] == ["resume"] and slurm.changes == []
 
 
+def refuse_delete(cloud: MemoryCloud, locked: Server) -> None:
+    """The cloud answers a delete of `locked` with 409 (a locked server); other deletes go through."""
+    original = cloud.delete_server
+
+    def delete(server_id):
+        if server_id == locked.id:
+            raise CloudError(CloudErrorKind.CONFLICT, f"Instance {server_id} is locked", cloud=cloud.name, status=409)
+        original(server_id)
+
+    cloud.delete_server = delete
+
+
 def stranded_nodes(*names):
     nodes = slurm_nodes()
     for name in names:
@@ -363,14 +375,7 @@ def test_a_stranded_node_whose_delete_fails_is_not_resumed_and_keeps_its_pending
     servers = [s for cloud in clouds.values() for s in cloud.list_servers(config.cluster)]
     repairs = reconcile.plan(status.rows(config, servers, nodes, pending=history.pending_deletes()), NOW, GRACE,
                              pending=history.pending_deletes())
-    original = alpha.delete_server
-
-    def delete(server_id):
-        if server_id == locked.id:
-            raise CloudError(CloudErrorKind.CONFLICT, f"Instance {server_id} is locked", cloud="alpha", status=409)
-        original(server_id)
-
-    alpha.delete_server = delete
+    refuse_delete(alpha, locked)
     beta.fail_next("delete", CloudErrorKind.CONFLICT, message="task_state is migrating")
     slurm = FakeSlurm(node_states=nodes)
     clock = FakeClock(NOW)
@@ -563,14 +568,7 @@ def test_a_pending_delete_stays_while_one_of_the_nodes_servers_on_that_cloud_is_
     repairs = reconcile.plan(status.rows(config, servers, nodes, pending=history.pending_deletes()), NOW, GRACE,
                              pending=history.pending_deletes())
     assert sorted(r.server.id for r in repairs if r.action == "delete") == sorted(s.id for s in servers)
-    original = alpha.delete_server
-
-    def delete(server_id):
-        if server_id == locked.id:
-            raise CloudError(CloudErrorKind.CONFLICT, f"Instance {server_id} is locked", cloud="alpha", status=409)
-        original(server_id)
-
-    alpha.delete_server = delete
+    refuse_delete(alpha, locked)
     clock = FakeClock(NOW)
     result = reconcile.apply(config, fleet_of(config, {"alpha": alpha}, clock), FakeSlurm(node_states=nodes), repairs,
                              locks=no_locks, log=null_log(), clock=clock, history=history)
