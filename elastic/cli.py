@@ -8,6 +8,7 @@ reason), 2 usage or config error (no cloud call, no Slurm change).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import os
 import sys
@@ -138,7 +139,7 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
     try:
         with process.sigterm_raises(on_sigterm):
             from elastic import power
-            from elastic.wiring import close_clouds, make_services
+            from elastic.wiring import make_services
 
             services = make_services(config, log)
             services.slurm = _HandedToSlurm(services.slurm, handed)
@@ -147,7 +148,6 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
                 "resume-fail": power.resume_fail}
             flow = flows[command]
             outcome = flow(nodes, services)
-            close_clouds(services.clouds)
     except process.Terminated as stop:
         # Nodes Slurm already got an address or a state for are left as they are; the servers
         # this run created are not deleted here (see _FAIL_CLOSED_STATES).
@@ -162,6 +162,13 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
              cancelled=sorted(outcome.cancelled), deferred=outcome.deferred, exit=outcome.exit_code)
     if interactive or not process.started_detached():
         _print_outcome(outcome)
+    # After the outcome: leaving the shared pacing is advice for the next runs, and nothing it
+    # meets (a pacing.json edited by hand, a SIGTERM while it waits for the file's lock) may turn
+    # a finished run into a failed one.
+    from elastic.wiring import close_clouds
+
+    with contextlib.suppress(Exception):
+        close_clouds(services.clouds)
     return outcome.exit_code
 
 

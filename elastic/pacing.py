@@ -297,8 +297,11 @@ class Pacer:
                     self._state = started(merged(self._state, theirs, now), _number(entry.get("unpaced_at")), now)
                     if self._state.throttled_at is not None:  # a slow start is each run's own
                         entry["state"] = _state_to(self._state)
-                    elif current_rate(self._state, now, None) is None:
-                        entry["unpaced_at"] = now  # this run's pace, reached without a refusal
+                    elif (current_rate(self._state, now, None) is None
+                          and sum(1 for sent in self._sent if sent > now - 1.0) >= START_RATE):
+                        # The cloud took a burst of this run's at the unpaced rate without a refusal
+                        # (not merely a run that lived past its slow start, or skipped it).
+                        entry["unpaced_at"] = now
                     beats = {run: seen for run, seen in _heartbeats(entry.get("runs")).items()
                              if now - seen < HEARTBEAT_SECONDS}
                     beats[self._run] = now
@@ -315,7 +318,9 @@ class Pacer:
             return
         try:
             with self._file() as data:
-                data.get(self.cloud, {}).get("runs", {}).pop(self._run, None)
+                runs = data.get(self.cloud, {}).get("runs")
+                if isinstance(runs, dict):
+                    runs.pop(self._run, None)
         except (OSError, ElasticError, ValueError):
             pass
 

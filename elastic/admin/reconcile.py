@@ -292,9 +292,16 @@ def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Resu
                                            "a pending delete there: resumed by a later pass"))
         else:
             resumes.append(repair)
-    if history is not None:
-        history.add_pending_deletes({r.node: dict.fromkeys(r.pending_on, BLIND_WHY) for r in resumes if r.pending_on},
-                                    now)
+    blind = [r for r in resumes if r.pending_on]
+    if blind and history is not None:
+        history.add_pending_deletes({r.node: dict.fromkeys(r.pending_on, BLIND_WHY) for r in blind}, now)
+        # The history only warns when it cannot save (its lock, the disk): read back what it holds.
+        held = history.pending_deletes()
+        for repair in blind:
+            if not set(repair.pending_on) <= set(held.get(repair.node, {})):
+                resumes.remove(repair)
+                result.skipped.append((repair, f"its pending delete on {', '.join(repair.pending_on)} could not be "
+                                               "saved: resumed by a later pass"))
     _set_state(slurm, resumes, "resume", None, result, log)
     downs = [r for r in todo if r.action == POWER_DOWN]
     if downs:

@@ -574,3 +574,30 @@ def test_a_pending_delete_stays_while_one_of_the_nodes_servers_on_that_cloud_is_
                              locks=no_locks, log=null_log(), clock=clock, history=history)
     assert [r.server.id for r, _ in result.failed] == [locked.id]
     assert set(history.pending_deletes()) == {"cpu-001"} and set(history.pending_deletes()["cpu-001"]) == {"alpha"}
+
+
+def test_a_stranded_node_is_not_resumed_when_its_pending_delete_on_a_silent_cloud_cannot_be_saved(tmp_path):
+    """beta does not answer and the history cannot save (its lock held, the disk full: History only
+    warns): resuming cpu-001 would leave nothing to stop a later resume adopting a server on beta,
+    so the RESUME waits for a later pass; solo-1, whose pool does not use beta, is resumed."""
+
+    class Unsaved(MemoryHistory):
+        def add_pending_deletes(self, entries, now):
+            pass
+
+    config = make_config(tmp_path, SOLO)
+    alpha, beta = MemoryCloud("alpha"), MemoryCloud("beta")
+    beta.fail_next("list", CloudErrorKind.UNREACHABLE, times=1000, message="connection refused")
+    nodes = stranded_nodes("cpu-001")
+    nodes["solo-1"] = NodeState.from_state("solo-1", STRANDED, reason="ResumeTimeout reached")
+    clock = FakeClock(NOW)
+    fleet = fleet_of(config, {"alpha": alpha, "beta": beta}, clock)
+    snapshot = status.collect(config, fleet, FakeSlurm(node_states=nodes), need_slurm=True)
+    repairs = reconcile.plan(status.rows(config, snapshot.servers, snapshot.nodes, unseen=snapshot.unseen), NOW,
+                             GRACE, unseen=snapshot.unseen)
+    slurm = FakeSlurm(node_states=nodes)
+    result = reconcile.apply(config, fleet, slurm, repairs, locks=no_locks, log=null_log(), clock=clock,
+                             history=Unsaved())
+    assert slurm.changes == [(("solo-1",), "resume", None)]
+    assert [(r.node, why) for r, why in result.skipped] == [
+        ("cpu-001", "its pending delete on beta could not be saved: resumed by a later pass")]

@@ -248,15 +248,24 @@ def test_a_run_after_one_that_reached_the_unpaced_rate_starts_unpaced_until_a_re
     one = Pacer("lab", ceiling=None, clock=time.clock, sleep=time.sleep, shared=shared, run_id="one")
     one.wait()
     assert one.rate() == START_RATE
-    time.now += 10.0  # past the slow start
+    time.now += 10.0  # past the slow start, but no burst yet: living long is no proof
     one.sync()
     assert one.rate() is None
+    assert "unpaced_at" not in json.loads(shared.read_text())["clouds"]["lab"]
+    for _ in range(int(START_RATE)):
+        one.wait()
+    time.now += 0.5
+    one.sync()
     assert json.loads(shared.read_text())["clouds"]["lab"]["unpaced_at"] == time.now
+    reached = time.now
     one.close()
     time.now += 120.0
     two = Pacer("lab", ceiling=None, clock=time.clock, sleep=time.sleep, shared=shared, run_id="two")
     two.wait()
     assert two.rate() is None
+    time.now += 2.0
+    two.sync()  # skipped the slow start, sent no burst: the note stays the first run's
+    assert json.loads(shared.read_text())["clouds"]["lab"]["unpaced_at"] == reached
     for _ in range(39):
         two.wait()
     two.refused(retry_after=1.0)
@@ -276,6 +285,18 @@ def test_a_finished_run_no_longer_takes_a_share(tmp_path):
     two.sync()
     one.close()
     assert set(json.loads(shared.read_text())["clouds"]["lab"]["runs"]) == {"two"}
+
+
+@pytest.mark.parametrize("runs", [[], "x", 5, None])
+def test_close_leaves_a_shared_file_whose_runs_are_not_a_mapping_as_it_is(tmp_path, runs):
+    """close() runs after the outcome is decided: an edited file must not make it raise."""
+    time = FakeTime()
+    shared = tmp_path / "pacing.json"
+    one = Pacer("lab", ceiling=None, clock=time.clock, sleep=time.sleep, shared=shared, run_id="one")
+    one.sync()
+    shared.write_text(json.dumps({"clouds": {"lab": {"runs": runs}}}))
+    one.close()
+    assert json.loads(shared.read_text())["clouds"]["lab"]["runs"] == runs
 
 
 @pytest.mark.parametrize("content", ["{not json", '{"clouds": []}', '["x"]',
