@@ -227,9 +227,10 @@ class Fleet:
 
     # ---- looking -------------------------------------------------------------------------------
 
-    def find(self, nodes: Iterable[str] | None) -> Sighting:
+    def find(self, nodes: Iterable[str] | None, also: Mapping[str, Iterable[str]] | None = None) -> Sighting:
         """Our servers named for `nodes`, one list (with retries) per cloud of their scopes; with
-        `nodes` None, every server of ours on every cloud."""
+        `nodes` None, every server of ours on every cloud. `also`: {cloud: nodes} to look for on
+        clouds outside their scopes (a server left on a cloud its pool no longer lists)."""
         names_by_cloud: dict[str, list[str] | None] = {}
         if nodes is None:
             names_by_cloud = dict.fromkeys(self.clouds)
@@ -238,6 +239,10 @@ class Fleet:
             for node in dict.fromkeys(nodes):
                 for cloud in self.scope(node):
                     wanted.setdefault(cloud, []).append(node)
+            for cloud, extra in (also or {}).items():
+                if cloud in self.clouds:
+                    names = wanted.setdefault(cloud, [])
+                    names.extend(node for node in extra if node not in names)
             names_by_cloud = {cloud: names for cloud, names in wanted.items()}
 
         def list_on(cloud: str, names: list[str] | None) -> list[Server]:

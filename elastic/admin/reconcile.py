@@ -211,7 +211,14 @@ def apply(config: Config, fleet: Fleet, slurm: SlurmRepairs, repairs: Sequence[R
         if not held:
             return result
         pending = history.pending_deletes() if history is not None else {}
-        fresh = status.collect(config, fleet, slurm, held, need_slurm=True, pending=pending)
+        # The first look listed every cloud: a server on a cloud its node's pool no longer lists
+        # (the YAML changed) is looked for there again, or its repair would never be confirmed.
+        also: dict[str, set[str]] = defaultdict(set)
+        for repair in due:
+            server = repair.server
+            if server is not None and repair.node in taken and server.cloud not in fleet.scope(repair.node):
+                also[server.cloud].add(repair.node)
+        fresh = status.collect(config, fleet, slurm, held, need_slurm=True, pending=pending, also=also)
         fresh_rows = status.rows(config, fresh.servers, fresh.nodes, pools=None, unseen=fresh.unseen,
                                  pending=fresh.pending)
         fresh_rows = [row for row in fresh_rows if row.node in held]

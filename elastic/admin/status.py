@@ -218,7 +218,8 @@ def node_rows(node: str, pool: str | None, servers: Sequence[Server],
 
 
 def collect(config: Config, fleet: Fleet, slurm: SlurmNodes | None, names: Iterable[str] | None = None, *,
-            need_slurm: bool = False, pending: Mapping[str, Mapping[str, PendingDelete]] | None = None) -> Snapshot:
+            need_slurm: bool = False, pending: Mapping[str, Mapping[str, PendingDelete]] | None = None,
+            also: Mapping[str, Iterable[str]] | None = None) -> Snapshot:
     """List our servers on the clouds, in parallel (a cloud that does not answer is reported in
     `unseen`), then ask Slurm.
 
@@ -226,7 +227,7 @@ def collect(config: Config, fleet: Fleet, slurm: SlurmNodes | None, names: Itera
     by the time Slurm is read, so its new server is never judged against a stale powered-down state.
     """
     wanted = sorted(set(names)) if names is not None else None
-    sighting = fleet.find(wanted)
+    sighting = fleet.find(wanted, also)  # `also`: Fleet.find
     servers = tuple(s for found in sighting.servers.values() for s in found)
     pending = {node: dict(entry) for node, entry in (pending or {}).items() if wanted is None or node in wanted}
     if slurm is None:

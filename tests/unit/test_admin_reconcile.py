@@ -601,3 +601,24 @@ def test_a_stranded_node_is_not_resumed_when_its_pending_delete_on_a_silent_clou
     assert slurm.changes == [(("solo-1",), "resume", None)]
     assert [(r.node, why) for r, why in result.skipped] == [
         ("cpu-001", "its pending delete on beta could not be saved: resumed by a later pass")]
+
+
+def test_an_orphan_on_a_cloud_its_nodes_pool_no_longer_lists_is_deleted(tmp_path):
+    """gpu-1's pool lists only beta, but a server of gpu-1 runs on alpha (the YAML dropped alpha
+    from the pool): the first look lists every cloud and plans its delete; the look under the lock
+    lists alpha for gpu-1 too, so the delete is confirmed and done instead of skipped every pass."""
+    config = make_config(tmp_path)
+    alpha, beta = MemoryCloud("alpha"), MemoryCloud("beta")
+    left = alpha.add("gpu-1", metadata=ours("gpu-1", pool="gpu"), created=NOW - GRACE - 1)
+    clouds = {"alpha": alpha, "beta": beta}
+    nodes = slurm_nodes()
+    clock = FakeClock(NOW)
+    fleet = fleet_of(config, clouds, clock)
+    snapshot = status.collect(config, fleet, FakeSlurm(node_states=nodes), need_slurm=True)
+    repairs = reconcile.plan(status.rows(config, snapshot.servers, snapshot.nodes, unseen=snapshot.unseen), NOW,
+                             GRACE, unseen=snapshot.unseen)
+    assert summary(repairs) == [("delete", "gpu-1", left.id)]
+    result = reconcile.apply(config, fleet, FakeSlurm(node_states=nodes), repairs, locks=no_locks, log=null_log(),
+                             clock=clock, history=MemoryHistory())
+    assert [(r.action, r.node) for r in result.done] == [("delete", "gpu-1")] and not result.skipped
+    assert alpha.list_servers(config.cluster) == []
