@@ -104,7 +104,7 @@ class MemoryCloud:
         with self._lock:
             for server_id, server in list(self.servers.items()):
                 if server.deleting:
-                    del self.servers[server_id]  # a delete is visible for one list, then gone
+                    del self.servers[server_id]  # gone by the next list (the emulator shows a deleting window)
                     self._leave_groups(server_id)  # Nova lists a member until its delete completes
                     self._drop_ports(server_id)
                 elif server.status == BUILDING and server.name not in self.stuck_in_build:
