@@ -3,10 +3,10 @@
 A run starts fast: at START_RATE requests a second, doubling every second (a slow start, as
 TCP's) until it is past UNPACED_ABOVE, where only `max_parallel` bounds how many requests are in
 flight; the slow start costs a large burst about a second and keeps the first refusals of a strict
-cloud to one or two instead of a whole pool's worth. A run that reaches the unpaced rate without a
-refusal says so in the shared file (`unpaced_at`), and a run that starts within FORGET_AFTER of it,
-with no refusal since, skips the slow start: the cloud took that pace from this controller a few
-minutes ago. When the cloud
+cloud to one or two instead of a whole pool's worth. A run past its slow start that sent START_RATE
+requests or more within a second without a refusal says so in the shared file (`unpaced_at`), and a
+run that starts within FORGET_AFTER of it, with no refusal since, skips the slow start: the cloud
+took such a burst from this controller a few minutes ago. When the cloud
 answers 429 (or 503, or 413 overLimit), its rate is set to half of what we were sending, nothing
 is sent before its Retry-After, and the rate grows again by a fixed step each second without
 another refusal (additive increase; the step is a fifth of the halved rate, so a cloud is back at
