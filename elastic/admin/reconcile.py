@@ -230,7 +230,7 @@ def apply(config: Config, fleet: Fleet, slurm: SlurmRepairs, repairs: Sequence[R
                 continue
             if repair.key in still:
                 todo.append(repair)
-            elif unseen := _unanswered(repair, fresh.unseen, config):
+            elif unseen := _unanswered(repair, fresh.unseen, fleet):
                 result.skipped.append((repair, f"{', '.join(unseen)} did not answer the look under the node's lock: "
                                                "left for a later pass"))
             else:
@@ -243,16 +243,15 @@ def apply(config: Config, fleet: Fleet, slurm: SlurmRepairs, repairs: Sequence[R
 BLIND_WHY = "reconcile: the cloud did not answer when the stranded node was resumed"
 
 
-def _unanswered(repair: Repair, unseen: Mapping[str, object], config: Config) -> list[str]:
-    """The clouds this repair depends on (its server's, or every cloud of the node's pool) that did
-    not answer the fresh look."""
+def _unanswered(repair: Repair, unseen: Mapping[str, object], fleet: Fleet) -> list[str]:
+    """The clouds this repair depends on (its server's, or its node's scope) that did not answer
+    the fresh look."""
     if repair.server is not None:
-        clouds = {repair.server.cloud}
+        clouds: Collection[str] = {repair.server.cloud}
     elif repair.cloud is not None:
         clouds = {repair.cloud}
     else:
-        pool = config.pools.get(config.pool_of(repair.node) or "")
-        clouds = {entry.cloud for entry in pool.clouds} if pool is not None else set(config.clouds)
+        clouds = fleet.scope(repair.node)
     return sorted(cloud for cloud in clouds if cloud in unseen)
 
 
@@ -279,8 +278,7 @@ def _run(todo: Sequence[Repair], fleet: Fleet, slurm: SlurmRepairs, result: Resu
                 result.done.append(repair)
         for repair in deletes:
             server = cast(Server, repair.server)
-            if repair.problem == status.PENDING and (repair.node, server.cloud) not in unsettled \
-                    and server.cloud not in settled.get(repair.node, []):
+            if repair.problem == status.PENDING and (repair.node, server.cloud) not in unsettled:
                 settled[repair.node].append(server.cloud)
     for repair in todo:
         if repair.action == FORGET:

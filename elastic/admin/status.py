@@ -221,13 +221,13 @@ def collect(config: Config, fleet: Fleet, slurm: SlurmNodes | None, names: Itera
             need_slurm: bool = False, pending: Mapping[str, Mapping[str, PendingDelete]] | None = None,
             also: Mapping[str, Iterable[str]] | None = None) -> Snapshot:
     """List our servers on the clouds, in parallel (a cloud that does not answer is reported in
-    `unseen`), then ask Slurm.
+    `unseen`), then ask Slurm. `also`: {cloud: nodes} looked for outside their scopes (Fleet.find).
 
     Servers are read before Slurm: a node whose resume starts between the two reads is POWERING_UP
     by the time Slurm is read, so its new server is never judged against a stale powered-down state.
     """
     wanted = sorted(set(names)) if names is not None else None
-    sighting = fleet.find(wanted, also)  # `also`: Fleet.find
+    sighting = fleet.find(wanted, also)
     servers = tuple(s for found in sighting.servers.values() for s in found)
     pending = {node: dict(entry) for node, entry in (pending or {}).items() if wanted is None or node in wanted}
     if slurm is None:
