@@ -23,7 +23,9 @@ import structlog
 from elastic.cloud import OpenStackCloud
 from elastic.config import load_config
 from elastic.lab.cloud import LabCloud
-from elastic.power import Services, resume, suspend
+from elastic.power.resume import resume
+from elastic.power.services import Services
+from elastic.power.suspend import suspend
 from elastic.testing import MemoryHistory, RecordingSlurm
 
 

@@ -23,9 +23,8 @@ if TYPE_CHECKING:  # imported where used: a program's first steps must not wait 
     from structlog.typing import FilteringBoundLogger
 
     from elastic.config import Config
-    from elastic.power import Outcome, Services
-    from elastic.power.outcome import Failure
-    from elastic.power.services import SlurmControl
+    from elastic.power.outcome import Failure, Outcome
+    from elastic.power.services import Services, SlurmControl
     from elastic.resume_request import ResumeJob
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
@@ -138,16 +137,11 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
 
     try:
         with process.sigterm_raises(on_sigterm):
-            from elastic import power
             from elastic.wiring import make_services
 
             services = make_services(config, log)
             services.slurm = _HandedToSlurm(services.slurm, handed)
-            flows: dict[str, Callable[[Sequence[str], Services], Outcome]] = {
-                "resume": functools.partial(power.resume, jobs=jobs), "suspend": power.suspend,
-                "resume-fail": power.resume_fail}
-            flow = flows[command]
-            outcome = flow(nodes, services)
+            outcome = _flow(command, jobs)(nodes, services)
     except process.Terminated as stop:
         # Nodes Slurm already got an address or a state for are left as they are; the servers
         # this run created are not deleted here (see _FAIL_CLOSED_STATES).
@@ -170,6 +164,21 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
     with contextlib.suppress(Exception):
         close_clouds(services.clouds)
     return outcome.exit_code
+
+
+def _flow(command: str, jobs: Sequence[ResumeJob]) -> Callable[[Sequence[str], Services], Outcome]:
+    """The command's flow, its module imported alone: a suspend does not load the resume flow."""
+    if command == "resume":
+        from elastic.power.resume import resume
+
+        return functools.partial(resume, jobs=jobs)
+    if command == "suspend":
+        from elastic.power.suspend import suspend
+
+        return suspend
+    from elastic.power.resume_fail import resume_fail
+
+    return resume_fail
 
 
 class _HandedToSlurm:

@@ -8,7 +8,7 @@ from pathlib import Path
 import structlog
 
 from elastic.config import load_config
-from elastic.power import Services
+from elastic.power.services import Services
 from elastic.testing import FakeClock, MemoryCloud, MemoryHistory, RecordingSlurm
 
 CONFIG = """\

@@ -87,14 +87,14 @@ def test_a_node_lock_held_too_long_leaves_that_node_powered_down_with_its_delete
 def test_a_bug_in_a_flow_fails_every_node_closed_with_an_internal_reason(program, monkeypatch):
     """An exception no flow expected becomes `elastic: internal: <type>` for every node, with the
     traceback in the log; resume's nodes get power_down_force so their jobs are requeued now."""
-    from elastic import power
+    from elastic.power import resume as resume_flow
 
     run, slurm, path = program
 
     def broken(nodes, services, jobs=()):
         raise KeyError("boom")
 
-    monkeypatch.setattr(power, "resume", broken)
+    monkeypatch.setattr(resume_flow, "resume", broken)
     assert run("resume", "cpu-001,gpu-1") == 1
     assert slurm.states == [(("cpu-001", "gpu-1"), "power_down_force", "elastic: internal: KeyError: 'boom'")]
     log = (path.parent / "elastic.log").read_text()

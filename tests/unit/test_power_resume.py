@@ -9,7 +9,7 @@ import structlog
 from elastic.cloud import ACTIVE, BUILDING, ERROR
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudError, CloudErrorKind
-from elastic.power import resume
+from elastic.power.resume import resume
 
 from tests.support.power import held_by_another_run, make_services, released_at_the_first_pause
 
@@ -497,7 +497,7 @@ def _suspend_first(svc, clock, nodes, *, later_by: float):
     from contextlib import contextmanager, nullcontext
     from dataclasses import replace
 
-    from elastic.power import suspend
+    from elastic.power.suspend import suspend
 
     suspender = replace(svc, locks=lambda names: nullcontext(frozenset(names)))
     started = clock()

@@ -6,7 +6,8 @@ from __future__ import annotations
 from elastic.cloud import ACTIVE
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudErrorKind
-from elastic.power import resume, suspend
+from elastic.power.resume import resume
+from elastic.power.suspend import suspend
 from elastic.resume_request import ResumeJob
 
 from tests.support.power import CONFIG, make_services, released_at_the_first_pause

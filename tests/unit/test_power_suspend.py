@@ -5,7 +5,8 @@ from __future__ import annotations
 from elastic.cloud import ACTIVE, BUILDING, floating_ip_mark
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudErrorKind
-from elastic.power import resume_fail, suspend
+from elastic.power.resume_fail import resume_fail
+from elastic.power.suspend import suspend
 
 from tests.support.power import CONFIG, held_by_another_run, make_services
 

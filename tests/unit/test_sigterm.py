@@ -8,6 +8,7 @@ The signal is sent to this process's main thread from the flow, as slurmscriptd'
 
 from __future__ import annotations
 
+import importlib
 import json
 import signal
 import threading
@@ -15,8 +16,8 @@ import time
 
 import pytest
 
-from elastic import cli, power, process, wiring
-from elastic.power import Services
+from elastic import cli, process, wiring
+from elastic.power.services import Services
 from elastic.testing import MemoryCloud, MemoryHistory, RecordingSlurm
 
 from tests.support.power import CONFIG
@@ -80,7 +81,7 @@ def test_sigterm_during_a_blocked_flow_gives_every_node_an_elastic_state(site, m
         pytest.fail("the SIGTERM did not interrupt the flow")
 
     flow = {"resume": "resume", "suspend": "suspend", "resume-fail": "resume_fail"}[command]
-    monkeypatch.setattr(power, flow, blocked)
+    monkeypatch.setattr(importlib.import_module(f"elastic.power.{flow}"), flow, blocked)
     before = signal.getsignal(signal.SIGTERM)
     started = time.monotonic()
     assert run(site, command) == 1
@@ -107,7 +108,7 @@ def test_nodes_already_handed_to_slurm_are_left_alone(site, monkeypatch):
         sigterm_main_thread(after=0.1)
         time.sleep(30)
 
-    monkeypatch.setattr(power, "resume", half_done)
+    monkeypatch.setattr("elastic.power.resume.resume", half_done)
     assert run(site, "resume") == 1
     [sigterm] = site.events("resume.sigterm")
     assert sigterm["in_flight"] == ["cpu-003", "cpu-004"] and sigterm["handed"] == 2
@@ -137,7 +138,7 @@ def test_sigterm_during_an_scontrol_call_waits_for_it(site, monkeypatch):
         svc.slurm.update_addresses({"cpu-001": "10.0.0.1", "cpu-002": "10.0.0.2"})
         after_call.append("went on")  # never: Terminated comes as the call returns
 
-    monkeypatch.setattr(power, "resume", flow)
+    monkeypatch.setattr("elastic.power.resume.resume", flow)
     assert run(site, "resume") == 1
     assert slow.addresses == [{"cpu-001": "10.0.0.1", "cpu-002": "10.0.0.2"}] and after_call == []
     [sigterm] = site.events("resume.sigterm")
@@ -159,7 +160,7 @@ def test_a_second_sigterm_does_not_interrupt_the_cleanup(site, monkeypatch):
             time.sleep(0.05)
             cleaned.append(True)
 
-    monkeypatch.setattr(power, "suspend", flow)
+    monkeypatch.setattr("elastic.power.suspend.suspend", flow)
     assert run(site, "suspend") == 1
     assert cleaned == [True] and len(site.events("suspend.sigterm")) == 1
 
