@@ -20,6 +20,7 @@ from elastic.locks import free_node_locks
 from elastic.lookups import LookupCache
 from elastic.pacing import BootMemory, Pacer
 from elastic.power.services import Services
+from elastic.served import ServedServers
 from elastic.slurm import Slurm, find_command, subprocess_runner
 from elastic.tokens import TokenCache
 
@@ -32,6 +33,7 @@ def make_slurm(config: Config) -> Slurm:
 PACING_FILE = "pacing.json"
 TOKEN_FILE = "tokens.json"  # Keystone tokens and catalogs, 0600 (elastic.tokens)
 LOOKUP_FILE = "lookups.json"  # flavor, image and network ids by name, 0600 (elastic.lookups)
+SERVED_FILE = "served.json"  # the server each node was last served with, 0600 (elastic.served)
 CACHE_DIR = "cache"  # XDG_CACHE_HOME of a run without HOME: stevedore's entry-point cache
 
 
@@ -109,4 +111,6 @@ def make_services(config: Config, log: FilteringBoundLogger) -> Services:
         locks=functools.partial(free_node_locks, config.lock_dir),
         boots=BootMemory(config.state_dir / PACING_FILE,
                          warn=lambda message: log.warning("pacing.unsaved", error=message)),
+        served=ServedServers(config.state_dir / SERVED_FILE,
+                             warn=lambda message: log.warning("served.unsaved", error=message)),
     )

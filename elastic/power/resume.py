@@ -74,6 +74,9 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
                 pending.pop(node, None)
             if busy and not booting:
                 svc.sleep(LOCK_RETRY_SECONDS)  # nothing of ours to poll: let the other run get on
+        if svc.served is not None:  # for the nodes' suspend, which deletes these while it looks for others
+            svc.served.record({node: {state.where[node].cloud: state.where[node].id}
+                               for node in outcome.served if node in state.where})
     except Exception as exc:  # fail closed: no node may sit in POWERING_UP until ResumeTimeout
         svc.log.exception("resume.internal_error", error=str(exc))
         unserved = [n for n in nodes if n not in outcome.served and n not in outcome.failed

@@ -51,6 +51,13 @@ class BootTimes(Protocol):
     def record(self, cloud: str, seen: list[float]) -> None: ...
 
 
+class ServedWith(Protocol):
+    """The server each node was last served with (elastic.served.ServedServers)."""
+
+    def read(self) -> Mapping[str, Mapping[str, str]]: ...
+    def record(self, servers: dict[str, dict[str, str]]) -> None: ...
+
+
 def _no_locks(names: Iterable[str]) -> AbstractContextManager[frozenset[str]]:
     return contextlib.nullcontext(frozenset(names))
 
@@ -70,6 +77,7 @@ class Services:
     # (elastic.locks.free_node_locks); the flows come back for the others.
     locks: Callable[[Iterable[str]], AbstractContextManager[frozenset[str]]] = field(default=_no_locks)
     boots: BootTimes | None = None  # None: nothing known of boot times, poll at the steady cadence
+    served: ServedWith | None = None  # None: a suspend deletes what its look finds, after the look
 
     def fleet(self) -> Fleet:
         """The clouds as one, behind their breakers, for one run."""

@@ -14,11 +14,12 @@ answered for and refused to delete (locked: 409) puts the node DOWN, for an admi
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 
 from elastic.cloud import Server
 from elastic.errors import CloudErrorKind
-from elastic.fleet import Fleet
+from elastic.fleet import Fleet, Sighting
 from elastic.history import UNDER_WAY
 from elastic.power import server_groups
 from elastic.power.outcome import Failure, Outcome, report_failures
@@ -39,6 +40,7 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
     nodes = list(dict.fromkeys(nodes))
     started = svc.clock()  # before the locks: a resume that Slurm asked for after this is not stopped
     fleet = svc.fleet()
+    served_with = svc.served.read() if svc.served is not None else {}
     # The release time and the deletes first, in one write, before any lock: a resume of these nodes
     # that started before this run cancels them, whether it holds their locks now (it checks as it
     # polls) or waits for them; and a run killed while it waits for a lock leaves the deletes pending,
@@ -54,7 +56,7 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
         with svc.locks(left) as held:
             batch = [node for node in left if node in held]
             if batch:
-                _release_locked(batch, fleet, svc, outcome, deferred, why=why)
+                _release_locked(batch, fleet, svc, outcome, deferred, served_with, why=why)
         left = [node for node in left if node not in held]
         if left and svc.clock() >= give_up:
             # Another run (a resume booting them, a slow suspend) holds them: not the nodes' fault.
@@ -82,21 +84,23 @@ LOCK_RETRY_SECONDS = 0.2
 
 
 def _release_locked(nodes: list[str], fleet: Fleet, svc: Services, outcome: Outcome,
-                    deferred: dict[str, dict[str, str]], *, why: str) -> None:
+                    deferred: dict[str, dict[str, str]], served_with: Mapping[str, Mapping[str, str]], *,
+                    why: str) -> None:
     """Delete the servers of nodes whose locks this run holds, and wait for them to go."""
     # The intent again, now under the locks: `release` wrote it before them, but another run that
     # held a lock meanwhile (a suspend, reconcile) may have settled it. A run killed from here on
     # leaves these deletes pending (see `release`); `_remember` settles what this run saw done.
     svc.history.add_pending_deletes({node: dict.fromkeys(fleet.scope(node), f"{why}: {UNDER_WAY}")
                                      for node in nodes}, svc.clock())
-    sighting = fleet.find(nodes)
+    sighting, deleted_ahead = _find_deleting_ahead(nodes, served_with, fleet, svc, why=why)
     for node, clouds in fleet.blind_spots(nodes, sighting).items():
         for cloud in clouds:
             deferred[node][cloud] = f"{why}: cannot list servers: {sighting.unseen[cloud].message}"
     doomed = [s for node in nodes for s in sighting.of(node)]
     grouped = _uses_server_groups(nodes, svc)
     groups = server_groups.holding(fleet.clouds, doomed, svc.config, svc.log) if grouped and doomed else {}
-    deletion = fleet.delete(doomed, why=why)
+    deletion = fleet.delete([s for s in doomed if s.id not in deleted_ahead], why=why)
+    deletion.accepted += [s for s in doomed if s.id in deleted_ahead]
     for server, error in deletion.failed.values():
         if error.kind in _REFUSALS:
             outcome.fail([server.name],
@@ -112,6 +116,28 @@ def _release_locked(nodes: list[str], fleet: Fleet, svc: Services, outcome: Outc
     if groups:
         # A group goes with its last server (Nova drops a member when the server is gone).
         server_groups.delete_empty(fleet.clouds, groups, svc.config, svc.log)
+
+
+def _find_deleting_ahead(nodes: list[str], served_with: Mapping[str, Mapping[str, str]], fleet: Fleet,
+                         svc: Services, *, why: str) -> tuple[Sighting, set[str]]:
+    """Look for the nodes' servers (Fleet.find) while deleting, in parallel, the server a resume
+    served each node with (elastic.served): the delete no longer waits for the look, which saves
+    a one-node suspend a round trip. Returns the sighting and the ids of those deletes accepted.
+
+    Only where a delete needs nothing first or beside it: no floating IP to release before, no
+    server group to find before the member goes. A delete that fails here is left to the look: a
+    server it sees is deleted again as usual, and a cloud it cannot see defers the node's delete.
+    """
+    ahead = [Server(id=server_id, name=node, status="", cloud=cloud)
+             for node in nodes if not _uses_server_groups([node], svc)
+             for cloud, server_id in served_with.get(node, {}).items() if cloud in fleet.scope(node)]
+    ahead = [server for server in ahead if not fleet.may_hold_floating_ip(server)]
+    if not ahead:
+        return fleet.find(nodes), set()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="delete-ahead") as pool:
+        deleting = pool.submit(fleet.delete, ahead, why=why)
+        sighting = fleet.find(nodes)
+        return sighting, {server.id for server in deleting.result().accepted}
 
 
 def _sweep_floating_ips(accepted: Sequence[Server], lingering: Sequence[Server], fleet: Fleet, why: str) -> None:

@@ -9,6 +9,7 @@ import structlog
 
 from elastic.config import load_config
 from elastic.power.services import Services
+from elastic.served import ServedServers
 from elastic.testing import FakeClock, MemoryCloud, MemoryHistory, RecordingSlurm
 
 CONFIG = """\
@@ -45,7 +46,7 @@ def make_services(tmp_path: Path, extra: str = "",
     clock = FakeClock()
     services = Services(config=config, clouds=clouds, slurm=slurm, history=MemoryHistory(),
                         log=structlog.wrap_logger(structlog.testing.CapturingLogger()), clock=clock, monotonic=clock,
-                        sleep=clock.sleep)
+                        sleep=clock.sleep, served=ServedServers(tmp_path / "served.json"))
     return services, clouds, slurm, clock
 
 

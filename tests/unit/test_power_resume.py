@@ -680,3 +680,16 @@ def test_without_a_learned_boot_time_or_with_an_adopted_server_the_first_poll_is
             svc.clouds["alpha"].add("cpu-001", status=BUILDING, metadata=_meta("cpu-001"))
         assert resume(["cpu-001"], svc).exit_code == 0
         assert clock.slept == []
+
+
+def test_resume_notes_the_server_of_each_node_it_served_and_no_other(tmp_path):
+    """The servers of the served nodes (adopted or created) go to the history for their suspend; a
+    node that failed on every cloud leaves nothing."""
+    svc, clouds, _, _ = make_services(tmp_path)
+    adopted = clouds["beta"].add("cpu-002", metadata=_meta("cpu-002"))
+    for name in ("alpha", "beta"):
+        clouds[name].fail_next("create", CloudErrorKind.QUOTA, times=100)
+    clouds["beta"].calls.clear()
+    outcome = resume(["cpu-001", "cpu-002"], svc)
+    assert set(outcome.served) == {"cpu-002"} and set(outcome.failed) == {"cpu-001"}
+    assert svc.served.read() == {"cpu-002": {"beta": adopted.id}}
