@@ -250,4 +250,3 @@ def test_a_release_and_its_pending_deletes_are_one_write(path, mocker):
     pending = history.pending_deletes()
     assert pending["cpu-001"]["alpha"] == {"since": NOW, "why": "suspend: cannot list servers"}
     assert pending["cpu-001"]["beta"]["since"] == NOW + 5 and set(pending["cpu-002"]) == {"alpha"}
-
