@@ -282,6 +282,11 @@ class OpenStackCloud:
                     self._tokens.save(conn.session.auth)
                 self._saved_auth = conn.session.auth.auth_ref
                 endpoint = conn.compute.get_endpoint()
+                # Compute's version discovery (the microversion of every servers call) once, here:
+                # threads that list and delete at once would each fetch it.
+                from openstack.compute.v2.server import Server as SdkServer
+
+                SdkServer._get_microversion(conn.compute)
                 conn.session.timeout = float(self._config.api_timeout)
                 # Names resolve per project: a cached id is only used for the same project on the
                 # same compute endpoint.

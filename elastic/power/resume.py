@@ -41,6 +41,7 @@ from elastic.power.resume_jobs import anchors_of, create_jobs, job_of_node, move
 from elastic.power.services import Services
 from elastic.resume_request import ResumeJob
 from elastic.retry import backoff_delay
+from elastic.served import Served
 
 
 def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) -> Outcome:
@@ -50,7 +51,8 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
     by_pool, unknown = config.split_by_pool(nodes)
     if unknown:
         outcome.fail(unknown, Failure("no-pool", f"not in any pool of {config.source or 'the config'}", permanent=True))
-    pending = {node: pool for pool, members in by_pool.items() for node in members}
+    pool_of = {node: pool for pool, members in by_pool.items() for node in members}
+    pending = dict(pool_of)
     started = svc.clock()
     deadline = started + config.timeouts.boot
     state = RunState()
@@ -74,15 +76,16 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
                 pending.pop(node, None)
             if busy and not booting:
                 svc.sleep(LOCK_RETRY_SECONDS)  # nothing of ours to poll: let the other run get on
-        if svc.served is not None:  # for the nodes' suspend, which deletes these while it looks for others
-            svc.served.record({node: {state.where[node].cloud: state.where[node].id}
-                               for node in outcome.served if node in state.where})
     except Exception as exc:  # fail closed: no node may sit in POWERING_UP until ResumeTimeout
         svc.log.exception("resume.internal_error", error=str(exc))
         unserved = [n for n in nodes if n not in outcome.served and n not in outcome.failed
                     and n not in outcome.cancelled]  # a cancelled node is the suspend's: powered down
         outcome.fail(unserved, internal_failure(exc))
     _report_to_slurm(outcome, svc)
+    if svc.served is not None:  # for the nodes' suspend, which deletes these while it looks for others
+        svc.served.record(config.cluster, {node: Served(state.where[node].cloud, state.where[node].id, pool)
+                                           for node, pool in pool_of.items()
+                                           if node in outcome.served and node in state.where})
     if svc.boots is not None:
         for cloud, seen in state.boot_seen.items():
             svc.boots.record(cloud, seen)  # the next runs' poll cadence

@@ -15,6 +15,7 @@ from elastic.cloud import Cloud
 from elastic.config import Config
 from elastic.fleet import Fleet
 from elastic.history import CloudDown, PendingDelete, Problem
+from elastic.served import Served
 
 
 class SlurmControl(Protocol):
@@ -54,8 +55,8 @@ class BootTimes(Protocol):
 class ServedWith(Protocol):
     """The server each node was last served with (elastic.served.ServedServers)."""
 
-    def read(self) -> Mapping[str, Mapping[str, str]]: ...
-    def record(self, servers: dict[str, dict[str, str]]) -> None: ...
+    def record(self, cluster: str, servers: Mapping[str, Served]) -> None: ...
+    def take(self, cluster: str, nodes: Iterable[str]) -> dict[str, Served]: ...
 
 
 def _no_locks(names: Iterable[str]) -> AbstractContextManager[frozenset[str]]:

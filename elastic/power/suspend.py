@@ -24,6 +24,7 @@ from elastic.history import UNDER_WAY
 from elastic.power import server_groups
 from elastic.power.outcome import Failure, Outcome, report_failures
 from elastic.power.services import Services
+from elastic.served import Served
 
 # The cloud answered and said no to this server: waiting will not help.
 _REFUSALS = frozenset({CloudErrorKind.CONFLICT, CloudErrorKind.CONFIG})
@@ -40,7 +41,8 @@ def release(nodes: Sequence[str], svc: Services, *, why: str) -> Outcome:
     nodes = list(dict.fromkeys(nodes))
     started = svc.clock()  # before the locks: a resume that Slurm asked for after this is not stopped
     fleet = svc.fleet()
-    served_with = svc.served.read() if svc.served is not None else {}
+    # Taken out of the file whatever this run then does: a run deletes a noted id at most once.
+    served_with = svc.served.take(svc.config.cluster, nodes) if svc.served is not None else {}
     # The release time and the deletes first, in one write, before any lock: a resume of these nodes
     # that started before this run cancels them, whether it holds their locks now (it checks as it
     # polls) or waits for them; and a run killed while it waits for a lock leaves the deletes pending,
@@ -84,7 +86,7 @@ LOCK_RETRY_SECONDS = 0.2
 
 
 def _release_locked(nodes: list[str], fleet: Fleet, svc: Services, outcome: Outcome,
-                    deferred: dict[str, dict[str, str]], served_with: Mapping[str, Mapping[str, str]], *,
+                    deferred: dict[str, dict[str, str]], served_with: Mapping[str, Served], *,
                     why: str) -> None:
     """Delete the servers of nodes whose locks this run holds, and wait for them to go."""
     # The intent again, now under the locks: `release` wrote it before them, but another run that
@@ -118,19 +120,22 @@ def _release_locked(nodes: list[str], fleet: Fleet, svc: Services, outcome: Outc
         server_groups.delete_empty(fleet.clouds, groups, svc.config, svc.log)
 
 
-def _find_deleting_ahead(nodes: list[str], served_with: Mapping[str, Mapping[str, str]], fleet: Fleet,
+def _find_deleting_ahead(nodes: list[str], served_with: Mapping[str, Served], fleet: Fleet,
                          svc: Services, *, why: str) -> tuple[Sighting, set[str]]:
     """Look for the nodes' servers (Fleet.find) while deleting, in parallel, the server a resume
     served each node with (elastic.served): the delete no longer waits for the look, which saves
     a one-node suspend a round trip. Returns the sighting and the ids of those deletes accepted.
 
-    Only where a delete needs nothing first or beside it: no floating IP to release before, no
-    server group to find before the member goes. A delete that fails here is left to the look: a
-    server it sees is deleted again as usual, and a cloud it cannot see defers the node's delete.
+    Only for the pool the server was made for, and where a delete needs nothing first or beside
+    it: no floating IP to release before, no server group to find before the member goes. A
+    delete that fails here is left to the look: a server it sees is deleted again as usual, and a
+    cloud it cannot see defers the node's delete. Why this id needs no look first: elastic.served.
     """
-    ahead = [Server(id=server_id, name=node, status="", cloud=cloud)
-             for node in nodes if not _uses_server_groups([node], svc)
-             for cloud, server_id in served_with.get(node, {}).items() if cloud in fleet.scope(node)]
+    batch = set(nodes)
+    ahead = [Server(id=served.id, name=node, status="", cloud=served.cloud)
+             for node, served in served_with.items() if node in batch
+             and served.pool == svc.config.pool_of(node) and served.cloud in fleet.scope(node)
+             and not _uses_server_groups([node], svc)]
     ahead = [server for server in ahead if not fleet.may_hold_floating_ip(server)]
     if not ahead:
         return fleet.find(nodes), set()

@@ -10,6 +10,7 @@ from elastic.cloud import ACTIVE, BUILDING, ERROR
 from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudError, CloudErrorKind
 from elastic.power.resume import resume
+from elastic.served import Served
 
 from tests.support.power import held_by_another_run, make_services, released_at_the_first_pause
 
@@ -692,4 +693,4 @@ def test_resume_notes_the_server_of_each_node_it_served_and_no_other(tmp_path):
     clouds["beta"].calls.clear()
     outcome = resume(["cpu-001", "cpu-002"], svc)
     assert set(outcome.served) == {"cpu-002"} and set(outcome.failed) == {"cpu-001"}
-    assert svc.served.read() == {"cpu-002": {"beta": adopted.id}}
+    assert svc.served.take("test", ["cpu-001", "cpu-002"]) == {"cpu-002": Served("beta", adopted.id, "cpu")}

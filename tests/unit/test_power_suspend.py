@@ -7,6 +7,7 @@ from elastic.config import META_CLUSTER, META_NODE, META_POOL
 from elastic.errors import CloudErrorKind
 from elastic.power.resume_fail import resume_fail
 from elastic.power.suspend import suspend
+from elastic.served import Served
 
 from tests.support.power import CONFIG, held_by_another_run, make_services
 
@@ -339,7 +340,6 @@ def test_suspend_deletes_the_server_a_resume_served_the_node_with_while_it_looks
     svc, clouds, _, _ = make_services(tmp_path)
     assert resume(["cpu-001", "cpu-002"], svc).exit_code == 0
     served = {s.name: s.id for s in clouds["alpha"].live()}
-    assert svc.served.read() == {node: {"alpha": served[node]} for node in ("cpu-001", "cpu-002")}
     clouds["alpha"].calls.clear()
     waited = _list_waits_for_a_delete(clouds["alpha"])
     assert suspend(["cpu-001"], svc).exit_code == 0
@@ -347,6 +347,7 @@ def test_suspend_deletes_the_server_a_resume_served_the_node_with_while_it_looks
     assert clouds["alpha"].calls.count(("delete", served["cpu-001"])) == 1
     assert [s.name for s in clouds["alpha"].live()] == ["cpu-002"]
     assert "cpu-001" not in svc.history.pending_deletes()
+    assert svc.served.take("test", ["cpu-001", "cpu-002"]) == {"cpu-002": Served("alpha", served["cpu-002"], "cpu")}
 
 
 def test_suspend_finds_the_other_servers_of_a_node_whose_noted_server_is_gone(tmp_path):
@@ -354,7 +355,7 @@ def test_suspend_finds_the_other_servers_of_a_node_whose_noted_server_is_gone(tm
     node's may be there (a duplicate from a killed run): the look finds it and it is deleted too."""
     svc, clouds, _, _ = make_services(tmp_path)
     other = clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
-    svc.served.record({"cpu-001": {"alpha": "gone-long-ago"}})
+    svc.served.record("test", {"cpu-001": Served("alpha", "gone-long-ago", "cpu")})
     assert suspend(["cpu-001"], svc).exit_code == 0
     assert ("delete", "gone-long-ago") in clouds["alpha"].calls and ("delete", other.id) in clouds["alpha"].calls
     assert clouds["alpha"].live() == [] and svc.history.pending_deletes() == {}
@@ -366,22 +367,23 @@ def test_a_noted_server_whose_delete_is_refused_is_deleted_again_after_the_look(
     svc, clouds, slurm, _ = make_services(tmp_path)
     for refusals, code in ((1, 0), (2, 1)):
         server = clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
-        svc.served.record({"cpu-001": {"alpha": server.id}})
+        svc.served.record("test", {"cpu-001": Served("alpha", server.id, "cpu")})
         clouds["alpha"].fail_next("delete", CloudErrorKind.CONFLICT, times=refusals, message="Instance is locked")
         assert suspend(["cpu-001"], svc).exit_code == code
         assert clouds["alpha"].calls.count(("delete", server.id)) == 2
     assert slurm.states[0][:2] == (("cpu-001",), "down") and "locked" in slurm.states[0][2]
 
 
-def test_suspend_deletes_nothing_ahead_where_something_must_come_first(tmp_path):
+def test_suspend_deletes_nothing_ahead_where_something_must_come_first_or_the_pool_changed(tmp_path):
     """A pool with floating IPs (released before the delete) or a server group (found before its
-    member goes): the noted server is deleted after the look, as before."""
+    member goes), or a server noted for another pool than the node's now: the noted server is
+    deleted after the look, as before."""
     grouped = CONFIG.replace("  gpu:\n", "    server_group: affinity\n  gpu:\n")
-    for index, config in enumerate((_FLOATING, grouped)):
+    for index, (config, pool) in enumerate(((_FLOATING, "cpu"), (grouped, "cpu"), (CONFIG, "old"))):
         (tmp_path / str(index)).mkdir()
         svc, clouds, _, _ = make_services(tmp_path / str(index), config_text=config)
         server = clouds["alpha"].add("cpu-001", metadata=_meta("cpu-001"))
-        svc.served.record({"cpu-001": {"alpha": server.id}})
+        svc.served.record("test", {"cpu-001": Served("alpha", server.id, pool)})
         assert suspend(["cpu-001"], svc).exit_code == 0
         ops = [op for op, _ in clouds["alpha"].calls]
         assert ops.index("list") < ops.index("delete") and clouds["alpha"].live() == []
