@@ -62,6 +62,14 @@ def resume_fail_program() -> NoReturn:
 
 
 def _power_main(command: str, argv: Sequence[str] | None) -> int:
+    process.pause_gc()  # until run_power has imported what the run needs
+    try:
+        return _parse_and_run(command, argv)
+    finally:
+        process.resume_gc()
+
+
+def _parse_and_run(command: str, argv: Sequence[str] | None) -> int:
     process.repair_process()
     # SLURM_RESUME_FILE is a /proc/<pid>/fd/N of slurmctld's: valid only while it keeps it open.
     resume_file_text, resume_file_error = _read_resume_file_now() if command == "resume" else (None, None)
@@ -141,6 +149,10 @@ def run_power(command: str, hostlist: str, config_arg: str | None, resume_file_t
 
             services = make_services(config, log)
             services.slurm = _HandedToSlurm(services.slurm, handed)
+            from elastic.cloud import import_sdk
+
+            import_sdk()  # the last of start-up's imports (see process.pause_gc)
+            process.resume_gc()
             outcome = _flow(command, jobs)(nodes, services)
     except process.Terminated as stop:
         # Nodes Slurm already got an address or a state for are left as they are; the servers

@@ -198,7 +198,7 @@ class Cloud(Protocol):
 _SDK_IMPORT = threading.Lock()
 
 
-def _import_sdk() -> None:
+def import_sdk() -> None:
     """Import openstacksdk (and keystoneauth, requests), one thread at a time. Its packages import
     each other in cycles: two clouds connecting at once in their own threads, each importing it
     first, can meet Python's import deadlock detection (_DeadlockError on openstack.compute.v2)."""
@@ -306,7 +306,7 @@ class OpenStackCloud:
         self.connect(timeout)
 
     def _build_connection(self) -> Any:
-        _import_sdk()
+        import_sdk()
         import openstack
         from openstack.config import loader
 
@@ -415,7 +415,7 @@ class OpenStackCloud:
         every page, as JSON: building an SDK Resource per server costs ~2 ms each, which at 1,000
         servers made every poll of a resume two seconds late. Errors are the SDK's own
         (raise_from_response), so classification is unchanged."""
-        proxy = self._sdk.compute  # connected first: openstacksdk is imported under _import_sdk's lock
+        proxy = self._sdk.compute  # connected first: openstacksdk is imported under import_sdk's lock
         from openstack.compute.v2.server import Server as SdkServer
 
         return self._nova_pages(proxy, "/servers/detail", "servers", query, SdkServer._get_microversion(proxy))
@@ -880,7 +880,7 @@ def classify_fault(message: str | None) -> CloudErrorKind:
 
 def classify_exception(exc: BaseException, *, cloud: str = "", action: str = "") -> CloudError:
     """Map an openstacksdk/keystoneauth/requests exception to a CloudError kind, once."""
-    _import_sdk()
+    import_sdk()
     import requests
     from keystoneauth1 import exceptions as ksa
     from openstack import exceptions as sdk

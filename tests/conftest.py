@@ -68,3 +68,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
 def slurm_install(pytestconfig: pytest.Config) -> SlurmInstall:
     """The Slurm chosen with --slurm: its `version`, `scontrol`, `programs()`, `tmpdir()`."""
     return pytestconfig.stash[_INSTALL]
+
+
+@pytest.fixture(autouse=True)
+def _collector_unfrozen():
+    """A program's entry point run in this process freezes what its start-up made (process.resume_gc);
+    the next tests get the collector as a fresh process has it."""
+    yield
+    import gc
+
+    gc.unfreeze()

@@ -264,3 +264,29 @@ def test_exit_now_flushes_then_ends_the_process_with_the_code(monkeypatch, capsy
         process.exit_now(1)
     assert ended == [1] and shut == [True]
     assert capsys.readouterr().out == "last words"
+
+
+def test_the_collector_is_off_during_start_up_then_what_start_up_made_is_frozen():
+    """pause_gc turns the collector off (only if it was on); resume_gc freezes what exists and turns
+    it back on, once; an entry point that returns early (a config error) still turns it back on."""
+    import gc
+
+    from elastic import cli
+
+    assert gc.isenabled()
+    process.pause_gc()
+    assert not gc.isenabled()
+    process.resume_gc()
+    assert gc.isenabled() and gc.get_freeze_count() > 0
+    gc.unfreeze()
+    process.resume_gc()
+    assert gc.get_freeze_count() == 0
+    gc.disable()
+    try:
+        process.pause_gc()
+        process.resume_gc()
+        assert not gc.isenabled()  # someone else turned it off: theirs to turn back on
+    finally:
+        gc.enable()
+    assert cli.suspend_main(["cpu-001", "--config", "/nonexistent/elastic.yaml"]) == 2
+    assert gc.isenabled()
