@@ -133,6 +133,23 @@ def test_sdk_follows_pagination_links_over_250_servers(make_lab, sdk):
     assert len(list(conn.compute.servers(details=False, limit=40))) == 250
 
 
+def test_a_page_whose_last_server_was_deleted_since_goes_on_after_it(make_lab, sdk, eventually):
+    """Nova still finds a deleted server as a marker (read_deleted='yes' until archived): a list
+    whose page ended on a server deleted before the next page is fetched goes on after it. A marker
+    Nova never had is a 400."""
+    lab = make_lab({"clouds": {"lab": {**FAST, "max_limit": 10}}})
+    for i in range(15):
+        lab.seed_server("lab", f"n{i:02d}", age_seconds=1000 - i)
+    conn = sdk(lab)
+    first = conn.compute.get("/servers/detail").json()
+    marker = first["servers"][-1]["id"]
+    conn.compute.delete_server(marker)
+    eventually(lambda: marker not in {s.id for s in conn.compute.servers()})
+    rest = conn.compute.get(f"/servers/detail?marker={marker}").json()["servers"]
+    assert [s["name"] for s in rest] == [f"n{i:02d}" for i in range(4, -1, -1)]
+    assert conn.compute.get("/servers/detail?marker=never-was").status_code == 400
+
+
 def test_error_server_carries_the_no_valid_host_fault(make_lab, sdk):
     """A flavor with no valid host ends in ERROR with Nova's fault message and code 500."""
     lab = make_lab({"clouds": {"lab": {**FAST, "faults": {"no_valid_host_flavors": ["m1.small"]}}}})

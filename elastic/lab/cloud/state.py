@@ -92,6 +92,10 @@ class CloudState:
         self.ports_by_device: dict[str, list[Port]] = {}
         self.floating_ips: dict[str, FloatingIp] = {}
         self.servers: dict[str, EmulatedServer] = {}
+        # Deleted servers' sort keys (created, id): Nova soft-deletes, and still finds a deleted
+        # server as a list's marker until its rows are archived (InstanceLister.get_marker_record
+        # reads with read_deleted='yes').
+        self.deleted_servers: dict[str, tuple[Any, str]] = {}
         self.server_groups: dict[str, ServerGroup] = {}
         self.hosts = [f"{self.name}-compute-{i}" for i in range(1, config.hosts + 1)]
         self.keypairs = {name: _public_key(self.name, name) for name in config.keypairs}
@@ -417,6 +421,7 @@ class CloudState:
         for port in self.ports_by_device.pop(server.id, []):
             self._drop_port(port)
         del self.servers[server.id]
+        self.deleted_servers[server.id] = (server.created, server.id)
         # A group shows only members that are not deleted.
         for group in self.server_groups.values():
             if server.id in group.members:
