@@ -51,8 +51,7 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
     by_pool, unknown = config.split_by_pool(nodes)
     if unknown:
         outcome.fail(unknown, Failure("no-pool", f"not in any pool of {config.source or 'the config'}", permanent=True))
-    pool_of = {node: pool for pool, members in by_pool.items() for node in members}
-    pending = dict(pool_of)
+    pending = {node: pool for pool, members in by_pool.items() for node in members}
     started = svc.clock()
     deadline = started + config.timeouts.boot
     state = RunState()
@@ -84,8 +83,8 @@ def resume(nodes: Sequence[str], svc: Services, jobs: Sequence[ResumeJob] = ()) 
     _report_to_slurm(outcome, svc)
     if svc.served is not None:  # for the nodes' suspend, which deletes these while it looks for others
         svc.served.record(config.cluster, {node: Served(state.where[node].cloud, state.where[node].id, pool)
-                                           for node, pool in pool_of.items()
-                                           if node in outcome.served and node in state.where})
+                                           for node in outcome.served
+                                           if node in state.where and (pool := config.pool_of(node))})
     if svc.boots is not None:
         for cloud, seen in state.boot_seen.items():
             svc.boots.record(cloud, seen)  # the next runs' poll cadence
